@@ -1,0 +1,92 @@
+"""Platform settings: environment -> :class:`Settings` -> code.
+
+Every value comes from an environment variable (``BOTAI_*`` unless noted) or its default.
+Nothing else in the code base reads ``os.environ`` for configuration; it takes a
+``Settings`` (or a Block) as an argument. Secrets are not settings: they live in
+Prefect blocks (``blocks/``), created from the environment by the bootstrap step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Non-secret configuration of one platform installation."""
+
+    model_config = SettingsConfigDict(env_prefix="BOTAI_", extra="ignore")
+
+    state_dir: Path = Field(
+        default=REPO_ROOT / ".state",
+        description="Folder holding every file the platform writes (Prefect DB, Mongo DB, models).",
+    )
+    data_dir: Path = Field(
+        default=REPO_ROOT.parent / "shared" / "data",
+        description="Folder of the real market-data CSV files.",
+    )
+    host: str = Field(default="127.0.0.1", description="Interface embedded services bind to.")
+    prefect_port: int = Field(default=4200, description="Port of the Prefect server (UI and API).")
+    mongodb_port: int = Field(default=27017, description="Port of the embedded nx-27017 store.")
+    mongodb_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MONGODB_URI", "BOTAI_MONGODB_URI"),
+        description="A MongoDB URI; unset means the embedded nx-27017 store.",
+    )
+    mongodb_database: str = Field(
+        default="bot_ai",
+        validation_alias=AliasChoices("MONGODB_DATABASE", "BOTAI_MONGODB_DATABASE"),
+    )
+    dask_address: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DASK_ADDRESS", "BOTAI_DASK_ADDRESS"),
+        description="Address of an existing Dask scheduler; unset means a local cluster.",
+    )
+    prefect_database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the Prefect server database; unset means SQLite in state_dir.",
+    )
+    work_pool: str = Field(default="botai-process", description="Prefect process work pool name.")
+    min_free_disk_gb: float = Field(default=10.0, ge=0, description="Free disk needed to train.")
+
+    @property
+    def prefect_api_url(self) -> str:
+        return f"http://{self.host}:{self.prefect_port}/api"
+
+    @property
+    def prefect_ui_url(self) -> str:
+        return f"http://{self.host}:{self.prefect_port}"
+
+    @property
+    def embedded_mongodb_uri(self) -> str:
+        return f"mongodb://{self.host}:{self.mongodb_port}/"
+
+    @property
+    def effective_mongodb_uri(self) -> str:
+        """The URI the platform connects to: ``MONGODB_URI`` if set, else the embedded store."""
+        return self.mongodb_uri or self.embedded_mongodb_uri
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.state_dir / "prefect"
+
+    @property
+    def mongodb_dir(self) -> Path:
+        return self.state_dir / "mongodb"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.state_dir / "models"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.state_dir / "checkpoints"
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment. Returns a new :class:`Settings` each call."""
+    return Settings()

@@ -1,0 +1,82 @@
+"""Session-wide fixtures: a real nx-27017 process and one Prefect test server.
+
+Environment is fixed before Prefect is imported anywhere: Prefect's home lives in a
+temporary folder (never ~/.prefect) and Keras uses the JAX backend.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="botai-tests-"))
+os.environ["PREFECT_HOME"] = str(_SESSION_TMP / "prefect-home")
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ["BOTAI_STATE_DIR"] = str(_SESSION_TMP / "state")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "true")
+os.environ.setdefault("PREFECT_SERVER_API_HOST", "127.0.0.1")
+
+import pytest  # noqa: E402
+
+from integrations.embedded_mongo import EmbeddedMongo, start_embedded_mongo  # noqa: E402
+from integrations.store import Store, connect  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def session_tmp() -> Path:
+    """A folder that lives for the whole test session."""
+    return _SESSION_TMP
+
+
+@pytest.fixture(scope="session")
+def mongo_server(session_tmp: Path) -> Iterator[EmbeddedMongo]:
+    """A real nx-27017 process on a free port, for the whole session."""
+    server = start_embedded_mongo(session_tmp / "mongo")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(mongo_server: EmbeddedMongo) -> str:
+    """URI of the session's nx-27017 server."""
+    return mongo_server.uri
+
+
+@pytest.fixture
+def mongo_db_name() -> str:
+    """A fresh database name per test, so tests never see each other's documents."""
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def store(mongo_uri: str, mongo_db_name: str) -> Iterator[Store]:
+    """A :class:`Store` on a fresh database with every index created."""
+    client = connect(mongo_uri)
+    s = Store(client, mongo_db_name)
+    s.ensure_indexes()
+    yield s
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[str]:
+    """One temporary Prefect server (SQLite) for the whole session. Returns its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """``../shared/data`` with the real market data (read-only)."""
+    if not SHARED_DATA.exists():
+        pytest.skip(f"real market data not found at {SHARED_DATA}")
+    return SHARED_DATA
