@@ -97,8 +97,17 @@ def start_embedded_mongo(
     db_path = data_dir / "databases"  # one SQLite file per logical database
     log_path = data_dir / "nx-27017.log"
     cmd = [
-        _executable(), "--data-dir", str(db_path), "--host", host, "--port", str(port),
-        "--log-file", str(log_path), "--pid-file", str(data_dir / "nx-27017.pid"),
+        _executable(),
+        "--data-dir",
+        str(db_path),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--log-file",
+        str(log_path),
+        "--pid-file",
+        str(data_dir / "nx-27017.pid"),
     ]
     with open(data_dir / "nx-27017.out", "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -42,8 +42,18 @@ def test_load_candles_round_trip_schema(store: Store) -> None:
     store.upsert_candles("ETHUSDT", "1h", frame, source="synthetic")
     doc = store.col(C.MARKET_DATA).find_one({"symbol": "ETHUSDT"}, {"_id": 0})
     assert set(doc) == {
-        "symbol", "timeframe", "open_time", "close_time", "open_price", "high_price",
-        "low_price", "close_price", "volume", "quote_volume", "trades_count", "source",
+        "symbol",
+        "timeframe",
+        "open_time",
+        "close_time",
+        "open_price",
+        "high_price",
+        "low_price",
+        "close_price",
+        "volume",
+        "quote_volume",
+        "trades_count",
+        "source",
     }
     loaded = store.load_candles("ETHUSDT", "1h")
     assert len(loaded) == 30
@@ -56,6 +66,12 @@ def test_load_candles_round_trip_schema(store: Store) -> None:
     assert store.load_candles("NOPEUSDT", "1h").empty
     summary = store.candle_summary()
     assert summary == [
-        {"symbol": "ETHUSDT", "timeframe": "1h", "bars": 30, "first": frame.index[0].to_pydatetime(),
-         "last": frame.index[-1].to_pydatetime(), "sources": ["synthetic"]}
+        {
+            "symbol": "ETHUSDT",
+            "timeframe": "1h",
+            "bars": 30,
+            "first": frame.index[0].to_pydatetime(),
+            "last": frame.index[-1].to_pydatetime(),
+            "sources": ["synthetic"],
+        }
     ]
