@@ -1,0 +1,262 @@
+"""Technical indicators in pure numpy, seeded the way TA-Lib seeds them.
+
+Every function takes 1-D float arrays and returns arrays of the same length, with NaN
+for the warm-up bars (where TA-Lib returns NaN too), so results line up bar by bar with
+the candles. The values equal TA-Lib's to 1e-6 after the warm-up (see
+``tests/backtest/test_indicators.py``), which keeps backtests comparable with other tools.
+
+Recursive averages (EMA, Wilder) run a tight Python loop over a list, which is faster
+than per-element numpy indexing and needs no compiler.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "bollinger",
+    "ema",
+    "macd",
+    "obv",
+    "rsi",
+    "sma",
+    "volume_spike",
+    "vwap",
+]
+
+
+def _as_1d(x: np.ndarray | list[float], name: str = "x") -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array (got shape {arr.shape})")
+    return arr
+
+
+def _check_period(n: int, name: str = "period", minimum: int = 1) -> int:
+    if isinstance(n, bool) or int(n) != n or n < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum} (got {n!r})")
+    return int(n)
+
+
+def _recursive_average(
+    values: np.ndarray, start: int, seed: float, alpha: float, out: np.ndarray
+) -> None:
+    """Fill ``out[start:]`` with y[t] = y[t-1] + alpha * (x[t] - y[t-1]), y[start] = seed."""
+    out[start] = seed
+    y = seed
+    keep = 1.0 - alpha
+    res = [0.0] * (len(values) - start - 1)
+    for i, v in enumerate(values[start + 1 :].tolist()):
+        y = alpha * v + keep * y
+        res[i] = y
+    out[start + 1 :] = res
+
+
+def sma(x: np.ndarray, n: int) -> np.ndarray:
+    """Simple moving average over ``n`` bars.
+
+    Returns:
+        array of ``len(x)``; the first ``n - 1`` values are NaN.
+
+    Raises:
+        ValueError: ``x`` not 1-D or ``n`` < 1.
+    """
+    x = _as_1d(x)
+    n = _check_period(n, "n")
+    out = np.full(x.shape, np.nan)
+    if len(x) < n:
+        return out
+    c = np.cumsum(np.insert(x, 0, 0.0))
+    out[n - 1 :] = (c[n:] - c[:-n]) / n
+    return out
+
+
+def ema(x: np.ndarray, n: int) -> np.ndarray:
+    """Exponential moving average, alpha = 2 / (n + 1), seeded with the SMA of the first n values.
+
+    Returns:
+        array of ``len(x)``; the first ``n - 1`` values are NaN (as TA-Lib's EMA).
+
+    Raises:
+        ValueError: ``x`` not 1-D or ``n`` < 1.
+    """
+    x = _as_1d(x)
+    n = _check_period(n, "n")
+    out = np.full(x.shape, np.nan)
+    if len(x) < n:
+        return out
+    _recursive_average(x, n - 1, float(np.mean(x[:n])), 2.0 / (n + 1), out)
+    return out
+
+
+def rsi(close: np.ndarray, period: int = 14) -> np.ndarray:
+    """Relative Strength Index with Wilder smoothing (0-100).
+
+    Average gain and loss are seeded with the simple mean of the first ``period`` changes
+    and then smoothed with alpha = 1 / period. A bar where both averages are zero gives 0
+    (as TA-Lib).
+
+    Returns:
+        array of ``len(close)``; the first ``period`` values are NaN.
+
+    Raises:
+        ValueError: ``close`` not 1-D or ``period`` < 2.
+    """
+    close = _as_1d(close, "close")
+    period = _check_period(period, "period", 2)
+    out = np.full(close.shape, np.nan)
+    if len(close) <= period:
+        return out
+    change = np.diff(close)
+    gain = np.where(change > 0, change, 0.0)
+    loss = np.where(change < 0, -change, 0.0)
+    avg_gain = np.full(change.shape, np.nan)
+    avg_loss = np.full(change.shape, np.nan)
+    alpha = 1.0 / period
+    _recursive_average(gain, period - 1, float(np.mean(gain[:period])), alpha, avg_gain)
+    _recursive_average(loss, period - 1, float(np.mean(loss[:period])), alpha, avg_loss)
+    total = avg_gain[period - 1 :] + avg_loss[period - 1 :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(total > 0, 100.0 * avg_gain[period - 1 :] / total, 0.0)
+    out[period:] = value
+    return out
+
+
+def macd(
+    close: np.ndarray, fast: int = 12, slow: int = 26, signal: int = 9
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MACD line, signal line and histogram, seeded as TA-Lib seeds them.
+
+    Both EMAs start at bar ``slow - 1``: the slow one seeded with the SMA of the first
+    ``slow`` closes, the fast one with the SMA of the ``fast`` closes ending at that bar.
+    The signal EMA is seeded with the SMA of the first ``signal`` MACD values.
+
+    Returns:
+        ``(macd, signal, hist)``, each of ``len(close)``; NaN before bar
+        ``slow + signal - 2`` (33 for 12/26/9), as TA-Lib.
+
+    Raises:
+        ValueError: bad array or periods, or ``fast`` >= ``slow``.
+    """
+    close = _as_1d(close, "close")
+    fast = _check_period(fast, "fast", 2)
+    slow = _check_period(slow, "slow", 2)
+    signal = _check_period(signal, "signal", 1)
+    if fast >= slow:
+        raise ValueError(f"fast must be smaller than slow (got fast={fast}, slow={slow})")
+    nan = np.full(close.shape, np.nan)
+    start = slow - 1
+    first = start + signal - 1
+    if len(close) <= first:
+        return nan, nan.copy(), nan.copy()
+    slow_ema = np.full(close.shape, np.nan)
+    fast_ema = np.full(close.shape, np.nan)
+    _recursive_average(close, start, float(np.mean(close[:slow])), 2.0 / (slow + 1), slow_ema)
+    _recursive_average(
+        close,
+        start,
+        float(np.mean(close[start - fast + 1 : start + 1])),
+        2.0 / (fast + 1),
+        fast_ema,
+    )
+    line = fast_ema - slow_ema
+    sig = np.full(close.shape, np.nan)
+    _recursive_average(
+        line, first, float(np.mean(line[start : first + 1])), 2.0 / (signal + 1), sig
+    )
+    line[:first] = np.nan
+    return line, sig, line - sig
+
+
+def bollinger(
+    close: np.ndarray, period: int = 20, num_std: float = 2.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bollinger Bands: SMA +- ``num_std`` population standard deviations (ddof=0).
+
+    Returns:
+        ``(upper, middle, lower)``, each of ``len(close)``; the first ``period - 1`` NaN.
+
+    Raises:
+        ValueError: bad array, ``period`` < 2 or ``num_std`` <= 0.
+    """
+    close = _as_1d(close, "close")
+    period = _check_period(period, "period", 2)
+    if not num_std > 0:
+        raise ValueError(f"num_std must be > 0 (got {num_std!r})")
+    middle = np.full(close.shape, np.nan)
+    std = np.full(close.shape, np.nan)
+    if len(close) >= period:
+        windows = np.lib.stride_tricks.sliding_window_view(close, period)
+        mean = windows.mean(axis=1)
+        middle[period - 1 :] = mean
+        std[period - 1 :] = np.sqrt(((windows - mean[:, None]) ** 2).mean(axis=1))
+    return middle + num_std * std, middle, middle - num_std * std
+
+
+def obv(close: np.ndarray, volume: np.ndarray) -> np.ndarray:
+    """On-Balance Volume, starting at ``volume[0]`` (as TA-Lib).
+
+    Returns:
+        array of ``len(close)`` with no warm-up NaN.
+
+    Raises:
+        ValueError: arrays not 1-D or of different lengths.
+    """
+    close = _as_1d(close, "close")
+    volume = _as_1d(volume, "volume")
+    if close.shape != volume.shape:
+        raise ValueError("close and volume must have the same length")
+    if len(close) == 0:
+        return np.empty(0)
+    direction = np.sign(np.diff(close))
+    steps = np.concatenate(([volume[0]], direction * volume[1:]))
+    return np.cumsum(steps)
+
+
+def volume_spike(volume: np.ndarray, period: int = 20) -> np.ndarray:
+    """Volume divided by its ``period``-bar simple moving average (2.0 = twice the usual).
+
+    Returns:
+        array of ``len(volume)``; NaN for the first ``period - 1`` bars and where the
+        average is zero.
+
+    Raises:
+        ValueError: bad array or ``period`` < 1.
+    """
+    volume = _as_1d(volume, "volume")
+    avg = sma(volume, period)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(avg > 0, volume / avg, np.nan)
+
+
+def vwap(
+    high: np.ndarray,
+    low: np.ndarray,
+    close: np.ndarray,
+    volume: np.ndarray,
+    period: int | None = None,
+) -> np.ndarray:
+    """Volume-weighted average of the typical price (high + low + close) / 3.
+
+    Args:
+        period: rolling window in bars; None means cumulative from the first bar.
+
+    Returns:
+        array of ``len(close)``; NaN during the warm-up (rolling) and while the summed
+        volume is zero.
+
+    Raises:
+        ValueError: arrays not 1-D or of different lengths, or ``period`` < 1.
+    """
+    high, low = _as_1d(high, "high"), _as_1d(low, "low")
+    close, volume = _as_1d(close, "close"), _as_1d(volume, "volume")
+    if not (high.shape == low.shape == close.shape == volume.shape):
+        raise ValueError("high, low, close and volume must have the same length")
+    pv = (high + low + close) / 3.0 * volume
+    if period is None:
+        num, den = np.cumsum(pv), np.cumsum(volume)
+    else:
+        period = _check_period(period, "period")
+        num, den = sma(pv, period) * period, sma(volume, period) * period
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)

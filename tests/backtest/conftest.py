@@ -1,0 +1,55 @@
+"""Fixtures of the backtest tests: the real BTC hours, read from ../shared/data."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from integrations.store import Store
+
+#: The six months the flow tests run on (184 calendar days of hours).
+SIX_MONTHS = (datetime(2019, 4, 1, tzinfo=UTC), datetime(2019, 10, 1, 23, tzinfo=UTC))
+
+
+def read_cryptodatadownload(path: Path) -> pd.DataFrame:
+    """Read a CryptoDataDownload hourly CSV: banner line, newest first, '%Y-%m-%d %I-%p' dates.
+
+    Returns columns open, high, low, close, volume (base asset), quote_volume, oldest first,
+    indexed by UTC open time.
+    """
+    raw = pd.read_csv(path, skiprows=1)
+    index = pd.to_datetime(raw["date"], format="%Y-%m-%d %I-%p", utc=True)
+    frame = pd.DataFrame(
+        {
+            "open": raw["open"].to_numpy(float),
+            "high": raw["high"].to_numpy(float),
+            "low": raw["low"].to_numpy(float),
+            "close": raw["close"].to_numpy(float),
+            "volume": raw["volume_btc"].to_numpy(float),
+            "quote_volume": raw["volume"].to_numpy(float),
+        },
+        index=pd.DatetimeIndex(index, name="open_time"),
+    )
+    return frame.sort_index()
+
+
+@pytest.fixture(scope="session")
+def btc_hours(shared_data_dir: Path) -> pd.DataFrame:
+    """All 20,111 real BTCUSD hourly candles (2017-07 to 2019-10), oldest first."""
+    return read_cryptodatadownload(shared_data_dir / "Coinbase_BTCUSD_1h.csv")
+
+
+@pytest.fixture(scope="session")
+def btc_six_months(btc_hours: pd.DataFrame) -> pd.DataFrame:
+    """The six months 2019-04-01 to 2019-10-01 of real BTCUSD hours (4,416 bars)."""
+    return btc_hours.loc[SIX_MONTHS[0] : SIX_MONTHS[1]]
+
+
+@pytest.fixture
+def btc_store(store: Store, btc_six_months: pd.DataFrame) -> Store:
+    """A fresh store holding the six months of real hours as BTCUSD 1h."""
+    store.upsert_candles("BTCUSD", "1h", btc_six_months, source="csv:Coinbase_BTCUSD_1h.csv")
+    return store
