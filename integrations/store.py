@@ -301,6 +301,60 @@ class Store:
                 )
         return out
 
+    # ------------------------------------------------------------ ml models and training jobs
+    # Whole documents only (insert_one / replace_one): see the nx-27017 notes.
+    def model_insert(self, doc: Mapping[str, Any]) -> None:
+        """Insert one ``models`` document (a registry record)."""
+        self._ml_write(lambda: self.col(C.MODELS).insert_one(dict(doc)), "registering a model")
+
+    def model_replace(self, doc: Mapping[str, Any]) -> None:
+        """Replace the ``models`` document with the same ``model_id`` by ``doc``."""
+        self._ml_write(
+            lambda: self.col(C.MODELS).replace_one({"model_id": doc["model_id"]}, dict(doc)),
+            "updating a model",
+        )
+
+    def model_get(self, model_id: str) -> dict[str, Any] | None:
+        """The ``models`` document of ``model_id`` (without ``_id``), or None."""
+        return self.col(C.MODELS).find_one({"model_id": model_id}, {"_id": 0})
+
+    def models_find(
+        self,
+        query: Mapping[str, Any],
+        *,
+        sort: list[tuple[str, int]] | None = None,
+        limit: int = 0,
+    ) -> list[dict[str, Any]]:
+        """``models`` documents matching ``query`` (without ``_id``)."""
+        cursor = self.col(C.MODELS).find(dict(query), {"_id": 0})
+        if sort:
+            cursor = cursor.sort(sort)
+        if limit:
+            cursor = cursor.limit(limit)
+        return list(cursor)
+
+    def training_job_save(self, doc: Mapping[str, Any]) -> None:
+        """Write the whole ``training_jobs`` document of ``doc["task_id"]`` (insert or replace)."""
+        col = self.col(C.TRAINING_JOBS)
+
+        def write() -> None:
+            if col.count_documents({"task_id": doc["task_id"]}, limit=1):
+                col.replace_one({"task_id": doc["task_id"]}, dict(doc))
+            else:
+                col.insert_one(dict(doc))
+
+        self._ml_write(write, "saving a training job")
+
+    def training_job_get(self, task_id: str) -> dict[str, Any] | None:
+        """The ``training_jobs`` document of ``task_id`` (without ``_id``), or None."""
+        return self.col(C.TRAINING_JOBS).find_one({"task_id": task_id}, {"_id": 0})
+
+    def _ml_write(self, op: Any, what: str) -> Any:
+        try:
+            return op()
+        except ConnectionFailure as e:
+            raise ServiceUnavailableError(f"MongoDB unreachable while {what}: {e}") from e
+
 
 # ---------------------------------------------------------------- helpers
 def _frame_to_docs(

@@ -1,0 +1,299 @@
+"""Model registry: encrypted model files plus one record per model in the ``models`` collection.
+
+Files are named ``{type}_{symbol}_{tf}_{YYYYmmdd_HHMMSS}.keras`` but are NOT readable Keras
+zips: the Keras archive is built in memory and written encrypted with AES-256-GCM::
+
+    b"BOTAIGCM1" | 12-byte nonce | ciphertext+tag   (associated data: the file name)
+
+:meth:`ModelRegistry.load` decrypts into memory and builds the network from a ``BytesIO``;
+no plaintext model ever touches the disk. The key (32 bytes) comes from the model-store block.
+
+Lifecycle: ``register`` -> candidate; ``deploy`` -> deployed (the previously deployed model
+of the same type+symbol+timeframe is archived); ``archive`` -> archived.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+import ml.models  # noqa: F401  (registers custom layers for deserialisation)
+from core.exceptions import ConfigurationError, InvalidInputError, NotFoundError
+from integrations.store import Store
+from ml.predictor import LoadedModel
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"BOTAIGCM1"
+_NONCE_BYTES = 12
+STATUSES = ("candidate", "deployed", "archived")
+
+
+@dataclass
+class ModelRecord:
+    """One registered model (a document of the ``models`` collection).
+
+    Attributes:
+        metrics: measured on the held-out split: val_accuracy, precision, recall, f1,
+            baselines {majority_class, logistic_regression}, and training details.
+        feature_spec: :meth:`ml.features.FeatureSpec.to_dict` (lookback, features, scaler).
+    """
+
+    model_id: str
+    model_type: str
+    symbol: str
+    timeframe: str
+    version: int
+    file_path: str
+    metrics: dict[str, Any]
+    status: str
+    created_by: str
+    created_at: datetime
+    feature_spec: dict[str, Any]
+    horizon_bars: int
+    training_task_id: str | None = None
+    deployed_at: datetime | None = None
+    deployed_by: str | None = None
+    archived_at: datetime | None = None
+    archived_by: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_doc(self) -> dict[str, Any]:
+        """Return the MongoDB document."""
+        return asdict(self)
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> ModelRecord:
+        """Build a record from a ``models`` document (``_id`` and unknown keys ignored)."""
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in doc.items() if k in known})
+
+
+def encrypt_bytes(plain: bytes, key: bytes, associated: bytes) -> bytes:
+    """AES-256-GCM encrypt. Returns ``MAGIC | nonce | ciphertext+tag``."""
+    nonce = os.urandom(_NONCE_BYTES)
+    return MAGIC + nonce + AESGCM(key).encrypt(nonce, plain, associated)
+
+
+def decrypt_bytes(blob: bytes, key: bytes, associated: bytes) -> bytes:
+    """Inverse of :func:`encrypt_bytes`.
+
+    Raises:
+        ConfigurationError: not an encrypted model file, or wrong key / tampered file.
+    """
+    if not blob.startswith(MAGIC):
+        raise ConfigurationError("model file is not an encrypted BotAI model (bad header)")
+    nonce = blob[len(MAGIC) : len(MAGIC) + _NONCE_BYTES]
+    try:
+        return AESGCM(key).decrypt(nonce, blob[len(MAGIC) + _NONCE_BYTES :], associated)
+    except InvalidTag as e:
+        raise ConfigurationError(
+            "model file could not be decrypted: wrong model-store key or the file was modified"
+        ) from e
+
+
+def model_to_bytes(model: Any) -> bytes:
+    """Serialise a Keras model to ``.keras`` zip bytes in memory."""
+    from keras.src.saving import saving_lib
+
+    buf = io.BytesIO()
+    saving_lib.save_model(model, buf)
+    return buf.getvalue()
+
+
+def model_from_bytes(data: bytes) -> Any:
+    """Build a Keras model from ``.keras`` zip bytes held in memory."""
+    from keras.src.saving import saving_lib
+
+    return saving_lib.load_model(io.BytesIO(data), compile=True)
+
+
+class ModelRegistry:
+    """Registered models: encrypted files under ``model_dir`` and records in ``models``.
+
+    Args:
+        store: the platform store.
+        model_dir: folder of the encrypted model files (created when missing).
+        key: 32-byte AES-256 key (``ModelStoreBlock.get_key()``).
+
+    Raises:
+        ConfigurationError: the key is not 32 bytes.
+    """
+
+    def __init__(self, store: Store, model_dir: Path, key: bytes) -> None:
+        if not isinstance(key, bytes | bytearray) or len(key) != 32:
+            raise ConfigurationError("model-store key must be 32 bytes (AES-256), base64-encoded")
+        self.store = store
+        self.model_dir = Path(model_dir)
+        self._key = bytes(key)
+
+    def __repr__(self) -> str:
+        return f"ModelRegistry(model_dir={str(self.model_dir)!r})"
+
+    # ------------------------------------------------------------ write
+    def register(
+        self,
+        model: Any,
+        *,
+        model_type: str,
+        symbol: str,
+        timeframe: str,
+        metrics: dict[str, Any],
+        feature_spec: dict[str, Any],
+        horizon_bars: int,
+        created_by: str,
+        training_task_id: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> ModelRecord:
+        """Encrypt ``model`` to disk and record it as a candidate.
+
+        Returns:
+            the new record (status ``candidate``, version = previous max + 1).
+        """
+        now = datetime.now(UTC).replace(microsecond=0)
+        name = f"{model_type}_{symbol}_{timeframe}_{now:%Y%m%d_%H%M%S}.keras"
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        path = self.model_dir / name
+        n = 1
+        while path.exists():  # two models of one key in the same second
+            path = self.model_dir / f"{name[:-6]}_{n}.keras"
+            n += 1
+        blob = encrypt_bytes(model_to_bytes(model), self._key, path.name.encode())
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(blob)
+        tmp.replace(path)
+        previous = self.store.models_find(
+            {"model_type": model_type, "symbol": symbol, "timeframe": timeframe},
+            sort=[("version", -1)],
+            limit=1,
+        )
+        record = ModelRecord(
+            model_id=uuid.uuid4().hex,
+            model_type=model_type,
+            symbol=symbol,
+            timeframe=timeframe,
+            version=(previous[0]["version"] + 1) if previous else 1,
+            file_path=str(path),
+            metrics=metrics,
+            status="candidate",
+            created_by=created_by,
+            created_at=now,
+            feature_spec=feature_spec,
+            horizon_bars=int(horizon_bars),
+            training_task_id=training_task_id,
+            extra=extra or {},
+        )
+        self.store.model_insert(record.to_doc())
+        log.info("registered %s v%d as candidate (%s)", name, record.version, record.model_id)
+        return record
+
+    def deploy(self, model_id: str, by: str) -> ModelRecord:
+        """Make ``model_id`` the deployed model of its type+symbol+timeframe.
+
+        Returns:
+            the updated record. The previously deployed model of the same key is archived.
+
+        Raises:
+            NotFoundError: unknown model id.
+            InvalidInputError: the model is archived.
+        """
+        record = self.get(model_id)
+        if record.status == "archived":
+            raise InvalidInputError(f"model {model_id} is archived; register a new model instead")
+        now = datetime.now(UTC)
+        for doc in self.store.models_find(
+            {
+                "model_type": record.model_type,
+                "symbol": record.symbol,
+                "timeframe": record.timeframe,
+                "status": "deployed",
+            }
+        ):
+            if doc["model_id"] != model_id:
+                self._set_status(ModelRecord.from_doc(doc), "archived", by, now)
+        return self._set_status(record, "deployed", by, now)
+
+    def archive(self, model_id: str, by: str) -> ModelRecord:
+        """Archive ``model_id``. Returns the updated record.
+
+        Raises:
+            NotFoundError: unknown model id.
+        """
+        return self._set_status(self.get(model_id), "archived", by, datetime.now(UTC))
+
+    def _set_status(self, record: ModelRecord, status: str, by: str, now: datetime) -> ModelRecord:
+        record.status = status
+        if status == "deployed":
+            record.deployed_at, record.deployed_by = now, by
+        elif status == "archived":
+            record.archived_at, record.archived_by = now, by
+        self.store.model_replace(record.to_doc())
+        log.info("model %s -> %s by %s", record.model_id, status, by)
+        return record
+
+    # ------------------------------------------------------------ read
+    def get(self, model_id: str) -> ModelRecord:
+        """Return the record of ``model_id``.
+
+        Raises:
+            NotFoundError: unknown model id.
+        """
+        doc = self.store.model_get(model_id)
+        if doc is None:
+            raise NotFoundError(f"model {model_id} not found in the registry")
+        return ModelRecord.from_doc(doc)
+
+    def deployed(
+        self, symbol: str, timeframe: str, model_type: str | None = None
+    ) -> ModelRecord | None:
+        """The deployed model for ``symbol``/``timeframe``.
+
+        Returns:
+            with ``model_type``: that type's deployed model; without: the deployed model with
+            the best ``metrics.val_accuracy`` across types. None when nothing is deployed.
+        """
+        query: dict[str, Any] = {"symbol": symbol, "timeframe": timeframe, "status": "deployed"}
+        if model_type is not None:
+            query["model_type"] = model_type
+        docs = self.store.models_find(query)
+        if not docs:
+            return None
+        best = max(docs, key=lambda d: float(d.get("metrics", {}).get("val_accuracy") or 0.0))
+        return ModelRecord.from_doc(best)
+
+    def history(
+        self, symbol: str | None = None, model_type: str | None = None
+    ) -> list[ModelRecord]:
+        """Every record (optionally of one symbol/type), newest first."""
+        query: dict[str, Any] = {}
+        if symbol is not None:
+            query["symbol"] = symbol
+        if model_type is not None:
+            query["model_type"] = model_type
+        docs = self.store.models_find(query, sort=[("created_at", -1), ("version", -1)])
+        return [ModelRecord.from_doc(d) for d in docs]
+
+    def load(self, record: ModelRecord) -> LoadedModel:
+        """Decrypt the model file in memory and build the network.
+
+        Returns:
+            a :class:`ml.predictor.LoadedModel`.
+
+        Raises:
+            NotFoundError: the file is missing.
+            ConfigurationError: wrong key or tampered file.
+        """
+        path = Path(record.file_path)
+        if not path.exists():
+            raise NotFoundError(f"model file of {record.model_id} is missing: {path}")
+        plain = decrypt_bytes(path.read_bytes(), self._key, path.name.encode())
+        return LoadedModel(record=record, model=model_from_bytes(plain))
