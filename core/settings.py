@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +52,40 @@ class Settings(BaseSettings):
     )
     work_pool: str = Field(default="botai-process", description="Prefect process work pool name.")
     min_free_disk_gb: float = Field(default=10.0, ge=0, description="Free disk needed to train.")
+
+    # ------------------------------------------------------------ market data
+    binance_base_url: str = Field(
+        default="https://api.binance.com",
+        description="Base URL of the Binance public REST API (klines).",
+    )
+    binance_timeout_s: float = Field(
+        default=10.0, gt=0, description="Timeout of one Binance request, seconds."
+    )
+    binance_max_retries: int = Field(
+        default=4, ge=0, description="Retries of a Binance request on 429/418/5xx/timeouts."
+    )
+    demo_symbols: list[str] = Field(
+        default=["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT"],
+        description="Symbols the run command loads as demo data.",
+    )
+    demo_timeframe: str = Field(default="1h", description="Timeframe of the demo data.")
+    demo_days: int = Field(default=90, ge=60, description="Days of demo data per symbol.")
+    demo_probe_timeout_s: float = Field(
+        default=3.0,
+        gt=0,
+        description="How long Binance may take to answer before demo data is synthetic.",
+    )
+
+    @field_validator("mongodb_uri")
+    @classmethod
+    def _reject_placeholder_uri(cls, v: str | None) -> str | None:
+        """Reject a MongoDB URI whose password is a placeholder (``changeme``, ``xxx``...)."""
+        from core.redact import check_not_placeholder
+
+        if v and "@" in v.split("://", 1)[-1].split("/", 1)[0]:
+            userinfo = v.split("://", 1)[-1].split("/", 1)[0].rpartition("@")[0]
+            check_not_placeholder(userinfo.partition(":")[2] or None, "MONGODB_URI (password)")
+        return v
 
     @property
     def prefect_api_url(self) -> str:

@@ -11,6 +11,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="botai-tests-"))
 os.environ["PREFECT_HOME"] = str(_SESSION_TMP / "prefect-home")
@@ -23,6 +24,9 @@ import pytest  # noqa: E402
 
 from integrations.embedded_mongo import EmbeddedMongo, start_embedded_mongo  # noqa: E402
 from integrations.store import Store, connect  # noqa: E402
+
+if TYPE_CHECKING:
+    from blocks.model_store import ModelStoreBlock
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -80,3 +84,31 @@ def shared_data_dir() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"real market data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def mongo_block(prefect_server: str, mongo_uri: str, mongo_db_name: str, store: Store) -> Store:
+    """Save ``MongoDBBlock(uri=mongo_uri, database=<this test's db>)`` as block "mongodb".
+
+    Returns the test's :class:`Store`; flows that call ``blocks.loader.load_store()`` reach
+    the same database.
+    """
+    from blocks.mongodb import MongoDBBlock
+
+    MongoDBBlock(uri=mongo_uri, database=mongo_db_name).save("mongodb", overwrite=True)
+    return store
+
+
+@pytest.fixture
+def model_store_block(prefect_server: str, tmp_path: Path) -> ModelStoreBlock:
+    """Save a ``ModelStoreBlock`` named "model-store": a random AES-256 key, a tmp folder.
+
+    Returns the saved block (``.directory``, ``.get_key()``).
+    """
+    from blocks.model_store import ModelStoreBlock, generate_model_key
+
+    directory = tmp_path / "models"
+    directory.mkdir()
+    block = ModelStoreBlock(directory=str(directory), key=generate_model_key())
+    block.save("model-store", overwrite=True)
+    return block
