@@ -1,0 +1,363 @@
+"""Parameters and results of the backtest-strategy and optimize-strategy flows.
+
+Shared by the flow signatures (the Prefect UI renders them as forms and rejects bad
+input) and the HTTP gateway. Conventions of every metric: docs/backtesting.md.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from core.exceptions import InvalidInputError
+from core.market import check_symbol
+
+StrategyName = Literal["rsi", "macd", "bollinger", "volume"]
+Timeframe = Literal["5m", "15m", "1h", "4h", "1d"]
+ParamValue = int | float | str
+
+#: How the metrics are computed; copied into every result so a reader never has to guess.
+CONVENTIONS: dict[str, str] = {
+    "fills": "orders are filled at the next bar's open after the signal bar's close",
+    "fees": "fee_bps charged on the notional of every entry and exit; slippage_bps moves each fill against the trade",
+    "position_size": "each trade commits position_size x equity (fee included) at entry",
+    "date_range": "start_date inclusive (00:00 UTC), end_date exclusive (00:00 UTC)",
+    "equity_curve": "one point per UTC calendar day: equity at the day's last bar close (open trades marked to market)",
+    "sharpe_ratio": "mean / std (ddof=1) of daily equity returns x sqrt(365); risk-free rate 0",
+    "sortino_ratio": "mean daily return / sqrt(mean(min(daily return, 0)^2)) x sqrt(365)",
+    "max_drawdown_pct": "largest fall of bar-close equity from its running peak, in percent (<= 0)",
+    "cagr_pct": "compound annual growth over the backtest span (bars x bar length), 365-day years",
+    "win_rate_pct": "winning closed trades (P&L > 0 after fees) / closed trades x 100",
+    "profit_factor": "gross profit / gross loss of closed trades, in money after fees; null when no losing trade",
+    "total_trades": "trades entered (closed + still open at the end)",
+    "avg_trade_pct": "mean return of closed trades on the capital committed to them, after fees",
+    "exposure_pct": "bars holding a position / all bars x 100",
+}
+
+
+# ---------------------------------------------------------------- strategy parameters
+class StrategyParams(BaseModel):
+    """Base of every strategy's parameters: unknown names are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RSIParams(StrategyParams):
+    """Buy when RSI falls below ``oversold``; sell when it rises above ``overbought``."""
+
+    rsi_period: int = Field(14, ge=2, le=200, description="RSI look-back in bars (Wilder).")
+    oversold: float = Field(30.0, gt=0, lt=100, description="Enter long below this RSI.")
+    overbought: float = Field(70.0, gt=0, lt=100, description="Exit above this RSI.")
+
+    @model_validator(mode="after")
+    def _levels(self) -> RSIParams:
+        if self.oversold >= self.overbought:
+            raise ValueError(
+                f"oversold ({self.oversold}) must be below overbought ({self.overbought}): "
+                "lower oversold or raise overbought"
+            )
+        return self
+
+
+class MACDParams(StrategyParams):
+    """Buy when the MACD line crosses above its signal line; sell when it crosses below."""
+
+    fast: int = Field(12, ge=2, le=100, description="Fast EMA period in bars.")
+    slow: int = Field(26, ge=3, le=300, description="Slow EMA period in bars.")
+    signal: int = Field(9, ge=1, le=100, description="Signal EMA period in bars.")
+
+    @model_validator(mode="after")
+    def _order(self) -> MACDParams:
+        if self.fast >= self.slow:
+            raise ValueError(
+                f"fast ({self.fast}) must be smaller than slow ({self.slow}): "
+                "lower fast or raise slow"
+            )
+        return self
+
+
+class BollingerParams(StrategyParams):
+    """Mean reversion: buy a close below the lower band; sell a close above the middle band."""
+
+    period: int = Field(20, ge=2, le=300, description="Band look-back in bars.")
+    num_std: float = Field(2.0, gt=0, le=5, description="Band width in population std devs.")
+    exit_band: Literal["middle", "upper"] = Field(
+        "middle", description="Exit at the 'middle' or 'upper' band."
+    )
+
+
+class VolumeParams(StrategyParams):
+    """Buy a rising bar on a volume spike; sell when the close falls below the rolling VWAP."""
+
+    volume_period: int = Field(20, ge=2, le=500, description="Bars of the volume average.")
+    spike_threshold: float = Field(
+        2.0, gt=1.0, le=20, description="Volume / its average needed to enter (e.g. 2 = double)."
+    )
+    vwap_period: int = Field(24, ge=2, le=1000, description="Bars of the exit VWAP.")
+
+
+#: Parameter model of each strategy (signals: backtest/strategies.py).
+STRATEGY_PARAMS: dict[str, type[StrategyParams]] = {
+    "rsi": RSIParams,
+    "macd": MACDParams,
+    "bollinger": BollingerParams,
+    "volume": VolumeParams,
+}
+
+
+def validate_strategy_params(name: str, values: dict[str, Any] | None) -> StrategyParams:
+    """Validate ``values`` for strategy ``name`` (missing names take their defaults).
+
+    Returns the validated parameter model.
+
+    Raises:
+        InvalidInputError: unknown strategy, or naming each bad parameter and the fix.
+    """
+    model = STRATEGY_PARAMS.get(name)
+    if model is None:
+        raise InvalidInputError(
+            f"Unknown strategy {name!r}: use one of {', '.join(STRATEGY_PARAMS)}"
+        )
+    try:
+        return model(**dict(values or {}))
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "parameters"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown parameter; allowed: {', '.join(model.model_fields)}"
+            problems.append(f"{loc}: {msg}")
+        raise InvalidInputError(
+            f"Invalid parameters for strategy {name!r}: " + "; ".join(problems)
+        ) from None
+
+
+class BacktestConfig(BaseModel):
+    """How the engine trades: capital, costs, sizing and direction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    initial_capital: float = Field(10_000.0, gt=0, description="Starting equity in quote currency.")
+    fee_bps: float = Field(
+        10.0, ge=0, le=1000, description="Fee per fill in basis points (10 = 0.1%)."
+    )
+    slippage_bps: float = Field(
+        0.0, ge=0, le=1000, description="Price moved against each fill, basis points."
+    )
+    position_size: float = Field(
+        1.0, gt=0, le=1, description="Fraction of equity committed to each trade (0-1]."
+    )
+    allow_short: bool = Field(
+        False, description="False: long-only (exit = flat). True: exit signals open shorts."
+    )
+
+
+class _RangeParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    strategy_name: StrategyName = Field("rsi", description="rsi, macd, bollinger or volume.")
+    symbol: str = Field("BTCUSDT", description="Upper-case BASE+QUOTE, e.g. BTCUSDT.")
+    timeframe: Timeframe = Field("1h", description="Candle timeframe.")
+    start_date: date = Field(description="First day (inclusive, UTC).")
+    end_date: date = Field(description="Last day (exclusive, UTC).")
+    config: BacktestConfig = Field(default_factory=BacktestConfig)
+
+    @field_validator("symbol")
+    @classmethod
+    def _symbol(cls, v: str) -> str:
+        return check_symbol(v)
+
+    @model_validator(mode="after")
+    def _dates(self) -> _RangeParams:
+        if self.end_date <= self.start_date:
+            raise ValueError(
+                f"end_date ({self.end_date}) must be after start_date ({self.start_date})"
+            )
+        return self
+
+
+class BacktestParameters(_RangeParams):
+    """Parameters of the backtest-strategy flow."""
+
+    parameters: dict[str, ParamValue] = Field(
+        default_factory=dict,
+        description="Strategy parameters, e.g. {rsi_period: 14, oversold: 30, overbought: 70}.",
+    )
+
+    @model_validator(mode="after")
+    def _strategy_params(self) -> BacktestParameters:
+        validate_strategy_params(self.strategy_name, self.parameters)
+        return self
+
+
+class OptimizeParameters(_RangeParams):
+    """Parameters of the optimize-strategy flow."""
+
+    method: Literal["grid", "genetic", "walk_forward"] = Field("grid")
+    parameter_variations: int = Field(
+        50, ge=1, le=5000, description="Grid: combinations drawn evenly from the space."
+    )
+    space: dict[str, list[ParamValue]] | None = Field(
+        None, description="Search space {name: [values]}; default: the strategy's own."
+    )
+    population: int = Field(20, ge=4, le=500, description="Genetic: individuals per generation.")
+    generations: int = Field(12, ge=1, le=200, description="Genetic: generations.")
+    seed: int = Field(42, description="Genetic: random seed (same seed, same answer).")
+    max_evaluations_pct: float = Field(
+        30.0, gt=0, le=100, description="Genetic: stop after this share of the space is evaluated."
+    )
+    compare_exhaustive: bool = Field(
+        True, description="Genetic: also run the exhaustive grid and report the ratio."
+    )
+    wf_windows: int = Field(4, ge=1, le=50, description="Walk-forward: number of test windows.")
+    wf_train_ratio: float = Field(
+        3.0, gt=0, le=20, description="Walk-forward: train window length / test window length."
+    )
+
+    @model_validator(mode="after")
+    def _space(self) -> OptimizeParameters:
+        fields = STRATEGY_PARAMS[self.strategy_name].model_fields
+        if self.space is not None:
+            unknown = set(self.space) - set(fields)
+            if unknown:
+                raise ValueError(
+                    f"space has unknown parameters {sorted(unknown)} for strategy "
+                    f"{self.strategy_name!r}; allowed: {', '.join(fields)}"
+                )
+            empty = [k for k, v in self.space.items() if not v]
+            if empty:
+                raise ValueError(f"space values must not be empty: {empty}")
+        return self
+
+
+class TradeRecord(BaseModel):
+    """One trade: entry and exit fills (after slippage) and its result after fees."""
+
+    side: Literal["long", "short"]
+    entry_time: datetime
+    exit_time: datetime | None = Field(description="None while still open at the end.")
+    entry_price: float
+    exit_price: float = Field(description="Exit fill, or the last close for an open trade.")
+    bars_held: int
+    return_pct: float
+    pnl: float
+    is_open: bool
+
+
+class CurvePoint(BaseModel):
+    """Equity and drawdown at the end of one UTC day."""
+
+    day: date
+    equity: float
+    drawdown_pct: float
+
+
+class BacktestMetrics(BaseModel):
+    """Summary statistics of one backtest (conventions: :data:`CONVENTIONS`)."""
+
+    total_return_pct: float
+    cagr_pct: float
+    sharpe_ratio: float
+    sortino_ratio: float
+    max_drawdown_pct: float
+    win_rate_pct: float
+    profit_factor: float | None
+    total_trades: int
+    closed_trades: int
+    avg_trade_pct: float
+    exposure_pct: float
+    final_equity: float
+    buy_and_hold_return_pct: float = Field(description="Naive baseline: hold from first open.")
+
+
+class BacktestResult(BaseModel):
+    """Result of the backtest-strategy flow (saved to ``backtest_results``)."""
+
+    status: Literal["success"] = "success"
+    strategy_name: str
+    symbol: str
+    timeframe: str
+    start: datetime = Field(description="Open time of the first bar.")
+    end: datetime = Field(description="Open time of the last bar.")
+    bars: int
+    parameters: dict[str, Any]
+    config: BacktestConfig
+    metrics: BacktestMetrics
+    trades: list[TradeRecord]
+    equity_curve: list[CurvePoint]
+    conventions: dict[str, str] = Field(default_factory=lambda: dict(CONVENTIONS))
+    elapsed_s: float = 0.0
+    chart_path: str | None = None
+    task_id: str | None = None
+
+
+class OptimizationEntry(BacktestMetrics):
+    """Metrics of one evaluated parameter set."""
+
+    parameters: dict[str, Any]
+
+
+class WalkForwardWindow(BaseModel):
+    """One walk-forward step: optimise on train, evaluate the choice on the next test window."""
+
+    index: int
+    train_start: datetime
+    train_end: datetime
+    test_start: datetime
+    test_end: datetime
+    best_parameters: dict[str, Any]
+    train_sharpe: float
+    test: BacktestMetrics
+
+
+class WalkForwardReport(BaseModel):
+    """Out-of-sample statistics per window and over all test windows, and parameter stability."""
+
+    windows: list[WalkForwardWindow]
+    overall_out_of_sample: BacktestMetrics
+    parameter_stability: dict[str, dict[str, Any]]
+
+
+class GeneticReport(BaseModel):
+    """What the genetic search cost and how close it came to the exhaustive grid."""
+
+    population: int
+    generations: int
+    seed: int
+    evaluations: int
+    space_size: int
+    evaluated_pct: float
+    best_sharpe: float
+    exhaustive_best_sharpe: float | None = None
+    ratio_to_exhaustive_pct: float | None = None
+
+
+class OptimizationResult(BaseModel):
+    """Result of the optimize-strategy flow (saved to ``optimization_results``)."""
+
+    status: Literal["success"] = "success"
+    method: str
+    strategy_name: str
+    symbol: str
+    timeframe: str
+    start: datetime
+    end: datetime
+    space_size: int
+    evaluations: int
+    all_results: list[OptimizationEntry] = Field(description="Ranked by Sharpe, best first.")
+    best_parameters: dict[str, Any]
+    best_result: BacktestResult
+    genetic: GeneticReport | None = None
+    walk_forward: WalkForwardReport | None = None
+    elapsed_s: float = 0.0
+    task_id: str | None = None
