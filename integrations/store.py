@@ -355,6 +355,42 @@ class Store:
         except ConnectionFailure as e:
             raise ServiceUnavailableError(f"MongoDB unreachable while {what}: {e}") from e
 
+    # ------------------------------------------------------------ backtesting and optimisation
+    # One whole document per run (insert_one); the result body is JSON-compatible.
+    def backtest_result_save(self, doc: Mapping[str, Any]) -> None:
+        """Insert one ``backtest_results`` document (keyed by ``task_id``).
+
+        Raises:
+            ServiceUnavailableError: MongoDB unreachable.
+        """
+        try:
+            self.col(C.BACKTEST_RESULTS).insert_one(dict(doc))
+        except ConnectionFailure as e:
+            raise ServiceUnavailableError(
+                f"MongoDB unreachable while saving a backtest: {e}"
+            ) from e
+
+    def backtest_result_get(self, task_id: str) -> dict[str, Any] | None:
+        """The ``backtest_results`` document of ``task_id`` (without ``_id``), or None."""
+        return self.col(C.BACKTEST_RESULTS).find_one({"task_id": task_id}, {"_id": 0})
+
+    def optimization_result_save(self, doc: Mapping[str, Any]) -> None:
+        """Insert one ``optimization_results`` document (keyed by ``task_id``).
+
+        Raises:
+            ServiceUnavailableError: MongoDB unreachable.
+        """
+        try:
+            self.col(C.OPTIMIZATION_RESULTS).insert_one(dict(doc))
+        except ConnectionFailure as e:
+            raise ServiceUnavailableError(
+                f"MongoDB unreachable while saving an optimisation: {e}"
+            ) from e
+
+    def optimization_result_get(self, task_id: str) -> dict[str, Any] | None:
+        """The ``optimization_results`` document of ``task_id`` (without ``_id``), or None."""
+        return self.col(C.OPTIMIZATION_RESULTS).find_one({"task_id": task_id}, {"_id": 0})
+
 
 # ---------------------------------------------------------------- helpers
 def _frame_to_docs(
