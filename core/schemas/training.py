@@ -1,0 +1,172 @@
+"""Parameters and result of the ``train-model`` flow (shared with the HTTP gateway).
+
+Validation messages are the spec's (TC-ASYNC-002), so the Prefect UI, the CLI and HTTP all
+reject the same bad input with the same words before anything is queued.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core.exceptions import InvalidInputError
+from core.market import check_symbol
+
+MODEL_TYPES = ("lstm", "gru", "transformer")
+TRAINING_TIMEFRAMES = ("5m", "15m", "1h", "4h")
+#: Soft limit: checkpoint then fail. Hard limit: the flow's timeout (see flows/train_model.py).
+SOFT_TIME_LIMIT_S = 7200.0
+HARD_TIME_LIMIT_S = 9000.0
+
+
+class TrainModelParams(BaseModel):
+    """What to train. Every check runs before a run is created or any data is read."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_type: str = Field(default="lstm", description="lstm, gru or transformer.")
+    symbol: str = Field(default="BTCUSDT", description="Trading pair, e.g. BTCUSDT.")
+    timeframe: str = Field(default="1h", description="Candle timeframe: 5m, 15m, 1h or 4h.")
+    days_of_data: int = Field(default=30, description="Days of candles to train on (>= 7).")
+    epochs: int = Field(default=100, description="Epochs to train (1-1000).")
+    batch_size: int = Field(default=64, description="Power of two; halved on out-of-memory.")
+    learning_rate: float = Field(default=1e-3, description="Adam learning rate (> 0).")
+    validation_split: float = Field(
+        default=0.2, description="Newest share of samples held out for validation (0.0-0.5]."
+    )
+    checkpoint_interval: int = Field(default=10, ge=1, description="Checkpoint every n epochs.")
+    resume: bool = Field(default=False, description="Continue from the newest checkpoint.")
+    mode: Literal["scratch", "incremental"] = Field(
+        default="scratch", description="incremental warm-starts from the deployed model."
+    )
+    lookback: int = Field(default=24, ge=4, le=256, description="Bars per input window.")
+    horizon_bars: int = Field(
+        default=1, ge=1, le=48, description="Target: sign of the return over this many bars."
+    )
+    early_stopping_patience: int | None = Field(
+        default=None,
+        ge=1,
+        description="Stop after this many epochs without a better validation loss; "
+        "None trains every epoch. The best epoch's weights are kept either way.",
+    )
+    units: int = Field(default=32, ge=4, le=512, description="Width of the network.")
+    soft_time_limit_s: float = Field(
+        default=SOFT_TIME_LIMIT_S,
+        gt=0,
+        le=HARD_TIME_LIMIT_S,
+        description="Checkpoint and fail after this many seconds of training.",
+    )
+    requested_by: str = Field(default="prefect", description="Who asked (recorded with the model).")
+
+    @field_validator("model_type")
+    @classmethod
+    def _model_type(cls, v: str) -> str:
+        if v not in MODEL_TYPES:
+            raise ValueError(f"model_type must be one of: {', '.join(MODEL_TYPES)} (got {v!r})")
+        return v
+
+    @field_validator("symbol")
+    @classmethod
+    def _symbol(cls, v: str) -> str:
+        try:
+            return check_symbol(v)
+        except InvalidInputError as e:
+            raise ValueError(str(e)) from None
+
+    @field_validator("timeframe")
+    @classmethod
+    def _timeframe(cls, v: str) -> str:
+        if v not in TRAINING_TIMEFRAMES:
+            raise ValueError(
+                f"timeframe must be one of: {', '.join(TRAINING_TIMEFRAMES)} (got {v!r})"
+            )
+        return v
+
+    @field_validator("days_of_data")
+    @classmethod
+    def _days(cls, v: int) -> int:
+        if v < 7:
+            raise ValueError(f"days_of_data must be >= 7 (got {v})")
+        return v
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs(cls, v: int) -> int:
+        if not 1 <= v <= 1000:
+            raise ValueError(f"epochs must be between 1-1000 (got {v})")
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch(cls, v: int) -> int:
+        if v < 1 or v & (v - 1) or v > 4096:
+            raise ValueError(f"batch_size must be power of 2 (32, 64, 128, 256) (got {v})")
+        return v
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _lr(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"learning_rate must be > 0 (got {v})")
+        return v
+
+    @field_validator("validation_split")
+    @classmethod
+    def _split(cls, v: float) -> float:
+        if not 0.0 < v <= 0.5:
+            raise ValueError(
+                f"validation_split must be between 0.0 and 0.5 (got {v}; 0.0 is excluded: "
+                "metrics need a held-out split)"
+            )
+        return v
+
+    @property
+    def training_key(self) -> str:
+        """``lstm+BTCUSDT+1h``: at most one training per key is queued or running."""
+        return training_key(self.model_type, self.symbol, self.timeframe)
+
+
+def training_key(model_type: str, symbol: str, timeframe: str) -> str:
+    """The duplicate-detection key of a training."""
+    return f"{model_type}+{symbol}+{timeframe}"
+
+
+def duplicate_message(model_type: str, symbol: str) -> str:
+    """The spec's rejection text, e.g. 'Training already in progress for lstm+BTCUSDT'."""
+    return f"Training already in progress for {model_type}+{symbol}"
+
+
+class TrainingResults(BaseModel):
+    """Numbers measured by one training (validation metrics on the held-out split)."""
+
+    final_loss: float | None = None
+    validation_loss: float | None = None
+    val_accuracy: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    f1: float | None = None
+    baselines: dict[str, Any] = Field(default_factory=dict)
+    training_time_seconds: float = 0.0
+    epochs_completed: int = 0
+    best_epoch: int | None = None
+    device: str = "cpu"
+    resumed_from_epoch: int | None = None
+    batch_size: int | None = None
+    train_samples: int | None = None
+    validation_samples: int | None = None
+
+
+class TrainModelResult(BaseModel):
+    """Result of ``train-model``."""
+
+    status: Literal["success", "failed", "cancelled"]
+    model_type: str
+    symbol: str
+    timeframe: str
+    training_results: TrainingResults
+    model_id: str | None = None
+    model_path: str | None = None
+    model_status: str | None = None
+    task_id: str
+    error: str | None = None
