@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -10,8 +10,9 @@ import pytest
 
 from integrations.store import Store
 
-#: The six months the flow tests run on (184 calendar days of hours).
-SIX_MONTHS = (datetime(2019, 4, 1, tzinfo=UTC), datetime(2019, 10, 1, 23, tzinfo=UTC))
+#: The six months the flow tests run on: [2019-03-22, 2019-09-22), 184 calendar days of hours
+#: (the spec's 2024-05-22 to 2024-11-22 shifted into the real data).
+SIX_MONTHS = (date(2019, 3, 22), date(2019, 9, 22))
 
 
 def read_cryptodatadownload(path: Path) -> pd.DataFrame:
@@ -44,12 +45,14 @@ def btc_hours(shared_data_dir: Path) -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def btc_six_months(btc_hours: pd.DataFrame) -> pd.DataFrame:
-    """The six months 2019-04-01 to 2019-10-01 of real BTCUSD hours (4,416 bars)."""
-    return btc_hours.loc[SIX_MONTHS[0] : SIX_MONTHS[1]]
+    """The six months [2019-03-22, 2019-09-22) of real BTCUSD hours (4,416 bars)."""
+    start = datetime.combine(SIX_MONTHS[0], datetime.min.time(), tzinfo=UTC)
+    end = datetime.combine(SIX_MONTHS[1], datetime.min.time(), tzinfo=UTC)
+    return btc_hours.loc[start : end - timedelta(hours=1)]
 
 
 @pytest.fixture
-def btc_store(store: Store, btc_six_months: pd.DataFrame) -> Store:
-    """A fresh store holding the six months of real hours as BTCUSD 1h."""
-    store.upsert_candles("BTCUSD", "1h", btc_six_months, source="csv:Coinbase_BTCUSD_1h.csv")
-    return store
+def btc_store(mongo_block: Store, btc_six_months: pd.DataFrame) -> Store:
+    """The "mongodb" block's fresh store holding the six months of real hours as BTCUSD 1h."""
+    mongo_block.upsert_candles("BTCUSD", "1h", btc_six_months, source="csv:Coinbase_BTCUSD_1h.csv")
+    return mongo_block

@@ -1,0 +1,64 @@
+"""``backtest-strategy``: backtest one strategy on stored candles and publish the result.
+
+Steps: load the candles of ``[start_date, end_date)`` from the store (clear error when the
+range is missing or short) -> backtest (tasks.backtest -> backtest.service) -> markdown
+summary + equity/drawdown chart artifacts (PNG also under ``<state_dir>/backtests/``) ->
+save to ``backtest_results``. A progress artifact moves in steps of 10%.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from blocks.loader import load_store
+from core.schemas.backtest import BacktestParameters, BacktestResult
+from core.settings import Settings
+from tasks.backtest import (
+    load_backtest_candles,
+    publish_backtest_artifacts,
+    run_backtest_task,
+    save_backtest_result,
+)
+from tasks.progress import ProgressReporter
+
+
+@flow(name="backtest-strategy", validate_parameters=True, timeout_seconds=1200)
+def backtest_strategy(params: BacktestParameters) -> BacktestResult:
+    """Backtest ``params``. Returns the :class:`BacktestResult` saved to ``backtest_results``."""
+    started = time.perf_counter()
+    task_id = str(flow_run.get_id())
+    logger = get_run_logger()
+    progress = ProgressReporter(
+        f"backtest-{params.strategy_name}-{params.symbol}-{params.timeframe}".lower(),
+        min_step_pct=10,
+    )
+    store = load_store()
+    progress.update(10, "Loading candles")
+    frame = load_backtest_candles(
+        store, params.symbol, params.timeframe, params.start_date, params.end_date
+    )
+    progress.update(30, f"Backtesting {len(frame)} bars")
+    result = run_backtest_task(frame, params)
+    result.task_id = task_id
+    progress.update(60, "Drawing charts")
+    result.chart_path = publish_backtest_artifacts(result, task_id, Settings())
+    progress.update(80, "Saving result")
+    result.elapsed_s = time.perf_counter() - started
+    save_backtest_result(store, result)
+    progress.update(100, "Complete")
+    m = result.metrics
+    logger.info(
+        "%s %s %s: return %.2f%% (buy & hold %.2f%%), Sharpe %.2f, %d trades, win rate %.1f%%",
+        params.strategy_name,
+        params.symbol,
+        params.timeframe,
+        m.total_return_pct,
+        m.buy_and_hold_return_pct,
+        m.sharpe_ratio,
+        m.total_trades,
+        m.win_rate_pct,
+    )
+    return result

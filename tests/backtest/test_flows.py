@@ -1,0 +1,107 @@
+"""The backtest-strategy and optimize-strategy flows on the session Prefect server.
+
+Six months of real BTCUSD hours are stored in the test database; the flows read them
+through the "mongodb" block, publish artifacts and save their results.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import date
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+from core.exceptions import InsufficientDataError
+from core.schemas.backtest import BacktestParameters, OptimizeParameters
+from flows.backtest_strategy import backtest_strategy
+from flows.optimize_strategy import optimize_strategy
+from integrations.store import Store
+
+SIX_MONTHS = (date(2019, 3, 22), date(2019, 9, 22))  # as in conftest.py: 184 days
+
+
+def _artifacts(flow_run_id: str) -> list:
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+
+@pytest.mark.parametrize("strategy", ["rsi", "macd", "bollinger", "volume"])
+def test_backtest_flow_saves_result_artifacts_and_chart(btc_store: Store, strategy: str) -> None:
+    params = BacktestParameters(
+        strategy_name=strategy,
+        symbol="BTCUSD",
+        timeframe="1h",
+        start_date=SIX_MONTHS[0],
+        end_date=SIX_MONTHS[1],
+        parameters={"rsi_period": 14, "overbought": 70, "oversold": 30}
+        if strategy == "rsi"
+        else {},
+    )
+    result = backtest_strategy(params)
+    m = result.metrics
+    assert result.bars == 4416
+    assert len(result.equity_curve) == 184  # one point per day
+    assert m.total_trades == len(result.trades) > 0
+    assert result.equity_curve[-1].equity == pytest.approx(m.final_equity)
+    assert min(p.drawdown_pct for p in result.equity_curve) >= m.max_drawdown_pct - 1e-9
+    assert "sqrt(365)" in result.conventions["sharpe_ratio"]
+
+    saved = btc_store.backtest_result_get(result.task_id)
+    assert saved is not None and saved["strategy_name"] == strategy
+    assert saved["result"]["metrics"]["sharpe_ratio"] == pytest.approx(m.sharpe_ratio)
+
+    png = Path(result.chart_path).read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    arts = _artifacts(result.task_id)
+    kinds = {a.type for a in arts}
+    assert {"progress", "markdown"} <= kinds
+    progress = next(a for a in arts if a.type == "progress")
+    assert progress.data == 100
+    md = next(a for a in arts if a.type == "markdown").data
+    assert "| sharpe_ratio |" in md
+    embedded = md.split("data:image/png;base64,")[1].split(")")[0]
+    assert base64.b64decode(embedded) == png
+
+
+def test_backtest_flow_names_missing_range(btc_store: Store) -> None:
+    params = BacktestParameters(
+        strategy_name="rsi",
+        symbol="BTCUSD",
+        timeframe="1h",
+        start_date="2019-09-01",
+        end_date="2019-12-01",
+    )
+    with pytest.raises(
+        InsufficientDataError,
+        match=r"BTCUSD 1h from 2019-09-01 to 2019-12-01.*found 504 bars from 2019-09-01 00:00 to 2019-09-21 23:00",
+    ):
+        backtest_strategy(params)
+    assert btc_store.col("backtest_results").count_documents({}) == 0
+
+
+def test_optimize_grid_flow_ranks_50_variations_on_dask(btc_store: Store) -> None:
+    params = OptimizeParameters(
+        strategy_name="rsi",
+        symbol="BTCUSD",
+        timeframe="1h",
+        start_date=SIX_MONTHS[0],
+        end_date=SIX_MONTHS[1],
+        method="grid",
+        parameter_variations=50,
+    )
+    result = optimize_strategy(params)
+    assert len(result.all_results) == 50
+    sharpes = [r.sharpe_ratio for r in result.all_results]
+    assert sharpes == sorted(sharpes, reverse=True)
+    assert len({tuple(sorted(r.parameters.items())) for r in result.all_results}) == 50
+    assert result.best_parameters == result.all_results[0].parameters
+    assert result.best_result.metrics.sharpe_ratio == pytest.approx(sharpes[0])
+    assert {"rsi_period", "oversold", "overbought"} <= set(result.best_parameters)
+    saved = btc_store.optimization_result_get(result.task_id)
+    assert saved is not None and saved["method"] == "grid"
+    assert len(saved["result"]["all_results"]) == 50
