@@ -77,14 +77,20 @@ def find_active_trainings(
     Returns:
         matching runs, oldest first.
     """
+    runs: list[FlowRun] = []
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=ACTIVE_STATE_TYPES))
-            ),
-            limit=500,
-        )
+        while True:  # the API returns at most 200 per page
+            page = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=ACTIVE_STATE_TYPES))
+                ),
+                limit=200,
+                offset=len(runs),
+            )
+            runs.extend(page)
+            if len(page) < 200:
+                break
     out = []
     for run in runs:
         if exclude_run_id is not None and str(run.id) == str(exclude_run_id):
