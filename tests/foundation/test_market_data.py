@@ -1,0 +1,352 @@
+"""Market data: Binance client against a local klines server, CSV imports (real and corrupt),
+quality checks, resampling, the synthetic generator, the ingest flow and the demo loader."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from core.exceptions import PeerRejectedError, RateLimitedError, ServiceUnavailableError
+from core.schemas.market_data import IngestParameters
+from core.settings import Settings
+from integrations.embedded_mongo import free_port
+from integrations.market_data.binance import BinanceClient
+from integrations.market_data.csv_source import read_candles_csv
+from integrations.market_data.pipeline import import_csv, load_demo_data, store_candles
+from integrations.market_data.quality import check_candles
+from integrations.market_data.resample import resample_candles
+from integrations.market_data.synthetic import generate_candles
+from integrations.store import C, Store
+
+HOUR_MS = 3_600_000
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+NOW = datetime(2024, 6, 1, tzinfo=UTC)
+
+
+def _kline(open_ms: int) -> list:
+    price = 100 + (open_ms // HOUR_MS) % 50
+    return [
+        open_ms,
+        f"{price:.2f}",
+        f"{price + 1:.2f}",
+        f"{price - 1:.2f}",
+        f"{price + 0.5:.2f}",
+        "10.5",
+        open_ms + HOUR_MS - 1,
+        f"{10.5 * price:.2f}",
+        42,
+        "5",
+        "500",
+        "0",
+    ]
+
+
+def _klines_handler(request: Request) -> Response:
+    """A Binance-like /api/v3/klines: 1h bars from startTime to endTime, at most `limit`."""
+    start = int(request.args["startTime"])
+    end = int(request.args["endTime"])
+    limit = int(request.args.get("limit", 500))
+    first = -(-start // HOUR_MS) * HOUR_MS
+    rows = [_kline(t) for t in range(first, end + 1, HOUR_MS)][:limit]
+    return Response(json.dumps(rows), content_type="application/json")
+
+
+def _client(server: HTTPServer, sleeps: list[float], **kw) -> BinanceClient:
+    return BinanceClient(
+        server.url_for("/").rstrip("/"), sleep=sleeps.append, now=lambda: NOW, **kw
+    )
+
+
+def test_binance_paginates_beyond_1000_bars(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/api/v3/klines").respond_with_handler(_klines_handler)
+    sleeps: list[float] = []
+    got = _client(httpserver, sleeps).fetch_klines("BTCUSDT", "1h", T0, T0 + timedelta(hours=2500))
+    assert len(got.frame) == 2500 and got.requests == 3 and got.rejected == 0
+    assert got.frame.index[0] == pd.Timestamp(T0) and got.frame.index.is_unique
+    assert (np.diff(got.frame.index.asi8) == np.diff(got.frame.index.asi8)[0]).all()
+    pages = [int(r.args["startTime"]) for r, _ in httpserver.log]
+    assert pages == [int(T0.timestamp() * 1000) + i * 1000 * HOUR_MS for i in range(3)]
+    assert all(r.args["limit"] == "1000" and r.args["interval"] == "1h" for r, _ in httpserver.log)
+    assert got.frame["trades_count"].iloc[0] == 42 and sleeps == []
+
+
+def test_binance_honours_429_retry_after_then_succeeds(httpserver: HTTPServer) -> None:
+    httpserver.expect_ordered_request("/api/v3/klines").respond_with_response(
+        Response(
+            '{"code":-1003,"msg":"Too many requests"}', status=429, headers={"Retry-After": "7"}
+        )
+    )
+    httpserver.expect_ordered_request("/api/v3/klines").respond_with_handler(_klines_handler)
+    sleeps: list[float] = []
+    got = _client(httpserver, sleeps).fetch_klines("BTCUSDT", "1h", T0, T0 + timedelta(hours=10))
+    assert len(got.frame) == 10 and got.requests == 2
+    assert sleeps == [7.0]
+
+
+def _errors_handler(request: Request) -> Response:
+    symbol = request.args["symbol"]
+    if symbol == "BADUSDT":
+        return Response('{"code":-1121,"msg":"Invalid symbol."}', status=400)
+    if symbol == "BANUSDT":
+        return Response("", status=418, headers={"Retry-After": "3600"})
+    return Response("oops", status=503)
+
+
+def test_binance_errors_are_classified(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/api/v3/klines").respond_with_handler(_errors_handler)
+    sleeps: list[float] = []
+    end = T0 + timedelta(hours=2)
+    with pytest.raises(PeerRejectedError, match="Invalid symbol"):
+        _client(httpserver, sleeps).fetch_klines("BADUSDT", "1h", T0, end)
+    assert sleeps == []  # a 4xx is never retried
+    with pytest.raises(ServiceUnavailableError, match="503"):
+        _client(httpserver, sleeps, max_retries=3).fetch_klines("DOWNUSDT", "1h", T0, end)
+    assert sleeps == [0.5, 1.0, 2.0]  # exponential backoff, then give up
+    with pytest.raises(RateLimitedError) as e:
+        _client(httpserver, sleeps).fetch_klines("BANUSDT", "1h", T0, end)
+    assert e.value.retry_after_s == 3600.0 and sleeps == [0.5, 1.0, 2.0]  # not waited here
+
+
+def test_binance_malformed_rows_rejected_and_reported(httpserver: HTTPServer, store: Store) -> None:
+    t = int(T0.timestamp() * 1000)
+    rows = [
+        _kline(t),
+        ["garbage"],
+        [t + HOUR_MS, "abc", "1", "1", "1", "1", 0, "1", 1],
+        _kline(t + 2 * HOUR_MS),
+        [t + 4 * HOUR_MS, "NaN", "1", "1", "1", "1", 0, "1", 1],
+    ]
+    bad_ohlc = _kline(t + 3 * HOUR_MS)
+    bad_ohlc[2] = "1.0"  # high below low
+    rows.append(bad_ohlc)
+    httpserver.expect_request("/api/v3/klines").respond_with_json(rows)
+    got = _client(httpserver, []).fetch_klines("BTCUSDT", "1h", T0, T0 + timedelta(hours=5))
+    assert got.rejected == 2 and got.examples[0].reason == "malformed_row"
+    assert "garbage" in got.examples[0].values["raw"] and "abc" in got.examples[1].values["raw"]
+    from core.schemas.market_data import QualityReport
+
+    prior = QualityReport(
+        rows_in=len(rows),
+        rows_kept=len(got.frame),
+        rejected={"malformed_row": 2},
+        examples=got.examples,
+    )
+    [res] = store_candles(store, "BTCUSDT", "1h", got.frame, source="binance", prior=prior)
+    assert res.inserted == 2
+    assert res.quality.rejected == {"malformed_row": 2, "nan_or_inf": 1, "high_below_low": 1}
+    assert res.rejected == 4
+
+
+def test_import_real_coinbase_hourly_csv_is_clean_and_idempotent(
+    store: Store, shared_data_dir: Path
+) -> None:
+    path = str(shared_data_dir / "Coinbase_BTCUSD_1h.csv")
+    [first] = import_csv(store, path)
+    assert (first.symbol, first.timeframe, first.source) == (
+        "BTCUSD",
+        "1h",
+        "csv:Coinbase_BTCUSD_1h.csv",
+    )
+    q = first.quality
+    assert (q.rows_in, q.rows_kept, q.duplicates, q.gaps, q.missing_bars) == (20111, 20111, 0, 0, 0)
+    assert first.inserted == 20111 and first.rejected == 0
+    assert (q.first, q.last) == (
+        datetime(2017, 7, 1, 11, tzinfo=UTC),
+        datetime(2019, 10, 17, 9, tzinfo=UTC),
+    )
+    [again] = import_csv(store, path)
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 20111)
+    assert (
+        store.col(C.MARKET_DATA).count_documents({"symbol": "BTCUSD", "timeframe": "1h"}) == 20111
+    )
+    newest = store.load_candles("BTCUSD", "1h", last_n=1)
+    # first data row of the file: 2019-10-17 09-AM,BTCUSD,8051,8056.83,8021.23,8035.88,61.25,492394.56
+    assert newest[["open", "high", "low", "close", "volume", "quote_volume"]].iloc[0].tolist() == [
+        8051.0,
+        8056.83,
+        8021.23,
+        8035.88,
+        61.25,
+        492394.56,
+    ]
+
+
+def test_corrupt_csv_rows_rejected_and_rest_stored(store: Store, tmp_path: Path) -> None:
+    lines = [
+        "Timestamps are UTC timezone,https://www.CryptoDataDownload.com",
+        "date,symbol,open,high,low,close,volume_btc,volume",
+        "2024-01-01 10-AM,ETHUSD,100,101,99,100.5,1,100",
+        "2024-01-01 09-AM,ETHUSD,100,101,99,100.5,1,100",  # duplicate hour (older copy)
+        "2024-01-01 09-AM,ETHUSD,100,101,99,100.5,1,100",
+        "2024-01-01 08-AM,ETHUSD,100,99,101,100,1,100",  # high < low
+        "2024-01-01 07-AM,ETHUSD,-5,101,99,100,1,100",  # negative price
+        "2024-01-01 06-AM,ETHUSD,NaN,101,99,100,1,100",  # NaN
+        "2024-01-01 05-AM,ETHUSD,100,101,99,100.5,1,100",
+        "2024-01-01 04-AM,ETHUSD,100,101,99,100.5,1,100",
+        "not-a-date,ETHUSD,100,101,99,100.5,1,100",
+    ]
+    path = tmp_path / "corrupt.csv"
+    path.write_text("\n".join(lines) + "\n")
+    [res] = import_csv(store, str(path))
+    q = res.quality
+    assert q.rejected == {
+        "bad_timestamp": 1,
+        "nan_or_inf": 1,
+        "non_positive_price": 1,
+        "high_below_low": 1,
+        "duplicate_bar": 1,
+    }
+    assert res.rejected == 5 and res.inserted == 4 and q.rows_in == 9
+    reasons = {e.reason: e for e in q.examples}
+    assert reasons["non_positive_price"].values["open"] == -5.0
+    assert reasons["high_below_low"].open_time == datetime(2024, 1, 1, 8, tzinfo=UTC)
+    assert (q.gaps, q.missing_bars) == (1, 3)  # 06, 07, 08 rejected -> a hole of 3 bars
+    stored = store.load_candles("ETHUSD", "1h")
+    assert [t.hour for t in stored.index] == [4, 5, 9, 10]
+
+
+def test_plain_ohlcv_csv_with_epoch_ms(tmp_path: Path) -> None:
+    t = int(T0.timestamp() * 1000)
+    rows = ["timestamp,open,high,low,close,volume"] + [
+        f"{t + i * 900_000},{10 + i},{11 + i},{9 + i},{10.5 + i},{i}" for i in range(8)
+    ]
+    path = tmp_path / "plain.csv"
+    path.write_text("\n".join(rows))
+    data = read_candles_csv(path)
+    assert (data.format, data.timeframe, data.symbol) == ("ohlcv", "15m", None)
+    clean, report = check_candles(data.frame, "15m")
+    assert report.rows_kept == 8 and clean.index[0] == pd.Timestamp(T0)
+
+
+def test_resample_matches_hand_computation() -> None:
+    idx = pd.date_range(
+        "2024-01-01 01:00", periods=47, freq="h", tz="UTC"
+    )  # 01:00 day1 .. 23:00 day2
+    n = np.arange(47, dtype=float)
+    frame = pd.DataFrame(
+        {"open": 100 + n, "high": 110 + n, "low": 90 - n, "close": 101 + n, "volume": 1 + n},
+        index=idx,
+    )
+    four = resample_candles(frame, "1h", "4h")
+    # 00:00 bucket lacks its 00:00 bar -> dropped; buckets 04:00 day1 .. 20:00 day2 kept
+    assert four.index[0] == pd.Timestamp("2024-01-01 04:00", tz="UTC") and len(four) == 11
+    first = four.iloc[0]  # rows 3..6 (04:00..07:00)
+    assert first.tolist() == [103.0, 116.0, 84.0, 107.0, 4 + 5 + 6 + 7]
+    last = four.iloc[-1]  # 20:00..23:00 of day 2: rows 43..46
+    assert last.tolist() == [143.0, 156.0, 44.0, 147.0, 44 + 45 + 46 + 47]
+    daily = resample_candles(frame, "1h", "1d")
+    assert list(daily.index) == [pd.Timestamp("2024-01-02", tz="UTC")]  # day 1 incomplete
+    day2 = daily.iloc[0]  # rows 23..46
+    assert day2.tolist() == [123.0, 156.0, 44.0, 147.0, float(sum(range(24, 48)))]
+
+
+def test_resampled_real_hours_match_the_real_daily_file(shared_data_dir: Path) -> None:
+    hourly = read_candles_csv(shared_data_dir / "Coinbase_BTCUSD_1h.csv")
+    daily = read_candles_csv(shared_data_dir / "Coinbase_BTCUSD_d.csv")
+    h, _ = check_candles(hourly.frame, "1h")
+    d, d_report = check_candles(daily.frame, "1d")
+    assert d_report.gaps == 1 and d_report.missing_bars == 12  # the daily file has a hole
+    ours = resample_candles(h, "1h", "1d")
+    both = ours.join(d, how="inner", lsuffix="_ours")
+    assert len(both) > 800
+    same_close = np.isclose(both["close_ours"], both["close"]).mean()
+    assert same_close > 0.9  # same exchange, same days: the closes agree
+
+
+def test_synthetic_generator_is_deterministic_per_seed() -> None:
+    a = generate_candles("BTCUSDT", "1h", T0, 24 * 60, seed=7)
+    b = generate_candles("BTCUSDT", "1h", T0, 24 * 60, seed=7)
+    c = generate_candles("BTCUSDT", "1h", T0, 24 * 60, seed=8)
+    pd.testing.assert_frame_equal(a, b)
+    assert not np.allclose(a["close"], c["close"])
+    assert not np.allclose(
+        a["close"], generate_candles("ETHUSDT", "1h", T0, 24 * 60, seed=7)["close"] * 15
+    )
+    assert a["regime"].nunique() >= 3
+    _, report = check_candles(a, "1h")
+    assert report.rows_kept == len(a) and report.gaps == 0
+    # a longer series extends a shorter one bar for bar
+    longer = generate_candles("BTCUSDT", "1h", T0, 24 * 200, seed=7)
+    pd.testing.assert_frame_equal(longer.iloc[: len(a)], a)
+
+
+def test_ingest_flow_synthetic_then_binance(
+    mongo_block: Store, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.ingest_market_data import ingest_market_data
+
+    params = IngestParameters(
+        source="synthetic",
+        symbols=["SOLUSDT", "ETHUSDT"],
+        timeframe="1h",
+        start=T0,
+        end=T0 + timedelta(days=3),
+        resample_to=["4h", "1d"],
+    )
+    result = ingest_market_data(params)
+    counts = {(r.symbol, r.timeframe): (r.inserted, r.source) for r in result.results}
+    assert counts[("SOLUSDT", "1h")] == (72, "synthetic")
+    assert counts[("SOLUSDT", "4h")] == (18, "synthetic") and counts[("ETHUSDT", "1d")][0] == 3
+    again = ingest_market_data(params)
+    assert all(r.inserted == 0 and r.unchanged > 0 for r in again.results)
+    assert mongo_block.candle_summary()[0]["sources"] == ["synthetic"]
+
+    httpserver.expect_request("/api/v3/klines").respond_with_handler(_klines_handler)
+    monkeypatch.setenv("BOTAI_BINANCE_BASE_URL", httpserver.url_for("/").rstrip("/"))
+    got = ingest_market_data(
+        IngestParameters(
+            source="binance", symbols=["BTCUSDT"], start=T0, end=T0 + timedelta(hours=1500)
+        )
+    )
+    [btc] = got.results
+    assert (btc.inserted, btc.rejected, btc.source) == (1500, 0, "binance")
+    assert len(httpserver.log) == 2
+
+
+def test_ingest_parameters_reject_bad_input() -> None:
+    with pytest.raises(ValueError, match="Invalid trading symbol"):
+        IngestParameters(symbols=["btc-usd"])
+    with pytest.raises(ValueError, match="csv_path is required"):
+        IngestParameters(source="csv")
+    with pytest.raises(ValueError, match="coarser"):
+        IngestParameters(timeframe="1d", resample_to=["4h"])
+
+
+def test_demo_data_falls_back_to_synthetic_and_imports_real_csv(
+    store: Store, shared_data_dir: Path, tmp_path: Path
+) -> None:
+    # the newest 300 hours of the real file, so the test stays fast (the full import is tested above)
+    real = (shared_data_dir / "Coinbase_BTCUSD_1h.csv").read_text().splitlines()
+    (tmp_path / "Coinbase_BTCUSD_1h.csv").write_text("\n".join(real[:302]) + "\n")
+    dead = f"http://127.0.0.1:{free_port()}"
+    settings = Settings(binance_base_url=dead, demo_probe_timeout_s=1, data_dir=tmp_path)
+    report = load_demo_data(store, settings, now=NOW)
+    assert report.source == "synthetic" and "not reachable" in report.reason
+    assert report.symbols == ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT"] and report.days >= 60
+    assert all(r.inserted == 24 * report.days and r.source == "synthetic" for r in report.results)
+    assert report.real_csv is not None and report.real_csv.symbol == "BTCUSD"
+    assert report.real_csv.quality.rows_kept == 300 and report.real_csv.quality.gaps == 0
+    assert "synthetic" in report.summary()
+    assert store.candle_symbols("1h") == ["BNBUSDT", "BTCUSD", "BTCUSDT", "ETHUSDT", "SOLUSDT"]
+    again = load_demo_data(store, settings, now=NOW + timedelta(hours=5))  # later re-run
+    assert all(r.updated == 0 and r.inserted == 5 for r in again.results)
+
+
+def test_demo_data_from_binance_when_reachable(
+    store: Store, httpserver: HTTPServer, tmp_path: Path
+) -> None:
+    httpserver.expect_request("/api/v3/ping").respond_with_json({})
+    httpserver.expect_request("/api/v3/klines").respond_with_handler(_klines_handler)
+    settings = Settings(binance_base_url=httpserver.url_for("/").rstrip("/"), data_dir=tmp_path)
+    client = BinanceClient(settings.binance_base_url, now=lambda: NOW)
+    report = load_demo_data(store, settings, client=client, now=NOW, days=60)
+    assert report.source == "binance" and report.real_csv is None
+    assert [r.inserted for r in report.results] == [1440] * 4
+    assert store.candle_summary()[0]["sources"] == ["binance"]
