@@ -156,17 +156,19 @@ def genetic_search(
     strategy_name: str,
     evaluate: Evaluate,
     *,
-    population: int = 20,
-    generations: int = 12,
+    population: int = 16,
+    generations: int = 10,
     seed: int = 42,
     max_evaluations_pct: float = 30.0,
+    ga_share: float = 0.7,
     space: Mapping[str, Sequence[Any]] | None = None,
 ) -> tuple[list[OptimizationEntry], GeneticReport]:
     """Genetic search over the grid's indices: elitism, tournament, crossover, step mutation.
 
-    Each parameter set is evaluated at most once; the search stops after ``generations``
-    or when ``max_evaluations_pct`` of the valid space has been evaluated. The same seed
-    gives the same answer.
+    Each parameter set is evaluated at most once. The genetic phase runs ``generations``
+    generations but stops at ``ga_share`` (70%) of the budget (``max_evaluations_pct`` of the
+    valid space); the rest of the budget refines the best set by local search over its
+    +-1-step neighbours. The same seed gives the same answer.
 
     Returns:
         ``(ranked entries of every evaluated set, report)``.
@@ -177,6 +179,7 @@ def genetic_search(
     dims = [len(v) for v in resolved.values()]
     space_size = len(valid_combinations(strategy, resolved))
     budget = max(1, math.floor(space_size * max_evaluations_pct / 100.0))
+    ga_budget = max(1, math.floor(budget * ga_share))
     rng = np.random.default_rng(seed)
 
     def decode(g: tuple[int, ...]) -> Params:
@@ -220,14 +223,14 @@ def genetic_search(
     generations_run = 0
     for _ in range(generations):
         todo = [g for g in dict.fromkeys(pop) if g not in fitness]
-        todo = todo[: max(0, budget - len(fitness))]
+        todo = todo[: max(0, ga_budget - len(fitness))]
         if todo:
             for g, m in zip(todo, evaluate(candles, [decode(g) for g in todo]), strict=True):
                 fitness[g] = m.sharpe_ratio
                 results[g] = m
         generations_run += 1
         pop = [g for g in pop if g in fitness]
-        if len(fitness) >= budget or not pop:
+        if len(fitness) >= ga_budget or not pop:
             break
         pop.sort(key=lambda g: -fitness[g])
         children: list[tuple[int, ...]] = pop[:2]  # elites
@@ -245,6 +248,29 @@ def genetic_search(
             ):
                 children.append(child)
         pop = children
+
+    # local refinement: spend what is left of the budget on the unexplored neighbours
+    # (+-1 step in every dimension) of the best set with any left, re-ranking each round
+    while len(fitness) < budget:
+        neighbours: list[tuple[int, ...]] = []
+        for best in sorted(fitness, key=lambda g: -fitness[g]):  # best first
+            neighbours = [
+                g
+                for g in itertools.product(
+                    *[range(max(0, i - 1), min(d, i + 2)) for i, d in zip(best, dims, strict=True)]
+                )
+                if g not in fitness and valid(g)
+            ]
+            if neighbours:
+                break
+        if not neighbours:
+            break
+        neighbours = neighbours[: budget - len(fitness)]
+        for g, m in zip(
+            neighbours, evaluate(candles, [decode(g) for g in neighbours]), strict=True
+        ):
+            fitness[g] = m.sharpe_ratio
+            results[g] = m
 
     evaluated = list(results)
     entries = rank([decode(g) for g in evaluated], [results[g] for g in evaluated])

@@ -210,8 +210,8 @@ class OptimizeParameters(_RangeParams):
     space: dict[str, list[ParamValue]] | None = Field(
         None, description="Search space {name: [values]}; default: the strategy's own."
     )
-    population: int = Field(20, ge=4, le=500, description="Genetic: individuals per generation.")
-    generations: int = Field(12, ge=1, le=200, description="Genetic: generations.")
+    population: int = Field(16, ge=4, le=500, description="Genetic: individuals per generation.")
+    generations: int = Field(10, ge=1, le=200, description="Genetic: generations.")
     seed: int = Field(42, description="Genetic: random seed (same seed, same answer).")
     max_evaluations_pct: float = Field(
         30.0, gt=0, le=100, description="Genetic: stop after this share of the space is evaluated."

@@ -1,0 +1,134 @@
+"""Engine, metrics and strategies on the real BTC hours (no Prefect)."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from backtest.engine import check_candles, run_backtest
+from backtest.metrics import compute_metrics, equity_curve, trade_list
+from backtest.service import backtest_candles, check_range
+from backtest.strategies import STRATEGIES, Candles, get_strategy
+from core.exceptions import DataQualityError, InsufficientDataError, InvalidInputError
+from core.schemas.backtest import CONVENTIONS, BacktestConfig, BacktestMetrics
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "backtesting.md"
+
+
+@pytest.fixture(scope="module")
+def candles(btc_hours: pd.DataFrame) -> Candles:
+    return Candles.from_frame(btc_hours)
+
+
+def test_same_signals_match_backtesting_py(btc_hours: pd.DataFrame, candles: Candles) -> None:
+    """RSI(14) 30/70 signals through our engine and backtesting.py: same trades, same return."""
+    from backtesting import Backtest, Strategy
+
+    entries, exits = get_strategy("rsi").signals(candles, get_strategy("rsi").params({}))
+    ours = compute_metrics(run_backtest(candles, entries, exits, BacktestConfig(fee_bps=10)))
+
+    class Replay(Strategy):
+        def init(self) -> None:
+            pass
+
+        def next(self) -> None:
+            i = len(self.data) - 1
+            if entries[i] and not exits[i] and not self.position:
+                self.buy()
+            elif exits[i] and not entries[i] and self.position:
+                self.position.close()
+
+    data = btc_hours.rename(columns=str.capitalize)[["Open", "High", "Low", "Close", "Volume"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # large cash: backtesting.py buys whole units only
+        stats = Backtest(data, Replay, cash=1e9, commission=0.001, finalize_trades=True).run()
+    assert ours.total_trades == stats["# Trades"] > 50
+    assert ours.total_return_pct == pytest.approx(stats["Return [%]"], abs=0.5)
+
+
+def test_fills_fees_and_slippage_by_hand() -> None:
+    """Buy at bar 1's open, sell at bar 3's open: return computed by hand."""
+    t = np.arange(5).astype("datetime64[h]").astype("datetime64[ns]")
+    opens = np.array([100.0, 110.0, 120.0, 130.0, 140.0])
+    c = Candles(t, opens, opens + 5, opens - 5, opens + 1, np.ones(5))
+    entries = np.array([True, False, False, False, False])
+    exits = np.array([False, False, True, False, False])
+    cfg = BacktestConfig(initial_capital=1000, fee_bps=10, slippage_bps=20, position_size=0.5)
+    run = run_backtest(c, entries, exits, cfg)
+    fee, slip = 0.001, 0.002
+    buy, sell = 110 * (1 + slip), 130 * (1 - slip)
+    units = 500 / (buy * (1 + fee))
+    expected = 1000 - 500 + units * sell * (1 - fee)
+    assert run.equity[-1] == pytest.approx(expected, rel=1e-12)
+    assert list(run.held) == [0, 1, 1, 0, 0]
+    (trade,) = trade_list(run)
+    assert (trade.entry_price, trade.exit_price, trade.bars_held) == pytest.approx((buy, sell, 2))
+    assert trade.pnl == pytest.approx(expected - 1000)
+    # long/short: the exit also opens a short, closed by nothing -> open at the end
+    run_ls = run_backtest(c, entries, exits, cfg.model_copy(update={"allow_short": True}))
+    assert list(run_ls.held) == [0, 1, 1, -1, -1]
+    assert [tr.side for tr in trade_list(run_ls)] == ["long", "short"]
+    assert trade_list(run_ls)[-1].is_open
+
+
+def test_metrics_conventions(candles: Candles) -> None:
+    strategy = get_strategy("rsi")
+    run = run_backtest(candles, *strategy.signals(candles, strategy.params({})))
+    m = compute_metrics(run)
+    curve = equity_curve(run)
+    days = pd.date_range("2017-07-01", "2019-10-17", freq="D")
+    assert len(curve) == len(days)
+    daily = np.array([p.equity for p in curve])
+    r = np.diff(np.concatenate(([10_000.0], daily))) / np.concatenate(([10_000.0], daily[:-1]))
+    assert m.sharpe_ratio == pytest.approx(r.mean() / r.std(ddof=1) * np.sqrt(365))
+    trades = [t for t in trade_list(run) if not t.is_open]
+    assert m.closed_trades == len(trades)
+    assert m.win_rate_pct == pytest.approx(100 * sum(t.pnl > 0 for t in trades) / len(trades))
+    gains = sum(t.pnl for t in trades if t.pnl > 0)
+    losses = -sum(t.pnl for t in trades if t.pnl < 0)
+    assert m.profit_factor == pytest.approx(gains / losses)
+    assert m.exposure_pct == pytest.approx(100 * np.mean(run.held != 0))
+    assert m.max_drawdown_pct <= min(p.drawdown_pct for p in curve) + 1e-9
+
+
+def test_every_metric_and_convention_is_documented() -> None:
+    text = DOCS.read_text()
+    for name in [*BacktestMetrics.model_fields, *CONVENTIONS]:
+        assert re.search(rf"`{name}`", text), f"{name} is not documented in {DOCS.name}"
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_strategies_trade_on_real_data(btc_six_months: pd.DataFrame, name: str) -> None:
+    result = backtest_candles(btc_six_months, name, {}, symbol="BTCUSD", timeframe="1h")
+    assert result.metrics.total_trades > 0
+    assert len(result.equity_curve) == 184
+    assert result.parameters == get_strategy(name).params({}).model_dump()
+    assert get_strategy(name).space_size() >= 48
+
+
+def test_bad_parameters_and_data_are_rejected(btc_six_months: pd.DataFrame) -> None:
+    with pytest.raises(InvalidInputError, match=r"oversold \(80.0\) must be below overbought"):
+        get_strategy("rsi").params({"oversold": 80, "overbought": 70})
+    with pytest.raises(
+        InvalidInputError, match="rsi_period: Input should be greater than or equal to 2"
+    ):
+        get_strategy("rsi").params({"rsi_period": 1})
+    with pytest.raises(InvalidInputError, match="unknown parameter; allowed: fast, slow, signal"):
+        get_strategy("macd").params({"period": 3})
+    with pytest.raises(InvalidInputError, match="Unknown strategy 'foo': use one of rsi, macd"):
+        get_strategy("foo")
+    bad = btc_six_months.copy()
+    bad.iloc[10, bad.columns.get_loc("close")] = np.nan
+    with pytest.raises(DataQualityError, match="missing \\(NaN\\)"):
+        check_candles(Candles.from_frame(bad))
+    with pytest.raises(InvalidInputError, match="sorted in ascending order"):
+        check_candles(Candles.from_frame(btc_six_months.iloc[::-1]))
+    start, end = btc_six_months.index[0], btc_six_months.index[0] + pd.Timedelta(days=400)
+    with pytest.raises(InsufficientDataError, match="BTCUSD 1h .*expected 9600 bars, found 4416"):
+        check_range(btc_six_months, "BTCUSD", "1h", start, end)
