@@ -62,8 +62,9 @@ def compute_metrics(run: EngineRun) -> BacktestMetrics:
     final = float(equity[-1])
     total_return = (final / initial - 1.0) * 100.0
 
-    bar = np.median(np.diff(c.time)).astype("timedelta64[s]").astype(np.int64)
-    years = len(c.close) * float(bar) / 86400.0 / DAYS_PER_YEAR
+    n = len(c.close)
+    span_s = (c.time[-1] - c.time[0]).astype("timedelta64[s]").astype(np.int64) * n / max(n - 1, 1)
+    years = float(span_s) / 86400.0 / DAYS_PER_YEAR
     growth = final / initial
     cagr = (growth ** (1.0 / years) - 1.0) * 100.0 if growth > 0 and years > 0 else -100.0
 

@@ -35,7 +35,7 @@ CONVENTIONS: dict[str, str] = {
     "sharpe_ratio": "mean / std (ddof=1) of daily equity returns x sqrt(365); risk-free rate 0",
     "sortino_ratio": "mean daily return / sqrt(mean(min(daily return, 0)^2)) x sqrt(365)",
     "max_drawdown_pct": "largest fall of bar-close equity from its running peak, in percent (<= 0)",
-    "cagr_pct": "compound annual growth over the backtest span (bars x bar length), 365-day years",
+    "cagr_pct": "compound annual growth over the span (last - first open time) x bars / (bars - 1), 365-day years",
     "win_rate_pct": "winning closed trades (P&L > 0 after fees) / closed trades x 100",
     "profit_factor": "gross profit / gross loss of closed trades, in money after fees; null when no losing trade",
     "total_trades": "trades entered (closed + still open at the end)",
