@@ -310,6 +310,24 @@ def test_ingest_flow_synthetic_then_binance(
     assert len(httpserver.log) == 2
 
 
+def test_ingest_flow_csv_source_reports_rejections(mongo_block: Store, tmp_path: Path) -> None:
+    from flows.ingest_market_data import ingest_market_data
+
+    rows = ["timestamp,open,high,low,close,volume"] + [
+        f"2024-01-01T{h:02d}:00:00Z,10,11,9,10.5,{h}" for h in range(8)
+    ]
+    rows[3] = "2024-01-01T02:00:00Z,10,11,9,inf,2"
+    path = tmp_path / "plain.csv"
+    path.write_text("\n".join(rows))
+    result = ingest_market_data(
+        IngestParameters(source="csv", symbols=["XRPUSDT"], csv_path=str(path), resample_to=["4h"])
+    )
+    one, four = result.results
+    assert (one.symbol, one.inserted, one.rejected) == ("XRPUSDT", 7, 1)
+    assert one.quality.rejected == {"nan_or_inf": 1} and one.quality.missing_bars == 1
+    assert (four.timeframe, four.inserted) == ("4h", 1)  # 00:00 lacks 02:00 and is at the edge
+
+
 def test_ingest_parameters_reject_bad_input() -> None:
     with pytest.raises(ValueError, match="Invalid trading symbol"):
         IngestParameters(symbols=["btc-usd"])
