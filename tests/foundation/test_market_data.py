@@ -114,6 +114,17 @@ def test_binance_errors_are_classified(httpserver: HTTPServer) -> None:
     assert e.value.retry_after_s == 3600.0 and sleeps == [0.5, 1.0, 2.0]  # not waited here
 
 
+def test_binance_unreachable_is_retried_then_service_unavailable() -> None:
+    sleeps: list[float] = []
+    dead = BinanceClient(
+        f"http://127.0.0.1:{free_port()}", max_retries=2, sleep=sleeps.append, timeout_s=1
+    )
+    with pytest.raises(ServiceUnavailableError, match="did not answer"):
+        dead.fetch_klines("BTCUSDT", "1h", T0, T0 + timedelta(hours=2))
+    assert sleeps == [0.5, 1.0] and dead.requests_made == 3
+    assert dead.ping(0.5) is False
+
+
 def test_binance_malformed_rows_rejected_and_reported(httpserver: HTTPServer, store: Store) -> None:
     t = int(T0.timestamp() * 1000)
     rows = [
