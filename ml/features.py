@@ -163,13 +163,12 @@ def _indicator_features(candles: pd.DataFrame) -> dict[str, np.ndarray]:
 
     c = candles["close"].to_numpy(np.float64)
     rsi = np.asarray(ind.rsi(c, 14), dtype=np.float64)
-    macd = ind.macd(c)
-    hist = np.asarray(macd[2] if isinstance(macd, tuple) else macd["hist"], dtype=np.float64)
-    bb = ind.bollinger(c)
-    upper, lower = (bb[0], bb[2]) if isinstance(bb, tuple) else (bb["upper"], bb["lower"])
+    _line, _signal, hist = ind.macd(c)
+    upper, _middle, lower = ind.bollinger(c)
     width = np.asarray(upper, dtype=np.float64) - np.asarray(lower, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         pctb = np.where(width > 0, (c - np.asarray(lower)) / width, 0.5)
+    hist = np.asarray(hist, dtype=np.float64)
     return {"rsi_14": rsi / 100.0 - 0.5, "macd_hist_pct": hist / c, "bb_pctb": pctb}
 
 

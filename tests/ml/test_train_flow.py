@@ -69,10 +69,17 @@ def test_train_model_happy_path(env: Store, model_store_block, caplog):
     assert values == sorted(values) and seen[-1] == (100.0, "Complete")
     assert any(d.startswith("Training epoch ") for _, d in seen)
 
-    # a second training registers a candidate and leaves the deployed model in place
-    again = train_model(params.model_copy(update={"epochs": 2}))
+    # an incremental training warm-starts from the deployed model, registers a candidate
+    # and leaves the deployed model in place
+    again = train_model(params.model_copy(update={"epochs": 2, "mode": "incremental"}))
     assert again.model_status == "candidate"
     assert env.col(C.MODELS).count_documents({"status": "deployed"}) == 1
+    assert (
+        env.col(C.MODELS).find_one({"model_id": again.model_id})["extra"]["mode"] == "incremental"
+    )
+    # warm start: the first epoch starts near the trained model's loss, not from scratch
+    jobs = {j["task_id"]: j for j in env.col(C.TRAINING_JOBS).find({})}
+    assert jobs[again.task_id]["epochs"][0]["loss"] < jobs[result.task_id]["epochs"][0]["loss"]
 
 
 def test_insufficient_data_fails_before_training(env: Store):
@@ -84,6 +91,9 @@ def test_insufficient_data_fails_before_training(env: Store):
         train_model(params)
     with pytest.raises(InvalidInputError, match="Invalid trading symbol"):
         train_model(params.model_copy(update={"symbol": "XRPUSDT"}))
+    with pytest.raises(InvalidInputError, match="mode=incremental needs a deployed"):
+        env.upsert_candles("ADAUSDT", "1h", make_candles(760), source="synthetic")
+        train_model(TrainModelParams(symbol="ADAUSDT", mode="incremental", **FAST))
     assert env.col(C.MODELS).count_documents({}) == 0
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from core.exceptions import TrainingError
 from ml.features import prepare_dataset
-from ml.training import CheckpointStore, TrainConfig, TrainingStopped, train
+from ml.models import build_model
+from ml.training import CheckpointStore, TrainConfig, TrainingStopped, check_free_disk, train
 
 
 @pytest.fixture
@@ -66,8 +67,8 @@ class _Diverge(keras.callbacks.Callback):
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(dataset, tmp_path):
-    store = _ckpts(tmp_path)
-    cfg = TrainConfig("lstm", epochs=10, batch_size=64, checkpoint_interval=100, units=8)
+    store = _ckpts(tmp_path, "gru")
+    cfg = TrainConfig("gru", epochs=10, batch_size=64, checkpoint_interval=100, units=8)
     with pytest.raises(TrainingStopped, match="Training diverged: loss increased 10x") as info:
         train(dataset, cfg, checkpoints=store, run_id="div", extra_callbacks=[_Diverge()])
     assert info.value.epochs_completed == 3
@@ -77,14 +78,14 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(dataset, tmp_path):
 
 
 def test_interrupted_training_checkpoints_last_epoch_and_resumes(dataset, tmp_path):
-    store = _ckpts(tmp_path)
+    store = _ckpts(tmp_path, "gru")
 
     class _Interrupt(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             if epoch == 3:  # during epoch 4, like a SIGTERM from a cancel
                 raise KeyboardInterrupt
 
-    cfg = TrainConfig("lstm", epochs=6, batch_size=64, checkpoint_interval=2, units=8)
+    cfg = TrainConfig("gru", epochs=6, batch_size=64, checkpoint_interval=2, units=8)
     with pytest.raises(KeyboardInterrupt):
         train(dataset, cfg, checkpoints=store, run_id="r1", extra_callbacks=[_Interrupt()])
     latest = store.latest()
@@ -94,3 +95,31 @@ def test_interrupted_training_checkpoints_last_epoch_and_resumes(dataset, tmp_pa
     assert out.resumed_from_epoch == 4
     assert out.epochs_completed == 6
     assert [h["epoch"] for h in out.history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_soft_time_limit_checkpoints_then_fails(dataset, tmp_path):
+    ticks = iter(range(0, 10_000, 100))  # every clock read is 100 s later
+    store = _ckpts(tmp_path, "gru")
+    cfg = TrainConfig("gru", epochs=50, batch_size=64, units=8, soft_time_limit_s=250)
+    with pytest.raises(TrainingStopped, match="soft time limit of 250 s") as info:
+        train(dataset, cfg, checkpoints=store, run_id="slow", clock=lambda: next(ticks))
+    n = info.value.epochs_completed
+    assert 1 <= n < 50 and info.value.checkpoint_path == store.path("slow", n)
+    assert "resume=true" in str(info.value)
+
+
+def test_free_disk_check_names_the_setting(tmp_path):
+    assert check_free_disk(tmp_path, 0.0) > 0
+    with pytest.raises(TrainingError, match="Insufficient disk space.*BOTAI_MIN_FREE_DISK_GB"):
+        check_free_disk(tmp_path, 1e12)
+
+
+def test_three_architectures_are_different_networks():
+    layers = {
+        t: {type(layer).__name__ for layer in build_model(t, 12, 10, units=8).layers}
+        for t in ("lstm", "gru", "transformer")
+    }
+    assert "LSTM" in layers["lstm"] and "GRU" not in layers["lstm"]
+    assert "GRU" in layers["gru"] and "LSTM" not in layers["gru"]
+    assert {"MultiHeadAttention", "PositionEmbedding"} <= layers["transformer"]
+    assert not {"LSTM", "GRU"} & layers["transformer"]
