@@ -3,7 +3,8 @@
 Steps: load the candles of ``[start_date, end_date)`` from the store (clear error when the
 range is missing or short) -> backtest (tasks.backtest -> backtest.service) -> markdown
 summary + equity/drawdown chart artifacts (PNG also under ``<state_dir>/backtests/``) ->
-save to ``backtest_results``. A progress artifact moves in steps of 10%.
+save to ``backtest_results``. A progress artifact moves in steps of 10% at stage boundaries (the whole
+backtest takes well under a second, so finer steps would only add API calls).
 """
 
 from __future__ import annotations
@@ -40,14 +41,18 @@ def backtest_strategy(params: BacktestParameters) -> BacktestResult:
     frame = load_backtest_candles(
         store, params.symbol, params.timeframe, params.start_date, params.end_date
     )
-    progress.update(30, f"Backtesting {len(frame)} bars")
+    progress.update(20, f"Loaded {len(frame)} bars")
+    progress.update(30, "Backtesting")
     result = run_backtest_task(frame, params)
     result.task_id = task_id
-    progress.update(60, "Drawing charts")
+    progress.update(40, f"Backtested: {result.metrics.total_trades} trades")
+    progress.update(50, "Drawing the equity/drawdown chart")
     result.chart_path = publish_backtest_artifacts(result, task_id, Settings())
-    progress.update(80, "Saving result")
+    progress.update(60, "Artifacts published")
+    progress.update(70, "Saving result")
     result.elapsed_s = time.perf_counter() - started
     save_backtest_result(store, result)
+    progress.update(90, "Saved to backtest_results")
     progress.update(100, "Complete")
     m = result.metrics
     logger.info(

@@ -18,6 +18,7 @@ from blocks.loader import load_store
 from core.schemas.backtest import BacktestParameters, OptimizationResult, OptimizeParameters
 from core.settings import Settings
 from tasks.backtest import (
+    expected_evaluations,
     fan_out_evaluator,
     load_backtest_candles,
     run_backtest_task,
@@ -52,7 +53,12 @@ def optimize_strategy(params: OptimizeParameters) -> OptimizationResult:
         store, params.symbol, params.timeframe, params.start_date, params.end_date
     )
     candles = Candles.from_frame(frame)
-    evaluate = fan_out_evaluator(params.strategy_name, params.config, 2 * N_WORKERS)
+    expected = expected_evaluations(params)
+
+    def on_evaluated(done: int) -> None:  # 20% -> 80% as the search evaluates
+        progress.update(20 + 60 * min(1.0, done / expected), f"Evaluated {done} parameter sets")
+
+    evaluate = fan_out_evaluator(params.strategy_name, params.config, 2 * N_WORKERS, on_evaluated)
     genetic = walk = None
     progress.update(20, f"Searching ({params.method})")
     if params.method == "grid":
@@ -73,7 +79,6 @@ def optimize_strategy(params: OptimizeParameters) -> OptimizationResult:
         )
         space_size, evaluations = genetic.space_size, genetic.evaluations
         if params.compare_exhaustive:
-            progress.update(60, "Exhaustive grid for comparison")
             exhaustive, _ = grid_search(
                 candles, params.strategy_name, space_size, evaluate, params.space
             )

@@ -8,6 +8,7 @@ parameter sets (the unit of the Dask fan-out), saving results and publishing art
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from prefect.cache_policies import NONE
 from prefect.futures import PrefectFuture
 from prefect.tasks import exponential_backoff
 
-from backtest.optimize import Evaluate, evaluate_params
+from backtest.optimize import Evaluate, evaluate_params, resolve_space, valid_combinations
 from backtest.service import (
     backtest_candles,
     check_range,
@@ -27,7 +28,7 @@ from backtest.service import (
     render_equity_chart,
     summary_markdown,
 )
-from backtest.strategies import Candles
+from backtest.strategies import Candles, get_strategy
 from core.exceptions import RetryableError
 from core.schemas.backtest import (
     BacktestConfig,
@@ -35,6 +36,7 @@ from core.schemas.backtest import (
     BacktestParameters,
     BacktestResult,
     OptimizationResult,
+    OptimizeParameters,
 )
 from core.settings import Settings
 from integrations.store import Store
@@ -101,12 +103,19 @@ def evaluate_batch(
     return evaluate_params(candles, strategy_name, param_sets, config)
 
 
-def fan_out_evaluator(strategy_name: str, config: BacktestConfig, n_batches: int) -> Evaluate:
+def fan_out_evaluator(
+    strategy_name: str,
+    config: BacktestConfig,
+    n_batches: int,
+    on_evaluated: Callable[[int], None] | None = None,
+) -> Evaluate:
     """An :data:`~backtest.optimize.Evaluate` that submits coarse batches to the flow's task runner.
 
     The parameter sets are cut into at most ``n_batches`` batches of at least
-    :data:`MIN_BATCH` sets; call it inside a flow run.
+    :data:`MIN_BATCH` sets; call it inside a flow run. ``on_evaluated(n)`` is called after
+    each batch with the number of sets evaluated so far (all calls together).
     """
+    done = 0
 
     def evaluate(candles: Candles, param_sets: list[dict[str, Any]]) -> list[BacktestMetrics]:
         if not param_sets:
@@ -116,12 +125,29 @@ def fan_out_evaluator(strategy_name: str, config: BacktestConfig, n_batches: int
         futures: list[PrefectFuture] = [
             evaluate_batch.submit(candles, strategy_name, b, config) for b in batches
         ]
+        nonlocal done
         out: list[BacktestMetrics] = []
         for f in futures:
-            out.extend(f.result())
+            batch = f.result()
+            out.extend(batch)
+            done += len(batch)
+            if on_evaluated is not None:
+                on_evaluated(done)
         return out
 
     return evaluate
+
+
+def expected_evaluations(params: OptimizeParameters) -> int:
+    """Roughly how many parameter sets ``params`` will evaluate (for progress only)."""
+    strategy = get_strategy(params.strategy_name)
+    size = len(valid_combinations(strategy, resolve_space(strategy, params.space)))
+    if params.method == "grid":
+        return max(1, min(size, params.parameter_variations))
+    if params.method == "genetic":
+        budget = max(1, int(size * params.max_evaluations_pct / 100))
+        return budget + (size if params.compare_exhaustive else 0)
+    return max(1, params.wf_windows * min(size, params.parameter_variations))
 
 
 def _chart_path(settings: Settings, task_id: str) -> Path:

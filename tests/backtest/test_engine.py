@@ -132,3 +132,45 @@ def test_bad_parameters_and_data_are_rejected(btc_six_months: pd.DataFrame) -> N
     start, end = btc_six_months.index[0], btc_six_months.index[0] + pd.Timedelta(days=400)
     with pytest.raises(InsufficientDataError, match="BTCUSD 1h .*expected 9600 bars, found 4416"):
         check_range(btc_six_months, "BTCUSD", "1h", start, end)
+
+
+@pytest.mark.parametrize(("timeframe", "rule"), [("4h", "4h"), ("1d", "1D")])
+def test_coarser_timeframes_from_real_hours(
+    btc_six_months: pd.DataFrame, timeframe: str, rule: str
+) -> None:
+    bars = btc_six_months.resample(rule, label="left", closed="left").agg(
+        {"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"}
+    )
+    start = bars.index[0].to_pydatetime()
+    end = start + pd.Timedelta(days=184)
+    frame = check_range(bars, "BTCUSD", timeframe, start, end)
+    result = backtest_candles(frame, "rsi", {"rsi_period": 6}, symbol="BTCUSD", timeframe=timeframe)
+    assert result.bars == 184 * 24 // int(pd.Timedelta(rule).total_seconds() // 3600)
+    assert len(result.equity_curve) == 184
+    assert result.metrics.total_trades > 0
+
+
+@pytest.mark.parametrize(
+    ("timeframe", "freq", "per_day"), [("5m", "5min", 288), ("15m", "15min", 96)]
+)
+def test_intraday_timeframes(timeframe: str, freq: str, per_day: int) -> None:
+    """No real 5m/15m data exists here: a seeded random walk stands in as input."""
+    rng = np.random.default_rng(3)
+    n = per_day * 30
+    close = 20_000 * np.exp(np.cumsum(rng.normal(0, 0.001, n)))
+    opens = np.concatenate(([close[0]], close[:-1]))
+    idx = pd.date_range("2024-05-22", periods=n, freq=freq, tz="UTC")
+    frame = pd.DataFrame(
+        {
+            "open": opens,
+            "high": np.maximum(opens, close) * 1.0005,
+            "low": np.minimum(opens, close) * 0.9995,
+            "close": close,
+            "volume": rng.lognormal(2, 1, n),
+        },
+        index=idx,
+    )
+    result = backtest_candles(frame, "macd", {}, symbol="BTCUSDT", timeframe=timeframe)
+    assert len(result.equity_curve) == 30
+    assert result.metrics.total_trades > 10
+    assert result.trades[0].entry_time > idx[33]  # MACD warm-up, next-bar fill
