@@ -12,6 +12,9 @@ from core.exceptions import InsufficientDataError
 from ml.features import FeatureSpec, inference_windows, make_labels
 from ml.metrics import classification_metrics
 
+#: History used before the newest window so indicator values match those seen in training.
+WARMUP_BARS = 300
+
 if TYPE_CHECKING:
     import keras
 
@@ -60,11 +63,13 @@ class LoadedModel:
             InsufficientDataError: the newest bar lacks a full feature window.
         """
         spec = self.spec
-        tail = candles.iloc[-(spec.lookback + 60) :]
+        # recursive indicators (Wilder RSI, MACD EMAs) need ~250 bars to forget their seed
+        tail = candles.iloc[-(spec.lookback + WARMUP_BARS) :]
         p = self.predict_up_probabilities(tail)
         if not len(p) or not np.isfinite(p[-1]):
             raise InsufficientDataError(
-                f"Insufficient data: the model needs about {spec.lookback + 40} recent candles, "
+                f"Insufficient data: the model needs at least {spec.lookback + 40} recent candles "
+                f"({spec.lookback + WARMUP_BARS} recommended), "
                 f"got {len(candles)}"
             )
         return float(p[-1])

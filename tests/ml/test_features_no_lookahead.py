@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from core.exceptions import DataQualityError
 from ml.features import compute_features, make_labels, prepare_dataset
 
 
@@ -42,3 +44,13 @@ def test_split_is_chronological_with_gap_and_scaler_from_train_only(signal_candl
     ds2 = prepare_dataset(altered, lookback=12, horizon_bars=3, validation_split=0.25)
     assert ds2.spec.scaler_mean == ds.spec.scaler_mean
     assert ds.x_train.shape[1:] == (12, ds.spec.n_features)
+
+
+def test_corrupt_candles_are_rejected(signal_candles):
+    bad = signal_candles.copy()
+    bad.iloc[500, bad.columns.get_loc("close")] = np.inf
+    with pytest.raises(DataQualityError, match="NaN/Inf"):
+        prepare_dataset(bad)
+    bad.iloc[500, bad.columns.get_loc("close")] = -1.0
+    with pytest.raises(DataQualityError, match="non-positive"):
+        compute_features(bad)
