@@ -10,6 +10,7 @@ process. Run with the bench venv (docs/backtesting.md):
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -85,10 +86,13 @@ def best_of(fn, repeat: int = 3) -> float:
 
 
 # ---------------------------------------------------------------- ours
-def ours_one(frame: pd.DataFrame) -> float:
+def ours_one(frame: pd.DataFrame, with_metrics: bool = True) -> float:
     c = Candles.from_frame(frame)
     r = rsi(c.close, 14)
-    return compute_metrics(run_backtest(c, r < 30, r > 70, CFG)).total_return_pct
+    run = run_backtest(c, r < 30, r > 70, CFG)
+    if with_metrics:
+        return compute_metrics(run).total_return_pct
+    return (run.equity[-1] / CFG.initial_capital - 1) * 100
 
 
 def ours_grid(frame: pd.DataFrame) -> None:
@@ -96,15 +100,16 @@ def ours_grid(frame: pd.DataFrame) -> None:
 
 
 # ---------------------------------------------------------------- vectorbt
-def vbt_one(frame: pd.DataFrame) -> float:
+def vbt_one(frame: pd.DataFrame, with_sharpe: bool = True) -> float:
     import vectorbt as vbt
 
     close = frame["close"]
-    r = vbt.RSI.run(close, window=14, ewm=True).rsi
+    r = vbt.talib("RSI").run(close, timeperiod=14).real  # Wilder RSI, as ours
     pf = vbt.Portfolio.from_signals(
         close, r < 30, r > 70, price=frame["open"].shift(-1), fees=0.001, freq="1h"
     )
-    pf.sharpe_ratio()
+    if with_sharpe:
+        pf.sharpe_ratio()
     return float(pf.total_return()) * 100
 
 
@@ -113,7 +118,7 @@ def vbt_grid(frame: pd.DataFrame) -> None:
 
     close = frame["close"]
     periods = sorted({g["rsi_period"] for g in GRID})
-    rsis = vbt.RSI.run(close, window=periods, ewm=True).rsi
+    rsis = vbt.talib("RSI").run(close, timeperiod=periods).real
     rsis.columns = periods
     entries = pd.concat([rsis[g["rsi_period"]] < g["oversold"] for g in GRID], axis=1)
     exits = pd.concat([rsis[g["rsi_period"]] > g["overbought"] for g in GRID], axis=1)
@@ -161,6 +166,7 @@ def cold_start(lib: str) -> float:
 
 
 def main() -> None:
+    os.environ.setdefault("TQDM_DISABLE", "1")  # backtesting.py progress bars
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-backtesting-py", action="store_true")
     args = ap.parse_args()
@@ -183,6 +189,14 @@ def main() -> None:
             else float("nan")
         )
         rows.append((f"one backtest, {name}", ours, vbt, btp))
+        rows.append(
+            (
+                f"  same, total return only (no Sharpe), {name}",
+                best_of(lambda f=frame: ours_one(f, False)),
+                best_of(lambda f=frame: vbt_one(f, False)) if have_vbt else float("nan"),
+                btp,
+            )
+        )
         ours_g = best_of(lambda f=frame: ours_grid(f))
         vbt_g = best_of(lambda f=frame: vbt_grid(f)) if have_vbt else float("nan")
         btp_g = float("nan")

@@ -112,26 +112,28 @@ def fan_out_evaluator(
     """An :data:`~backtest.optimize.Evaluate` that submits coarse batches to the flow's task runner.
 
     The parameter sets are cut into at most ``n_batches`` batches of at least
-    :data:`MIN_BATCH` sets; call it inside a flow run. ``on_evaluated(n)`` is called after
+    :data:`MIN_BATCH` sets; fewer than :data:`MIN_BATCH` sets (a genetic generation, a
+    local-search step) are evaluated in the flow process. Call it inside a flow run. ``on_evaluated(n)`` is called after
     each batch with the number of sets evaluated so far (all calls together).
     """
     done = 0
 
     def evaluate(candles: Candles, param_sets: list[dict[str, Any]]) -> list[BacktestMetrics]:
-        if not param_sets:
-            return []
-        size = max(MIN_BATCH, -(-len(param_sets) // max(1, n_batches)))
-        batches = [param_sets[i : i + size] for i in range(0, len(param_sets), size)]
-        futures: list[PrefectFuture] = [
-            evaluate_batch.submit(candles, strategy_name, b, config) for b in batches
-        ]
         nonlocal done
         out: list[BacktestMetrics] = []
-        for f in futures:
-            batch = f.result()
+        if len(param_sets) < MIN_BATCH:  # cheaper here than a ~150 ms Dask round trip
+            chunks = [evaluate_params(candles, strategy_name, param_sets, config)]
+        else:
+            size = max(MIN_BATCH, -(-len(param_sets) // max(1, n_batches)))
+            futures: list[PrefectFuture] = [
+                evaluate_batch.submit(candles, strategy_name, param_sets[i : i + size], config)
+                for i in range(0, len(param_sets), size)
+            ]
+            chunks = (f.result() for f in futures)
+        for batch in chunks:
             out.extend(batch)
             done += len(batch)
-            if on_evaluated is not None:
+            if on_evaluated is not None and batch:
                 on_evaluated(done)
         return out
 

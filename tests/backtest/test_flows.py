@@ -121,3 +121,22 @@ def test_optimize_grid_flow_ranks_50_variations_on_dask(btc_store: Store) -> Non
     saved = btc_store.optimization_result_get(result.task_id)
     assert saved is not None and saved["method"] == "grid"
     assert len(saved["result"]["all_results"]) == 50
+
+
+def test_optimize_genetic_flow_reports_comparison_with_exhaustive_grid(btc_store: Store) -> None:
+    params = OptimizeParameters(
+        strategy_name="rsi",
+        symbol="BTCUSD",
+        timeframe="1h",
+        start_date=SIX_MONTHS[0],
+        end_date=SIX_MONTHS[1],
+        method="genetic",
+        seed=42,
+    )
+    result = optimize_strategy(params)
+    g = result.genetic
+    assert g is not None and g.space_size >= 500
+    assert g.evaluations == len(result.all_results) <= 0.3 * g.space_size
+    assert g.ratio_to_exhaustive_pct is not None and g.ratio_to_exhaustive_pct >= 95.0
+    assert g.best_sharpe == pytest.approx(result.all_results[0].sharpe_ratio)
+    assert btc_store.optimization_result_get(result.task_id)["result"]["genetic"]["seed"] == 42
