@@ -6,6 +6,7 @@ Thin wrappers: the work happens in :mod:`ml` (features, training loop, registry)
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +48,8 @@ from tasks.progress import ProgressReporter
 FLOW_NAME = "train-model"
 #: States of a run that is queued or running (AwaitingConcurrencySlot and Late are SCHEDULED).
 ACTIVE_STATE_TYPES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
+#: Per-epoch metrics reach ``training_jobs`` at most this often (and at the end).
+JOB_WRITE_INTERVAL_S = 1.0
 
 
 def _retry_only_retryable(task: Any, task_run: Any, state: Any) -> bool:
@@ -312,11 +315,16 @@ def train_and_register(
     save_job(store, job, device=device, train_samples=len(dataset.y_train))
     progress.update(10, "Loading data")
 
+    last_write = [0.0]
+
     def on_epoch(epoch: int, epochs: int, record: dict[str, float]) -> None:
         pct = 10 + 80 * epoch / epochs
         job["epochs"].append(record)
         job["progress_pct"] = round(pct, 1)
-        save_job(store, job)
+        # whole-document writes (nx-27017): at most one a second; the final write has them all
+        if time.monotonic() - last_write[0] >= JOB_WRITE_INTERVAL_S or epoch == epochs:
+            save_job(store, job)
+            last_write[0] = time.monotonic()
         if pct - progress.progress >= 5 or epoch == epochs:
             progress.update(pct, f"Training epoch {epoch}/{epochs}")
 

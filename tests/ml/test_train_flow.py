@@ -114,3 +114,19 @@ def test_duplicate_training_is_rejected_and_first_left_alone(env: Store):
         assert client.read_flow_run(first.id).state.type.value == "SCHEDULED"
         client.delete_flow_run(first.id)
     assert env.col(C.TRAINING_JOBS).count_documents({}) == 0
+
+
+def test_hard_time_limit_interrupts_and_keeps_a_checkpoint(env: Store):
+    """The hard limit is the flow's timeout_seconds (9000 s in production; 25 s here)."""
+    env.upsert_candles("BNBUSDT", "1h", make_candles(760), source="synthetic")
+    params = TrainModelParams(model_type="gru", symbol="BNBUSDT", **{**FAST, "epochs": 1000})
+    with pytest.raises(BaseException) as info:
+        train_model.with_options(timeout_seconds=25)(params)
+    assert "timed out" in str(info.value).lower() or "timeout" in type(info.value).__name__.lower()
+    job = env.col(C.TRAINING_JOBS).find_one({"symbol": "BNBUSDT"})
+    assert job["status"] in ("failed", "cancelled") and job["finished_at"] is not None
+    from core.settings import Settings
+
+    saved = list(Settings().checkpoint_dir.glob(f"gru_BNBUSDT_{job['task_id']}_epoch_*.npz"))
+    assert saved, "no checkpoint written when the hard limit hit"
+    assert env.col(C.MODELS).count_documents({"symbol": "BNBUSDT"}) == 0
