@@ -76,6 +76,84 @@ class Settings(BaseSettings):
         description="How long Binance may take to answer before demo data is synthetic.",
     )
 
+    # ------------------------------------------------------------ platform (run command)
+    startup_timeout_s: float = Field(
+        default=180.0,
+        gt=0,
+        description="How long the run command waits for each service (Prefect server migrations).",
+    )
+    worker_query_seconds: float = Field(
+        default=2.0, gt=0, description="How often the worker polls its queues for runs, seconds."
+    )
+    concurrency_slot_wait_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often the server re-checks a run waiting for a concurrency slot, seconds.",
+    )
+    heartbeat_s: int = Field(
+        default=30, ge=30, description="Flow-run heartbeat period, seconds (Prefect minimum 30)."
+    )
+    crash_after_s: int = Field(
+        default=60, ge=30, description="A running flow without a heartbeat this long is Crashed."
+    )
+
+    # ------------------------------------------------------------ monitoring
+    health_checks_path: Path = Field(
+        default=REPO_ROOT / "config" / "health_checks.yaml",
+        description="YAML file listing the system-health-check checks.",
+    )
+    health_deadline_s: float = Field(
+        default=25.0, gt=0, description="Whole health check finishes within this, seconds."
+    )
+    health_check_timeout_s: float = Field(
+        default=8.0, gt=0, description="Default timeout of one health check, seconds."
+    )
+    health_slow_ms: float = Field(
+        default=5000.0, gt=0, description="An HTTP service answering slower than this is slow."
+    )
+    disk_warning_pct: float = Field(default=80.0, description="Disk usage warning threshold, %.")
+    disk_critical_pct: float = Field(default=90.0, description="Disk usage critical threshold, %.")
+    memory_warning_pct: float = Field(default=85.0, description="Memory warning threshold, %.")
+    memory_critical_pct: float = Field(default=95.0, description="Memory critical threshold, %.")
+    rust_engine_url: str | None = Field(
+        default=None,
+        description="Health URL of the Rust core engine, e.g. http://127.0.0.1:8080/api/health.",
+    )
+    python_ai_url: str | None = Field(
+        default=None, description="Health URL of the Python AI service, e.g. http://host:8000/health."
+    )
+    frontend_url: str | None = Field(
+        default=None, description="URL of the frontend dashboard, e.g. http://host:3000/."
+    )
+    redis_address: str | None = Field(
+        default=None, description="host:port of Redis for the health check; unset: skipped."
+    )
+    rabbitmq_address: str | None = Field(
+        default=None, description="host:port of RabbitMQ (AMQP) for the health check; unset: skipped."
+    )
+    alert_cooldown_s: float = Field(
+        default=3600.0, ge=0, description="Identical alerts are suppressed this long, seconds."
+    )
+    cost_daily_warning_usd: float = Field(default=2.0, description="Daily LLM cost warning, USD.")
+    cost_daily_critical_usd: float = Field(
+        default=5.0, description="Daily LLM cost above this: critical and the LLM is switched off."
+    )
+    cost_monthly_critical_usd: float = Field(
+        default=100.0, description="Monthly LLM cost projection critical threshold, USD."
+    )
+    perf_window_days: int = Field(default=7, ge=1, description="Performance analysis window, days.")
+    perf_min_trades: int = Field(
+        default=10, ge=1, description="Fewer closed trades than this: insufficient data."
+    )
+    perf_critical_win_rate_pct: float = Field(default=55.0, description="Win rate critical below, %.")
+    perf_warning_win_rate_pct: float = Field(default=70.0, description="Win rate warning below, %.")
+    perf_critical_sharpe: float = Field(default=1.0, description="Sharpe critical below.")
+    perf_warning_sharpe: float = Field(default=2.0, description="Sharpe warning below.")
+    self_analysis_deployment: str = Field(
+        default="llm-self-analysis/llm-self-analysis",
+        description="Deployment started when performance is CRITICAL (flow/deployment name).",
+    )
+
     @field_validator("mongodb_uri")
     @classmethod
     def _reject_placeholder_uri(cls, v: str | None) -> str | None:

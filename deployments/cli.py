@@ -1,0 +1,163 @@
+"""``botai``: the platform's command line (thin: every command delegates to a module).
+
+botai up [--no-first-pipeline]   start the stack, load demo data, stay until Ctrl-C
+botai down                       stop the stack started on this state folder
+botai status                     what runs (processes, deployments, latest runs)
+botai bootstrap                  create/update block documents from the environment
+botai ingest ...                 run the ingest-market-data flow against the stack
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from core.exceptions import BotAIError
+from core.settings import Settings
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from deployments.up import up
+
+    up(settings, os.environ, say=_say, first_pipeline=not args.no_first_pipeline)
+    return 0
+
+
+def _cmd_down(_args: argparse.Namespace, settings: Settings) -> int:
+    from deployments.services import stop_all
+
+    stopped = stop_all(settings)
+    _say(f"stopped: {', '.join(stopped)}" if stopped else f"nothing runs on {settings.state_dir}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from deployments.up import status
+
+    info = status(settings)
+    if args.json:
+        _say(json.dumps(info, indent=1))
+        return 0
+    _say(f"state folder: {info['state_dir']}")
+    if not info["services"]:
+        _say("no process recorded (start the stack with `botai up`)")
+    for s in info["services"]:
+        _say(f"  {s['name']:<15} pid {s['pid']:<8} {'running' if s['alive'] else 'stopped'}")
+    _say(f"Prefect API {info['api']}: {'healthy' if info['api_healthy'] else 'not answering'}")
+    for d in info.get("deployments", []):
+        _say(f"  deployment {d}")
+    for r in info.get("runs", []):
+        _say(f"  run {r['name']:<24} {r['state']:<12} {r['id']}")
+    return 0 if info["api_healthy"] else 1
+
+
+def _require_stack(settings: Settings) -> None:
+    import httpx
+
+    try:
+        if httpx.get(f"{settings.prefect_api_url}/health", timeout=2).is_success:
+            return
+    except httpx.HTTPError:
+        pass
+    raise BotAIError(
+        f"no Prefect API at {settings.prefect_api_url}: start the stack with `botai up` "
+        "(or set BOTAI_PREFECT_PORT to the running one)"
+    )
+
+
+def _cmd_bootstrap(_args: argparse.Namespace, settings: Settings) -> int:
+    from deployments.bootstrap import bootstrap_blocks
+    from deployments.up import prefect_api
+
+    _require_stack(settings)
+    with prefect_api(settings):
+        saved = bootstrap_blocks(settings, os.environ)
+    _say("created or updated: " + ", ".join(saved))
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from pydantic import ValidationError
+
+    from core.schemas.market_data import IngestParameters
+
+    try:
+        params = IngestParameters(
+            source=args.source,
+            symbols=args.symbols,
+            timeframe=args.timeframe,
+            days=args.days,
+            csv_path=args.csv,
+            seed=args.seed,
+            resample_to=args.resample_to,
+        )
+    except ValidationError as e:
+        _say(f"invalid parameters:\n{e}")
+        return 2
+    _require_stack(settings)
+    from deployments.up import prefect_api
+    from flows.ingest_market_data import ingest_market_data
+
+    with prefect_api(settings):
+        result = ingest_market_data(params)
+    for r in result.results:
+        _say(
+            f"{r.symbol} {r.timeframe} ({r.source}): +{r.inserted} new, {r.updated} updated, "
+            f"{r.unchanged} unchanged, {r.rejected} rejected"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``botai`` argument parser."""
+    parser = argparse.ArgumentParser(prog="botai", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("up", help="start the stack and stay in the foreground until Ctrl-C")
+    p.add_argument(
+        "--no-first-pipeline",
+        action="store_true",
+        help="do not start the first ingest/train/backtest runs",
+    )
+    p.set_defaults(func=_cmd_up)
+    sub.add_parser("down", help="stop the stack of this state folder").set_defaults(func=_cmd_down)
+    p = sub.add_parser("status", help="show what runs")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_status)
+    sub.add_parser("bootstrap", help="create/update blocks from the environment").set_defaults(
+        func=_cmd_bootstrap
+    )
+    p = sub.add_parser("ingest", help="run the ingest-market-data flow against the stack")
+    p.add_argument("--source", default="binance", choices=["binance", "csv", "synthetic"])
+    p.add_argument("--symbols", nargs="+", default=["BTCUSDT"], metavar="SYMBOL")
+    p.add_argument("--timeframe", default="1h")
+    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--csv", default=None, metavar="PATH", help="CSV file (with --source csv)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--resample-to", nargs="*", default=[], metavar="TIMEFRAME")
+    p.set_defaults(func=_cmd_ingest)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``botai`` console script. Returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        settings = Settings()
+        return args.func(args, settings)
+    except BotAIError as e:
+        print(f"botai {args.command}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,430 @@
+"""Start and stop the platform's processes: Prefect server, embedded store, process worker.
+
+Every child runs in its own process group (session) and is recorded in
+``<state_dir>/run/services.json`` (pid, start time, command line), so a separate
+``botai down`` finds it. Stopping sends SIGTERM to the group and to every descendant seen
+at that moment (flow runs started by the worker live in groups of their own), waits, then
+SIGKILLs whatever is left. Readiness is waited on (HTTP health, MongoDB ping), never slept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+from core.exceptions import ConfigurationError, ServiceUnavailableError
+from core.settings import REPO_ROOT, Settings
+from integrations.embedded_mongo import port_in_use, start_embedded_mongo
+
+log = logging.getLogger(__name__)
+
+#: Work queues of the process pool and their concurrency limits (None: unlimited).
+WORK_QUEUES: dict[str, int | None] = {
+    "ml_training": 2,
+    "analysis": None,
+    "backtesting": None,
+    "scheduled": None,
+}
+
+#: Pid-file name of the ``botai up`` process itself (signalled alone, never its group).
+CONTROLLER = "botai-up"
+
+
+@dataclass
+class ServiceRecord:
+    """One started process, as written to the pid file."""
+
+    name: str
+    pid: int
+    create_time: float
+    cmdline: list[str]
+    log_path: str
+
+
+def run_dir(settings: Settings) -> Path:
+    """``<state_dir>/run``: pid file and service logs."""
+    return settings.state_dir / "run"
+
+
+def pid_file(settings: Settings) -> Path:
+    """``<state_dir>/run/services.json``: the processes the run command started."""
+    return run_dir(settings) / "services.json"
+
+
+def read_records(settings: Settings) -> list[ServiceRecord]:
+    """The recorded services (empty when none were recorded or the file is unreadable)."""
+    path = pid_file(settings)
+    if not path.exists():
+        return []
+    try:
+        return [ServiceRecord(**r) for r in json.loads(path.read_text())]
+    except (ValueError, TypeError):
+        log.warning("ignoring unreadable pid file %s", path)
+        return []
+
+
+def _write_records(settings: Settings, records: list[ServiceRecord]) -> None:
+    path = pid_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps([asdict(r) for r in records], indent=1))
+    tmp.replace(path)
+
+
+def record_service(settings: Settings, name: str, pid: int, log_path: Path) -> ServiceRecord:
+    """Append the process ``pid`` to the pid file. Returns its record."""
+    proc = psutil.Process(pid)
+    rec = ServiceRecord(name, pid, proc.create_time(), proc.cmdline(), str(log_path))
+    _write_records(settings, [*read_records(settings), rec])
+    return rec
+
+
+def record_alive(rec: ServiceRecord) -> bool:
+    """True when the recorded process still runs (same pid *and* start time)."""
+    try:
+        proc = psutil.Process(rec.pid)
+        return (
+            abs(proc.create_time() - rec.create_time) < 1.0
+            and proc.status() != psutil.STATUS_ZOMBIE
+        )
+    except psutil.Error:
+        return False
+
+
+def prefect_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of every child: Prefect home/API in the state folder, BOTAI_* settings.
+
+    Returns a new dict: ``base`` (default ``os.environ``) plus the Prefect and platform
+    variables the server, the worker and the flow runs need.
+    """
+    env = dict(os.environ if base is None else base)
+    env.update(
+        {
+            "PREFECT_HOME": str(settings.prefect_home),
+            "PREFECT_API_URL": settings.prefect_api_url,
+            "PREFECT_SERVER_API_HOST": settings.host,
+            "PREFECT_SERVER_API_PORT": str(settings.prefect_port),
+            "PREFECT_UI_API_URL": settings.prefect_api_url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_WORKER_QUERY_SECONDS": f"{settings.worker_query_seconds:g}",
+            "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": (
+                f"{settings.concurrency_slot_wait_s:g}"
+            ),
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(settings.heartbeat_s),
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": prefect_database_url(settings),
+            "BOTAI_REPO_ROOT": str(REPO_ROOT),
+            "BOTAI_STATE_DIR": str(settings.state_dir),
+            "BOTAI_HOST": settings.host,
+            "BOTAI_PREFECT_PORT": str(settings.prefect_port),
+            "BOTAI_MONGODB_PORT": str(settings.mongodb_port),
+            "MONGODB_DATABASE": settings.mongodb_database,
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+            ),
+        }
+    )
+    if settings.dask_address:
+        env["DASK_ADDRESS"] = settings.dask_address
+    env.setdefault("KERAS_BACKEND", "jax")
+    return env
+
+
+def prefect_database_url(settings: Settings) -> str:
+    """``Settings.prefect_database_url`` when set, else SQLite in ``<state_dir>/prefect``."""
+    if settings.prefect_database_url:
+        return settings.prefect_database_url
+    return f"sqlite+aiosqlite:///{settings.prefect_home / 'prefect.db'}"
+
+
+def spawn(
+    name: str, cmd: list[str], env: Mapping[str, str], settings: Settings, *, cwd: Path = REPO_ROOT
+) -> subprocess.Popen:
+    """Start ``cmd`` in a new process group, output appended to ``<state_dir>/run/<name>.log``.
+
+    Returns the child (already recorded in the pid file).
+    """
+    log_path = run_dir(settings) / f"{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            cmd,
+            env=dict(env),
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    record_service(settings, name, proc.pid, log_path)
+    log.info("started %s (pid %d), log %s", name, proc.pid, log_path)
+    return proc
+
+
+def _prefect_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "prefect", *args]
+
+
+def wait_http_ok(
+    url: str, timeout_s: float, *, proc: subprocess.Popen | None = None, what: str = "service"
+) -> float:
+    """Poll ``url`` until it answers 2xx.
+
+    Returns the seconds waited.
+
+    Raises:
+        ServiceUnavailableError: ``proc`` exited, or no 2xx within ``timeout_s``.
+    """
+    started = time.monotonic()
+    deadline = started + timeout_s
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise ServiceUnavailableError(f"{what} exited with code {proc.returncode}")
+            try:
+                if client.get(url).is_success:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+    raise ServiceUnavailableError(f"{what} did not answer {url} within {timeout_s:.0f} s")
+
+
+def start_prefect_server(settings: Settings, env: Mapping[str, str]) -> subprocess.Popen:
+    """Start ``prefect server start`` on ``settings.host:prefect_port`` and wait for its health.
+
+    The database is SQLite in ``<state_dir>/prefect`` or ``Settings.prefect_database_url``.
+
+    Returns the server process.
+
+    Raises:
+        ConfigurationError: the port is taken (says which variable to set).
+        ServiceUnavailableError: the server exited or was not healthy in time (see its log).
+    """
+    if port_in_use(settings.host, settings.prefect_port):
+        raise ConfigurationError(
+            f"port {settings.prefect_port} on {settings.host} is already in use: stop what runs "
+            "there (`botai down`) or set BOTAI_PREFECT_PORT"
+        )
+    settings.prefect_home.mkdir(parents=True, exist_ok=True)
+    cmd = _prefect_cmd(
+        "server", "start", "--host", settings.host, "--port", str(settings.prefect_port)
+    )
+    proc = spawn("prefect-server", cmd, env, settings)
+    try:
+        waited = wait_http_ok(
+            f"{settings.prefect_api_url}/health",
+            settings.startup_timeout_s,
+            proc=proc,
+            what="Prefect server",
+        )
+    except ServiceUnavailableError as e:
+        raise ServiceUnavailableError(
+            f"{e}; see {run_dir(settings) / 'prefect-server.log'}"
+        ) from None
+    log.info("Prefect server healthy after %.1f s at %s", waited, settings.prefect_ui_url)
+    return proc
+
+
+def start_store(settings: Settings) -> str:
+    """Start the embedded nx-27017 store unless ``MONGODB_URI`` is set.
+
+    Returns the MongoDB URI the platform uses.
+
+    Raises:
+        ConfigurationError: the port is taken. ServiceUnavailableError: no ping in time.
+    """
+    if settings.mongodb_uri:
+        log.info("MONGODB_URI is set: not starting the embedded store")
+        return settings.mongodb_uri
+    server = start_embedded_mongo(
+        settings.mongodb_dir,
+        host=settings.host,
+        port=settings.mongodb_port,
+        timeout_s=settings.startup_timeout_s,
+    )
+    record_service(settings, "nx-27017", server.process.pid, server.log_path)
+    return server.uri
+
+
+def ensure_work_pool(settings: Settings) -> list[str]:
+    """Create the process work pool and its queues, or align existing queues' limits.
+
+    Uses the Prefect API of the current settings context. Returns the queue names.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        with contextlib.suppress(ObjectAlreadyExists):
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=settings.work_pool,
+                    type="process",
+                    base_job_template=ProcessWorker.get_default_base_job_template(),
+                )
+            )
+        for name, limit in WORK_QUEUES.items():
+            try:
+                queue = client.read_work_queue_by_name(name, work_pool_name=settings.work_pool)
+                if queue.concurrency_limit != limit:
+                    client.update_work_queue(queue.id, concurrency_limit=limit)
+            except ObjectNotFound:
+                client.create_work_queue(
+                    name=name, work_pool_name=settings.work_pool, concurrency_limit=limit
+                )
+    return list(WORK_QUEUES)
+
+
+def start_worker(settings: Settings, env: Mapping[str, str]) -> subprocess.Popen:
+    """Start ``prefect worker start --pool <work_pool>`` serving every queue of the pool.
+
+    Returns the worker process (its readiness shows as the pool's worker heartbeat).
+    """
+    cmd = _prefect_cmd("worker", "start", "--pool", settings.work_pool, "--type", "process")
+    return spawn("prefect-worker", cmd, env, settings)
+
+
+def wait_worker_online(settings: Settings, proc: subprocess.Popen, timeout_s: float) -> float:
+    """Wait until the pool lists an online worker. Returns the seconds waited.
+
+    Raises:
+        ServiceUnavailableError: the worker exited or did not report in time.
+    """
+    from prefect.client.orchestration import get_client
+
+    started = time.monotonic()
+    with get_client(sync_client=True) as client:
+        while time.monotonic() - started < timeout_s:
+            if proc.poll() is not None:
+                raise ServiceUnavailableError(
+                    f"worker exited with code {proc.returncode}; see "
+                    f"{run_dir(settings) / 'prefect-worker.log'}"
+                )
+            workers = client.read_workers_for_work_pool(settings.work_pool)
+            if any(str(w.status).upper().endswith("ONLINE") for w in workers):
+                return time.monotonic() - started
+            time.sleep(0.5)
+    raise ServiceUnavailableError(f"no worker of pool {settings.work_pool} within {timeout_s} s")
+
+
+def apply_deployments(settings: Settings, env: Mapping[str, str]) -> None:
+    """Apply ``prefect.yaml``: ``prefect --no-prompt deploy --all`` from the repo root.
+
+    Raises:
+        ConfigurationError: the command failed (its output tail is in the message and in
+            ``<state_dir>/run/deploy.log``).
+    """
+    log_path = run_dir(settings) / "deploy.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        _prefect_cmd("--no-prompt", "deploy", "--all"),
+        env=dict(env),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=settings.startup_timeout_s * 2,
+        start_new_session=True,
+    )
+    log_path.write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr).strip().splitlines()[-15:]
+        raise ConfigurationError(
+            "applying prefect.yaml failed (`prefect deploy --all`): " + "\n".join(tail)
+        )
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _running(p: psutil.Process) -> bool:
+    """True while ``p`` runs; a zombie (exited, not yet reaped by its parent) counts as gone."""
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _signal_all(procs: list[psutil.Process], group: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, sig)  # the recorded child leads its own group
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(sig)
+
+
+def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait until every process in ``procs`` exited. Returns those still running."""
+    deadline = time.monotonic() + timeout_s
+    alive = [p for p in procs if _running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in alive if _running(p)]
+    return alive
+
+
+def stop_records(records: list[ServiceRecord], timeout_s: float = 20.0) -> list[str]:
+    """Stop the recorded processes, their groups and descendants (SIGTERM, then SIGKILL).
+
+    Records are stopped in reverse start order (worker and its flow runs first, the
+    store last); the calling process itself is never signalled. Returns the names of the
+    services that were still running.
+    """
+    stopped: list[str] = []
+    for rec in reversed(records):
+        if rec.pid == os.getpid() or not record_alive(rec):
+            continue
+        stopped.append(rec.name)
+        procs = [psutil.Process(rec.pid), *_descendants(rec.pid)]
+        _signal_all(procs, rec.pid, signal.SIGTERM)
+        alive = wait_gone(procs, timeout_s)
+        if alive:
+            log.warning("%s: %d process(es) ignored SIGTERM; killing", rec.name, len(alive))
+            _signal_all(alive, rec.pid, signal.SIGKILL)
+            wait_gone(alive, 5.0)
+        log.info("stopped %s (pid %d)", rec.name, rec.pid)
+    return stopped
+
+
+def stop_all(settings: Settings, timeout_s: float = 20.0) -> list[str]:
+    """Stop every process recorded in the state folder and clear the pid file.
+
+    A running ``botai up`` (recorded as :data:`CONTROLLER`) gets SIGTERM first and stops
+    its own children; whatever still runs after it exited is stopped here.
+
+    Returns the names of the recorded processes that were running.
+    """
+    records = read_records(settings)
+    running = [r.name for r in records if r.pid != os.getpid() and record_alive(r)]
+    for rec in records:
+        if rec.name == CONTROLLER and rec.pid != os.getpid() and record_alive(rec):
+            controller = psutil.Process(rec.pid)
+            with contextlib.suppress(psutil.Error):
+                controller.send_signal(signal.SIGTERM)
+            if wait_gone([controller], timeout_s * 4):
+                log.warning("botai up (pid %d) did not exit; stopping its services", rec.pid)
+    stop_records([r for r in records if r.name != CONTROLLER], timeout_s)
+    pid_file(settings).unlink(missing_ok=True)
+    return running
+
+
+def running_services(settings: Settings) -> list[ServiceRecord]:
+    """The recorded services that still run."""
+    return [r for r in read_records(settings) if record_alive(r)]

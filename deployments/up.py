@@ -1,0 +1,316 @@
+"""The main job (``botai up``): start the stack, load demo data, apply prefect.yaml, stay up.
+
+Order: embedded store -> Prefect server (health) -> blocks from the environment ->
+MongoDB indexes + demo market data -> work pool and queues -> worker -> ``prefect deploy
+--all`` -> crash-detection automation -> "ready" -> a short first pipeline (ingest, one
+small training, one backtest) -> wait for SIGINT/SIGTERM -> stop every started process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from core.exceptions import ConfigurationError
+from core.redact import redact_uri
+from core.settings import REPO_ROOT, Settings
+from deployments import services
+
+log = logging.getLogger(__name__)
+
+Say = Callable[[str], None]
+
+#: Deployments of the first pipeline, in the order their runs are created.
+FIRST_PIPELINE = (
+    "ingest-market-data/ingest-market-data",
+    "train-model/train-model",
+    "backtest-strategy/backtest-strategy",
+)
+
+
+class StopRequested(Exception):  # noqa: N818 - a signal, not an error
+    """SIGINT or SIGTERM arrived."""
+
+
+@dataclass
+class StackInfo:
+    """What ``botai up`` started and loaded."""
+
+    ui_url: str
+    api_url: str
+    mongodb_uri: str
+    blocks: list[str]
+    demo_summary: str
+    deployments: list[str]
+    seconds_to_ready: float
+    first_runs: dict[str, str] = field(default_factory=dict)  # deployment -> run id or reason
+
+
+@contextmanager
+def prefect_api(settings: Settings) -> Iterator[None]:
+    """Point this process's Prefect client at the stack's API (and its home) while inside."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    with temporary_settings(
+        updates={PREFECT_API_URL: settings.prefect_api_url, PREFECT_HOME: settings.prefect_home}
+    ):
+        yield
+
+
+def _raise_stop(signum: int, _frame: FrameType | None) -> None:
+    raise StopRequested(signal.Signals(signum).name)
+
+
+def list_deployments() -> list[str]:
+    """Every deployment of the current API as ``flow-name/deployment-name``, sorted."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployments = client.read_deployments()
+        flows = {f.id: f.name for f in client.read_flows()}
+    return sorted(f"{flows.get(d.flow_id, '?')}/{d.name}" for d in deployments)
+
+
+def start_stack(settings: Settings, environ: Mapping[str, str], say: Say) -> StackInfo:
+    """Start every component and load the demo data; the processes are recorded for stop.
+
+    Returns the :class:`StackInfo` printed by :func:`ready_message`.
+
+    Raises:
+        ConfigurationError: a port is taken, a stack already runs on this state folder, an
+            environment variable is invalid, or prefect.yaml does not apply.
+        ServiceUnavailableError: a component did not become ready in time.
+    """
+    started = time.monotonic()
+    running = services.running_services(settings)
+    if running:
+        raise ConfigurationError(
+            f"a stack already runs on {settings.state_dir} ({', '.join(r.name for r in running)}):"
+            " stop it with `botai down` or set BOTAI_STATE_DIR to another folder"
+        )
+    services.pid_file(settings).unlink(missing_ok=True)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    services.record_service(
+        settings, services.CONTROLLER, os.getpid(), services.run_dir(settings) / "up.log"
+    )
+    env = services.prefect_env(settings, environ)
+
+    say(f"state folder: {settings.state_dir}")
+    mongodb_uri = services.start_store(settings)
+    say(f"MongoDB: {redact_uri(mongodb_uri)}")
+    say("starting the Prefect server (a fresh database migrates first, ~20 s)...")
+    services.start_prefect_server(settings, env)
+    say(f"Prefect server healthy at {settings.prefect_api_url}")
+
+    with prefect_api(settings):
+        from blocks.loader import load_store
+        from deployments.automations import ensure_crash_detection
+        from deployments.bootstrap import bootstrap_blocks
+        from integrations.market_data.pipeline import load_demo_data
+
+        blocks = bootstrap_blocks(settings, environ)
+        store = load_store()
+        store.ensure_indexes()
+        services.ensure_work_pool(settings)
+        worker = services.start_worker(settings, env)
+        say("loading demo market data...")
+        demo = load_demo_data(store, settings)
+        say("applying prefect.yaml (prefect deploy --all)...")
+        services.apply_deployments(settings, env)
+        ensure_crash_detection(settings)
+        services.wait_worker_online(settings, worker, settings.startup_timeout_s)
+        deployments = list_deployments()
+    return StackInfo(
+        ui_url=settings.prefect_ui_url,
+        api_url=settings.prefect_api_url,
+        mongodb_uri=redact_uri(mongodb_uri),
+        blocks=blocks,
+        demo_summary=demo.summary(),
+        deployments=deployments,
+        seconds_to_ready=time.monotonic() - started,
+    )
+
+
+def first_pipeline_params(today: datetime | None = None) -> dict[str, BaseModel]:
+    """Small parameters of the first pipeline's runs (validated), keyed by deployment."""
+    from core.schemas.backtest import BacktestParameters
+    from core.schemas.market_data import IngestParameters
+    from core.schemas.training import TrainModelParams
+
+    day = (today or datetime.now(UTC)).date()
+    return {
+        FIRST_PIPELINE[0]: IngestParameters(
+            source="synthetic", symbols=["BTCUSDT"], timeframe="1h", days=30, resample_to=["4h"]
+        ),
+        FIRST_PIPELINE[1]: TrainModelParams(
+            model_type="lstm",
+            symbol="BTCUSDT",
+            timeframe="1h",
+            days_of_data=30,
+            epochs=3,
+            batch_size=32,
+            units=8,
+            lookback=12,
+        ),
+        FIRST_PIPELINE[2]: BacktestParameters(
+            strategy_name="rsi",
+            symbol="BTCUSDT",
+            timeframe="1h",
+            start_date=day - timedelta(days=60),
+            end_date=day,
+        ),
+    }
+
+
+def start_first_pipeline(settings: Settings) -> dict[str, str]:
+    """Create one run of each first-pipeline deployment that exists.
+
+    Returns deployment -> ``run <name> (<id>)``, or the reason it was skipped.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    out: dict[str, str] = {}
+    try:
+        params = first_pipeline_params()
+    except ValidationError as e:  # a schema changed under us: say so, start nothing
+        return dict.fromkeys(FIRST_PIPELINE, f"skipped: parameters no longer validate ({e})")
+    with prefect_api(settings), get_client(sync_client=True) as client:
+        for name in FIRST_PIPELINE:
+            try:
+                deployment = client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                out[name] = "skipped: deployment not in prefect.yaml yet"
+                continue
+            run = client.create_flow_run_from_deployment(
+                deployment.id, parameters={"params": params[name].model_dump(mode="json")}
+            )
+            out[name] = f"run {run.name} ({run.id})"
+    return out
+
+
+def ready_message(info: StackInfo, settings: Settings) -> str:
+    """The text printed once the stack is ready: what runs and what to try next."""
+    lines = [
+        f"botai: ready in {info.seconds_to_ready:.1f} s",
+        f"  Prefect UI:   {info.ui_url}",
+        f"  Prefect API:  {info.api_url}",
+        f"  MongoDB:      {info.mongodb_uri} (database {settings.mongodb_database})",
+        f"  work pool:    {settings.work_pool} (queues {', '.join(services.WORK_QUEUES)}),"
+        " one process worker",
+        f"  state folder: {settings.state_dir}  (logs in {services.run_dir(settings)})",
+        f"  blocks:       {', '.join(info.blocks) or 'none'}",
+        *(f"  {line}" for line in info.demo_summary.splitlines()),
+        f"  deployments ({len(info.deployments)}): {', '.join(info.deployments) or 'none'}",
+        "Try next (in another terminal):",
+        f"  export PREFECT_API_URL={info.api_url}",
+    ]
+    if "ingest-market-data/ingest-market-data" in info.deployments:
+        lines.append(
+            "  prefect deployment run ingest-market-data/ingest-market-data "
+            """--param params='{"source": "synthetic", "symbols": ["ETHUSDT"], "days": 60}'"""
+        )
+    if "backtest-strategy/backtest-strategy" in info.deployments:
+        lines.append(
+            "  prefect deployment run backtest-strategy/backtest-strategy --param "
+            """params='{"strategy_name": "macd", "symbol": "ETHUSDT", """
+            """"start_date": "2026-10-01", "end_date": "2026-11-01"}'"""
+        )
+    lines += [
+        "  botai status    # what runs",
+        "  botai down      # stop everything (or Ctrl-C here)",
+    ]
+    return "\n".join(lines)
+
+
+def up(
+    settings: Settings,
+    environ: Mapping[str, str],
+    *,
+    say: Say,
+    first_pipeline: bool = True,
+    stay: bool = True,
+) -> StackInfo:
+    """Run the main job: start the stack, print what runs, start the first pipeline, and
+    (``stay``) wait for SIGINT/SIGTERM; every started process is stopped on the way out.
+
+    Returns the :class:`StackInfo` (after the stack was stopped when ``stay``).
+
+    Raises:
+        ConfigurationError, ServiceUnavailableError: start-up failed (already stopped then).
+    """
+    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop_needed = True
+    try:
+        info = start_stack(settings, environ, say=say)
+        say(ready_message(info, settings))
+        if first_pipeline:
+            info.first_runs = start_first_pipeline(settings)
+            say("first pipeline (watch it in the UI):")
+            for name, what in info.first_runs.items():
+                say(f"  {name}: {what}")
+        if not stay:
+            stop_needed = False
+            return info
+        say("press Ctrl-C to stop every process")
+        while True:
+            time.sleep(3600)
+    except (StopRequested, KeyboardInterrupt) as e:
+        say(f"botai: {e or 'interrupt'} received, stopping...")
+        raise SystemExit(0) from None
+    finally:
+        if stop_needed:
+            stopped = services.stop_all(settings)
+            say(f"botai: stopped {', '.join(stopped) or 'nothing'}")
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def status(settings: Settings) -> dict[str, Any]:
+    """What runs on this state folder: recorded processes and, when the API answers,
+    deployments and the latest flow runs.
+
+    Returns a dict with ``services`` (name, pid, alive), ``api`` and optional
+    ``deployments``/``runs``.
+    """
+    import httpx
+
+    records = services.read_records(settings)
+    out: dict[str, Any] = {
+        "state_dir": str(settings.state_dir),
+        "services": [
+            {"name": r.name, "pid": r.pid, "alive": services.record_alive(r)} for r in records
+        ],
+        "api": settings.prefect_api_url,
+    }
+    try:
+        healthy = httpx.get(f"{settings.prefect_api_url}/health", timeout=2).is_success
+    except httpx.HTTPError:
+        healthy = False
+    out["api_healthy"] = healthy
+    if healthy:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        with prefect_api(settings):
+            out["deployments"] = list_deployments()
+            with get_client(sync_client=True) as client:
+                runs = client.read_flow_runs(limit=10, sort=FlowRunSort.START_TIME_DESC)
+            out["runs"] = [
+                {"name": r.name, "state": r.state.name if r.state else "?", "id": str(r.id)}
+                for r in runs
+            ]
+    return out
+
+
+__all__ = ["REPO_ROOT", "StackInfo", "start_stack", "status", "up"]
