@@ -56,3 +56,39 @@ def make_candles(
 def signal_candles() -> pd.DataFrame:
     """1,000 hourly bars with an AR(1) momentum signal."""
     return make_candles(1000)
+
+
+# ---------------------------------------------------------------- bulk-analysis / predict-price
+def deploy_small_model(
+    store,  # noqa: ANN001 - integrations.store.Store
+    model_dir,  # noqa: ANN001 - pathlib.Path
+    key: bytes,
+    candles: pd.DataFrame,
+    *,
+    symbol: str,
+    model_type: str = "gru",
+    epochs: int = 2,
+):  # noqa: ANN201 - ml.registry.ModelRecord
+    """Fit a tiny model on ``candles`` for ``epochs`` (held-out accuracy measured), register
+    and deploy it for ``symbol`` 1h. Returns the deployed record."""
+    from ml.features import prepare_dataset
+    from ml.models import build_model
+    from ml.registry import ModelRegistry
+
+    ds = prepare_dataset(candles, lookback=12, horizon_bars=1)
+    model = build_model(model_type, 12, ds.spec.n_features, units=8)
+    model.fit(ds.x_train, ds.y_train, epochs=epochs, batch_size=128, verbose=0)
+    p = model.predict(ds.x_val, verbose=0).reshape(-1)
+    val_accuracy = float(((p > 0.5) == (ds.y_val > 0.5)).mean())
+    registry = ModelRegistry(store, model_dir, key)
+    record = registry.register(
+        model,
+        model_type=model_type,
+        symbol=symbol,
+        timeframe="1h",
+        metrics={"val_accuracy": val_accuracy},
+        feature_spec=ds.spec.to_dict(),
+        horizon_bars=1,
+        created_by="test",
+    )
+    return registry.deploy(record.model_id, by="test")

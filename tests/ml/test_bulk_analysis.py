@@ -1,0 +1,195 @@
+"""bulk-analysis: indicator/model signals, batching, failures with reasons (TC-ASYNC-011/012)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from pydantic import ValidationError
+
+from backtest.indicators import rsi
+from blocks.mongodb import MongoDBBlock
+from core.schemas.analysis import BulkAnalysisParams, FailedSymbol, SymbolAnalysis
+from integrations.market_data.synthetic import generate_candles
+from integrations.store import Store
+from ml.analysis import (
+    SignalConfig,
+    analyze_candles,
+    batch_symbols,
+    indicator_snapshot,
+    split_valid_symbols,
+    summarize,
+)
+from tasks.analysis import run_analysis_batch
+from tests.ml.conftest import deploy_small_model, make_candles
+
+START = datetime(2026, 9, 1, tzinfo=UTC)
+GOOD = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "DOTUSDT"]
+
+
+def _ramp(n: int, step: float) -> pd.DataFrame:
+    """Candles whose close moves by ``step`` (log) every bar plus a small zig-zag."""
+    lc = np.log(100.0) + step * np.arange(n) + 0.002 * (-1) ** np.arange(n)
+    close = np.exp(lc)
+    idx = pd.date_range(START, periods=n, freq="1h", name="open_time")
+    return pd.DataFrame(
+        {"open": close, "high": close * 1.001, "low": close * 0.999, "close": close, "volume": 1.0},
+        index=idx,
+    )
+
+
+def test_indicator_signal_follows_data_and_names_its_inputs() -> None:
+    up = analyze_candles("AAAUSDT", _ramp(200, 0.003))
+    down = analyze_candles("BBBUSDT", _ramp(200, -0.003))
+    assert isinstance(up, SymbolAnalysis) and isinstance(down, SymbolAnalysis)
+    assert up.source == down.source == "indicators" and up.model_id is None
+    # a steady rise: trend up, MACD above its signal; RSI says overbought - the votes combine
+    assert up.indicators["trend"] == "up" and down.indicators["trend"] == "down"
+    assert up.indicators["macd"] > 0 > down.indicators["macd"]
+    assert up.indicators["rsi"] > 70 > 30 > down.indicators["rsi"]
+    assert 0.0 <= up.confidence <= 1.0
+    assert up.confidence == pytest.approx(abs(up.indicators["indicator_score"]))
+    close = _ramp(200, 0.003)["close"].to_numpy()
+    assert up.indicators["rsi"] == pytest.approx(rsi(close, 14)[-1])
+    assert up.price == pytest.approx(close[-1])
+    snap = indicator_snapshot(make_candles(300, seed=3), SignalConfig())
+    expected = {"BUY": snap["score"] >= 0.15, "SELL": snap["score"] <= -0.15}
+    sig = analyze_candles("CCCUSDT", make_candles(300, seed=3))
+    assert sig.signal == next((k for k, v in expected.items() if v), "HOLD")
+
+
+def test_failures_carry_reasons() -> None:
+    assert analyze_candles("AAAUSDT", _ramp(59, 0.001)).reason.startswith("too little data")
+    assert analyze_candles("AAAUSDT", _ramp(0, 0.001)).reason.startswith("no data")
+    bad = _ramp(100, 0.001)
+    bad.iloc[50, bad.columns.get_loc("close")] = np.nan
+    assert analyze_candles("AAAUSDT", bad).reason.startswith("invalid data")
+    valid, failed = split_valid_symbols(["BTCUSDT", "INVALID1", "btcusdt", "ETHUSDT"])
+    assert valid == ["BTCUSDT", "ETHUSDT"]
+    assert [f.symbol for f in failed] == ["INVALID1", "btcusdt"]
+    assert all(f.reason.startswith("invalid symbol") for f in failed)
+
+
+def test_batches_are_coarse_and_cover_every_symbol() -> None:
+    symbols = [f"S{i:03d}USDT" for i in range(500)]
+    batches = batch_symbols(symbols, n_workers=2, max_batch=50)
+    assert len(batches) == 10 and sum(batches, []) == symbols
+    assert [len(b) for b in batch_symbols(symbols[:100], 2)] == [50, 50]
+    assert [len(b) for b in batch_symbols(symbols[:7], 2)] == [4, 3]
+
+
+def test_parameters_are_validated_before_a_run() -> None:
+    with pytest.raises(ValidationError, match="At most 500 symbols"):
+        BulkAnalysisParams(symbols=[f"S{i}USDT" for i in range(501)])
+    with pytest.raises(ValidationError, match="at least one symbol"):
+        BulkAnalysisParams(symbols=[])
+    with pytest.raises(ValidationError, match="must not repeat"):
+        BulkAnalysisParams(symbols=["BTCUSDT", "BTCUSDT"])
+    with pytest.raises(ValidationError, match="min_confidence must be between 0 and 1"):
+        BulkAnalysisParams(symbols=["BTCUSDT"], min_confidence=1.5)
+    with pytest.raises(ValidationError, match="timeframe must be one of"):
+        BulkAnalysisParams(symbols=["BTCUSDT"], timeframe="2h")
+
+
+def test_summary_sorts_and_filters_by_confidence() -> None:
+    outcomes = [analyze_candles(f"A{i}USDT", make_candles(200, seed=i)) for i in range(6)]
+    outcomes.append(FailedSymbol(symbol="XUSDT", reason="no data: no candles stored"))
+    res = summarize(
+        outcomes, timeframe="1h", total_symbols=7, min_confidence=None, batches=1, elapsed_s=0.1
+    )
+    conf = [r.confidence for r in res.results]
+    assert conf == sorted(conf, reverse=True) and res.symbols_analyzed == 6
+    cut = conf[2]
+    res2 = summarize(
+        outcomes, timeframe="1h", total_symbols=7, min_confidence=cut, batches=1, elapsed_s=0.1
+    )
+    assert all(r.confidence >= cut for r in res2.results)
+    assert len(res2.results) + res2.below_min_confidence == 6
+    assert [f.symbol for f in res2.failed_symbols] == ["XUSDT"]
+
+
+def test_batch_reads_the_store_and_reports_short_and_missing_data(
+    store: Store, mongo_uri: str, mongo_db_name: str
+) -> None:
+    store.upsert_candles(
+        "ETHUSDT", "1h", generate_candles("ETHUSDT", "1h", START, 120), source="synthetic"
+    )
+    store.upsert_candles(
+        "BNBUSDT", "1h", generate_candles("BNBUSDT", "1h", START, 30), source="synthetic"
+    )
+    mongo = MongoDBBlock(uri=mongo_uri, database=mongo_db_name)
+    out = run_analysis_batch(["ETHUSDT", "BNBUSDT", "NODATAUSDT"], "1h", 100, mongo, {}, None, None)
+    eth, bnb, missing = out
+    assert isinstance(eth, SymbolAnalysis)
+    stored = store.load_candles("ETHUSDT", "1h", last_n=100)
+    assert eth.price == pytest.approx(stored["close"].iloc[-1])
+    assert eth.indicators["rsi"] == pytest.approx(rsi(stored["close"].to_numpy(), 14)[-1])
+    assert bnb.reason == "too little data: 30 candles, need at least 60"
+    assert missing.reason.startswith("no data")
+
+
+def test_bulk_analysis_flow_on_dask_with_invalid_symbols_and_a_model(
+    mongo_block: Store, model_store_block, prefect_server: str
+) -> None:
+    """TC-ASYNC-012: 10 symbols, 2 invalid -> 8 analysed, 2 failed with reasons, sorted;
+    BTCUSDT has a deployed model and gets its signal (source model)."""
+    from flows.bulk_analysis import bulk_analysis
+    from ml.registry import ModelRegistry
+
+    for s in GOOD:
+        mongo_block.upsert_candles(
+            s, "1h", generate_candles(s, "1h", START, 300), source="synthetic"
+        )
+    train = make_candles(1500, seed=11)
+    record = deploy_small_model(
+        mongo_block,
+        Path(model_store_block.directory),
+        model_store_block.get_key(),
+        train,
+        symbol="BTCUSDT",
+    )
+    symbols = GOOD[:3] + ["INVALID1"] + GOOD[3:6] + ["INVALID2"] + GOOD[6:]
+
+    result = bulk_analysis(BulkAnalysisParams(symbols=symbols))
+
+    assert result.status == "success" and result.total_symbols == 10
+    assert result.symbols_analyzed == 8 and len(result.results) == 8
+    assert sorted(f.symbol for f in result.failed_symbols) == ["INVALID1", "INVALID2"]
+    assert all(f.reason.startswith("invalid symbol") for f in result.failed_symbols)
+    assert {r.symbol for r in result.results} == set(GOOD)
+    conf = [r.confidence for r in result.results]
+    assert conf == sorted(conf, reverse=True)
+    assert result.batches == 2
+    by_symbol = {r.symbol: r for r in result.results}
+    btc = by_symbol["BTCUSDT"]
+    assert btc.source == "model" and btc.model_id == record.model_id
+    registry = ModelRegistry(
+        mongo_block, Path(model_store_block.directory), model_store_block.get_key()
+    )
+    candles = mongo_block.load_candles("BTCUSDT", "1h", last_n=300)
+    p = registry.load(record).predict_up_probability(candles)
+    assert btc.up_probability == pytest.approx(p, abs=1e-5)
+    assert btc.confidence == pytest.approx(abs(2 * p - 1), abs=1e-5)
+    assert all(
+        by_symbol[s].source == "indicators" and by_symbol[s].model_id is None for s in GOOD[1:]
+    )
+
+    async def artifacts():  # progress artifact reached 100%
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[result.task_id])
+                )
+            )
+
+    import asyncio
+
+    arts = asyncio.run(artifacts())
+    progress = [a for a in arts if a.type == "progress"]
+    assert progress and progress[0].data == 100.0
+    assert progress[0].description == "Analyzed 10/10 symbols"
