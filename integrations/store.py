@@ -391,6 +391,192 @@ class Store:
         """The ``optimization_results`` document of ``task_id`` (without ``_id``), or None."""
         return self.col(C.OPTIMIZATION_RESULTS).find_one({"task_id": task_id}, {"_id": 0})
 
+    # ------------------------------------------------------------ monitoring
+    # Whole documents only (insert_one / replace_one): see the nx-27017 notes.
+    def _mon_write(self, op: Any, what: str) -> Any:
+        try:
+            return op()
+        except PyMongoError as e:
+            raise ServiceUnavailableError(
+                f"MongoDB unreachable while {what}: {type(e).__name__}"
+            ) from e
+
+    def health_report_save(self, doc: Mapping[str, Any], *, keep_days: int = 30) -> None:
+        """Insert one ``health_reports`` document (expires after ``keep_days``).
+
+        Raises:
+            ServiceUnavailableError: MongoDB unreachable.
+        """
+        body = dict(doc)
+        created = body.setdefault("created_at", datetime.now(UTC))
+        body["expires_at"] = created + pd.Timedelta(days=keep_days).to_pytimedelta()
+        self._mon_write(
+            lambda: self.col(C.HEALTH_REPORTS).insert_one(body), "saving a health report"
+        )
+
+    def health_reports_latest(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The newest ``health_reports`` documents (without ``_id``), newest first."""
+        cur = self.col(C.HEALTH_REPORTS).find({}, {"_id": 0}).sort("created_at", DESCENDING)
+        return list(cur.limit(limit))
+
+    def health_state_all(self) -> dict[str, dict[str, Any]]:
+        """Every service's health state ``{service: {consecutive_failures, last_status}}``.
+
+        Raises:
+            ServiceUnavailableError: MongoDB unreachable.
+        """
+        docs = self._mon_write(
+            lambda: list(self.col(C.HEALTH_STATE).find({}, {"_id": 0})), "reading health state"
+        )
+        return {d["service"]: d for d in docs}
+
+    def health_state_save(self, service: str, state: Mapping[str, Any]) -> None:
+        """Write the whole ``health_state`` document of ``service`` (insert or replace)."""
+        doc = {**state, "service": service}
+        col = self.col(C.HEALTH_STATE)
+
+        def write() -> None:
+            if col.count_documents({"service": service}, limit=1):
+                col.replace_one({"service": service}, doc)
+            else:
+                col.insert_one(doc)
+
+        self._mon_write(write, "saving health state")
+
+    def alert_record(self, doc: Mapping[str, Any]) -> None:
+        """Insert one ``alerts`` document: fingerprint, created_at, level, title, message,
+        urgent, suppressed, attempted, delivered, failed (channel -> reason), sent."""
+        self._mon_write(lambda: self.col(C.ALERTS).insert_one(dict(doc)), "recording an alert")
+
+    def alert_last_sent(self, fingerprint: str) -> datetime | None:
+        """When the alert ``fingerprint`` was last delivered on some channel, or None."""
+        doc = self._mon_write(
+            lambda: self.col(C.ALERTS).find_one(
+                {"fingerprint": fingerprint, "sent": True},
+                {"created_at": 1},
+                sort=[("created_at", DESCENDING)],
+            ),
+            "reading alerts",
+        )
+        return doc["created_at"] if doc else None
+
+    def alerts_find(self, query: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """``alerts`` documents matching ``query`` (without ``_id``), oldest first."""
+        return list(
+            self.col(C.ALERTS).find(dict(query or {}), {"_id": 0}).sort("created_at", ASCENDING)
+        )
+
+    def portfolio_report_save(self, doc: Mapping[str, Any]) -> None:
+        """Insert one ``portfolio_reports`` document (keyed by ``report_date``, YYYY-MM-DD)."""
+        self._mon_write(
+            lambda: self.col(C.PORTFOLIO_REPORTS).insert_one(dict(doc)), "saving a portfolio report"
+        )
+
+    def portfolio_reports_find(self, report_date: str) -> list[dict[str, Any]]:
+        """``portfolio_reports`` of ``report_date`` (without ``_id``)."""
+        return list(self.col(C.PORTFOLIO_REPORTS).find({"report_date": report_date}, {"_id": 0}))
+
+    def api_cost_report_save(self, doc: Mapping[str, Any]) -> None:
+        """Insert one ``api_cost_history`` document (keyed by ``report_date``)."""
+        self._mon_write(
+            lambda: self.col(C.API_COST_HISTORY).insert_one(dict(doc)), "saving a cost report"
+        )
+
+    def api_cost_reports_find(self, report_date: str) -> list[dict[str, Any]]:
+        """``api_cost_history`` documents of ``report_date`` (without ``_id``)."""
+        return list(self.col(C.API_COST_HISTORY).find({"report_date": report_date}, {"_id": 0}))
+
+    def record_llm_cost(
+        self,
+        *,
+        run_id: str | None,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost_usd: float,
+        created_at: datetime | None = None,
+        purpose: str | None = None,
+    ) -> None:
+        """Append one LLM call to the ``llm_costs`` ledger.
+
+        Document: ``{created_at (UTC), run_id, model, prompt_tokens, completion_tokens,
+        cost_usd, purpose}``. Every LLM call (issue 6) writes one; the cost report sums them.
+
+        Raises:
+            ServiceUnavailableError: MongoDB unreachable.
+        """
+        doc = {
+            "created_at": created_at or datetime.now(UTC),
+            "run_id": run_id,
+            "model": model,
+            "prompt_tokens": int(prompt_tokens),
+            "completion_tokens": int(completion_tokens),
+            "cost_usd": float(cost_usd),
+            "purpose": purpose,
+        }
+        self._mon_write(lambda: self.col(C.LLM_COSTS).insert_one(doc), "recording an LLM cost")
+
+    def llm_costs_between(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
+        """``llm_costs`` documents with ``start <= created_at < end`` (without ``_id``), oldest first.
+
+        Raises:
+            ServiceUnavailableError: MongoDB unreachable.
+        """
+        return self._mon_write(
+            lambda: list(
+                self.col(C.LLM_COSTS)
+                .find({"created_at": {"$gte": start, "$lt": end}}, {"_id": 0})
+                .sort("created_at", ASCENDING)
+            ),
+            "reading LLM costs",
+        )
+
+    def set_llm_enabled(self, enabled: bool, reason: str, by: str) -> None:
+        """Switch the LLM on or off (the kill switch in ``llm_settings``, document ``_id="llm"``).
+
+        Writes the whole document ``{_id, enabled, reason, by, updated_at}``.
+
+        Raises:
+            ServiceUnavailableError: MongoDB unreachable.
+        """
+        doc = {
+            "_id": "llm",
+            "enabled": bool(enabled),
+            "reason": reason,
+            "by": by,
+            "updated_at": datetime.now(UTC),
+        }
+        self._mon_write(
+            lambda: self.col(C.LLM_SETTINGS).replace_one({"_id": "llm"}, doc, upsert=True),
+            "switching the LLM",
+        )
+
+    def llm_settings(self) -> dict[str, Any]:
+        """The kill-switch document (``enabled`` True when never set)."""
+        doc = self._mon_write(
+            lambda: self.col(C.LLM_SETTINGS).find_one({"_id": "llm"}), "reading LLM settings"
+        )
+        return doc or {"_id": "llm", "enabled": True, "reason": None, "by": None}
+
+    def llm_enabled(self) -> bool:
+        """True unless the kill switch is off. The LLM client checks this before every call.
+
+        Raises:
+            ServiceUnavailableError: MongoDB unreachable.
+        """
+        return bool(self.llm_settings().get("enabled", True))
+
+    def trades_closed_between(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
+        """``trades`` documents with ``start <= closed_at < end`` (without ``_id``), oldest first."""
+        return self._mon_write(
+            lambda: list(
+                self.col(C.TRADES)
+                .find({"closed_at": {"$gte": start, "$lt": end}}, {"_id": 0})
+                .sort("closed_at", ASCENDING)
+            ),
+            "reading trades",
+        )
+
 
 # ---------------------------------------------------------------- helpers
 def _frame_to_docs(
