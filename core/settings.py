@@ -76,6 +76,26 @@ class Settings(BaseSettings):
         description="How long Binance may take to answer before demo data is synthetic.",
     )
 
+    # ------------------------------------------------------------ bulk-analysis / predict-price
+    prediction_interval_level: float = Field(
+        default=0.8, gt=0, lt=1, description="Central probability of predict-price intervals."
+    )
+    prediction_calibration_bars: int = Field(
+        default=2160,
+        ge=240,
+        description="Forecast origins (hours) whose known outcomes calibrate the interval.",
+    )
+    prediction_band_pct: float = Field(
+        default=2.0,
+        gt=0,
+        description="predict-price confidence: P(price within +-this % of the prediction).",
+    )
+    prediction_coverage_bars: int = Field(
+        default=720,
+        ge=0,
+        description="Recent hours on which predict-price measures its interval coverage.",
+    )
+
     # ------------------------------------------------------------ platform (run command)
     startup_timeout_s: float = Field(
         default=180.0,

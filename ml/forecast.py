@@ -8,7 +8,8 @@ Method, for a forecast origin t (the newest close) and each hour h = 1..H:
 * Interval (split-conformal with a volatility-normalised score): the empirical
   ``(1-level)/2`` and ``(1+level)/2`` quantiles of ``z_h[s]`` minus their median, over the
   calibration window of the ``calibration_bars`` origins s whose outcome is known at t
-  (``s + h <= t``); scaled by ``sigma_t * sqrt(h)`` around the point forecast. Only data
+  (``s + h <= t``); scaled by ``sigma_t * sqrt(h)`` around the point forecast. A forecast
+  path takes the running envelope over hours 1..h, so widths never shrink with the horizon. Only data
   up to t is used, so the same code measures its coverage on history honestly.
 * Point forecast: the model's probability p that the price is higher after its
   ``horizon_bars`` H tilts the drift. If the H-bar log return were normal with scale
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -32,6 +34,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy.special import ndtr, ndtri
 
 from core.exceptions import DataQualityError, InsufficientDataError, InvalidInputError
+from core.schemas.analysis import CoverageCheck, PredictPriceResult, PricePoint
+
+if TYPE_CHECKING:
+    from ml.predictor import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +242,15 @@ def forecast_path(
     s_t = float(sigma[t])
     center = lc[t] + drift_log_return(up_probability, s_t, model_horizon_bars, hours)
     scale = s_t * np.sqrt(hours)
+    # uncertainty never shrinks with the horizon: the envelope of the per-hour quantiles
+    # (it can only widen an interval, so the measured per-hour coverage is a lower bound)
+    lo_offset = np.minimum.accumulate(scale * q_lo)
+    hi_offset = np.maximum.accumulate(scale * q_hi)
     return ForecastPath(
         hours=hours,
         predicted=np.exp(center),
-        lower=np.exp(center + scale * q_lo),
-        upper=np.exp(center + scale * q_hi),
+        lower=np.exp(center + lo_offset),
+        upper=np.exp(center + hi_offset),
         confidence=band_confidence(s_t, hours, config.band_pct),
         sigma=s_t,
         calibration_samples=samples,
@@ -316,4 +326,97 @@ def interval_coverage(
         coverage=hits_all / pairs_all,
         coverage_by_hour=by_hour,
         pairs=pairs_all,
+    )
+
+
+def predict_prices(
+    model: LoadedModel,
+    candles: pd.DataFrame,
+    horizon_hours: int,
+    *,
+    config: ForecastConfig | None = None,
+    coverage_bars: int = 720,
+    coverage_step: int = 6,
+) -> PredictPriceResult:
+    """Hourly forecasts for ``horizon_hours`` from the newest candle, with the interval
+    method's coverage measured on the last ``coverage_bars`` origins of the same candles.
+
+    Args:
+        model: the deployed model (its up-probability tilts the drift).
+        candles: hourly candles, oldest first (calibration needs at least
+            ``config.min_calibration_samples + horizon_hours + 1``; the default calibration
+            window uses up to 2,160 + horizon).
+
+    Returns:
+        a :class:`PredictPriceResult` (``task_id`` unset, ``elapsed_s`` 0).
+
+    Raises:
+        InsufficientDataError: too few candles for the model or the interval.
+        DataQualityError: non-finite or non-positive prices.
+    """
+    config = config or ForecastConfig()
+    record = model.record
+    close = candles["close"].to_numpy(np.float64)
+    p_up = model.predict_up_probability(candles)
+    path = forecast_path(
+        close,
+        horizon_hours,
+        up_probability=p_up,
+        model_horizon_bars=record.horizon_bars,
+        config=config,
+    )
+    origin_open = pd.Timestamp(candles.index[-1])
+    step = pd.Timedelta(hours=1)
+    points = [
+        PricePoint(
+            hour=int(h),
+            timestamp=(origin_open + step * (int(h) + 1)).to_pydatetime(),
+            predicted_price=float(path.predicted[i]),
+            lower=float(path.lower[i]),
+            upper=float(path.upper[i]),
+            confidence=float(path.confidence[i]),
+        )
+        for i, h in enumerate(path.hours)
+    ]
+    coverage = None
+    horizons = sorted({h for h in (1, 6, 24, horizon_hours) if h <= horizon_hours})
+    n = len(close)
+    first = max(0, n - 1 - coverage_bars)
+    origins = np.arange(first, n - 1, coverage_step)
+    tail_from = max(0, first - model.spec.lookback - 100)
+    probs = np.full(n, np.nan)
+    probs[tail_from:] = model.predict_up_probabilities(candles.iloc[tail_from:])
+    try:
+        rep = interval_coverage(
+            close,
+            origins,
+            horizons,
+            up_probabilities=probs,
+            model_horizon_bars=record.horizon_bars,
+            config=config,
+        )
+        coverage = CoverageCheck(
+            interval_level=rep.interval_level,
+            origins=len(origins),
+            horizons=horizons,
+            coverage=rep.coverage,
+            coverage_by_hour={str(h): v for h, v in rep.coverage_by_hour.items()},
+        )
+    except InsufficientDataError as e:
+        log.info("coverage not measured for %s: %s", record.symbol, e)
+    return PredictPriceResult(
+        symbol=record.symbol,
+        model_type=record.model_type,
+        model_id=record.model_id,
+        timeframe=record.timeframe,
+        origin_time=origin_open.to_pydatetime(),
+        last_price=float(close[-1]),
+        up_probability=p_up,
+        model_horizon_bars=record.horizon_bars,
+        horizon_hours=horizon_hours,
+        interval_level=config.interval_level,
+        calibration_bars=int(path.calibration_samples.min()),
+        predictions=points,
+        coverage=coverage,
+        elapsed_s=0.0,
     )

@@ -153,7 +153,10 @@ class PricePoint(BaseModel):
     """The forecast for one hour ahead."""
 
     hour: int = Field(ge=1)
-    timestamp: datetime = Field(description="Open time of the forecast bar's close (UTC).")
+    timestamp: datetime = Field(
+        description="When the forecast close applies (UTC): the newest candle's close time "
+        "plus ``hour`` hours."
+    )
     predicted_price: float
     lower: float = Field(description="Lower bound of the central 80% interval.")
     upper: float = Field(description="Upper bound of the central 80% interval.")

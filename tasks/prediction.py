@@ -1,0 +1,108 @@
+"""Prefect tasks of the ``predict-price`` flow: find the deployed model, read candles, forecast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NONE
+from prefect.tasks import exponential_backoff
+from pydantic import SecretBytes
+
+from core.exceptions import InsufficientDataError, NotFoundError
+from core.schemas.analysis import PredictPriceParams, PredictPriceResult
+from integrations.store import Store
+from ml.forecast import ForecastConfig, predict_prices
+from ml.registry import ModelRecord, ModelRegistry
+from tasks.analysis import _retry_only_retryable
+
+#: Timeframe of the models predict-price uses (its horizon is in hours).
+PREDICTION_TIMEFRAME = "1h"
+
+
+def no_model_message(model_type: str, symbol: str) -> str:
+    """The error text when nothing is deployed for ``model_type`` + ``symbol``."""
+    return (
+        f"No deployed {model_type} model for {symbol} ({PREDICTION_TIMEFRAME}): train one with "
+        f"the train-model flow (model_type={model_type}, symbol={symbol}, "
+        f"timeframe={PREDICTION_TIMEFRAME}) or deploy a candidate, then predict again"
+    )
+
+
+@task(
+    name="find-deployed-model",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(2),
+    retry_condition_fn=_retry_only_retryable,
+    cache_policy=NONE,
+)
+def find_deployed_model(store: Store, params: PredictPriceParams) -> ModelRecord:
+    """The deployed model of ``params.model_type`` for ``params.symbol`` (1h).
+
+    Returns:
+        its registry record.
+
+    Raises:
+        NotFoundError: none deployed (the message says how to get one).
+        ServiceUnavailableError (retried): MongoDB unreachable.
+    """
+    docs = store.models_find(
+        {
+            "symbol": params.symbol,
+            "timeframe": PREDICTION_TIMEFRAME,
+            "model_type": params.model_type,
+            "status": "deployed",
+        }
+    )
+    if not docs:
+        raise NotFoundError(no_model_message(params.model_type, params.symbol))
+    best = max(docs, key=lambda d: float((d.get("metrics") or {}).get("val_accuracy") or 0.0))
+    return ModelRecord.from_doc(best)
+
+
+@task(
+    name="load-prediction-candles",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(2),
+    retry_condition_fn=_retry_only_retryable,
+    cache_policy=NONE,
+)
+def load_prediction_candles(store: Store, symbol: str, bars: int) -> pd.DataFrame:
+    """The newest ``bars`` hourly candles of ``symbol``.
+
+    Raises:
+        InsufficientDataError: none stored. ServiceUnavailableError (retried): MongoDB down.
+    """
+    frame = store.load_candles(symbol, PREDICTION_TIMEFRAME, last_n=bars)
+    if frame.empty:
+        raise InsufficientDataError(
+            f"Insufficient data: no {PREDICTION_TIMEFRAME} candles of {symbol} in the store; "
+            "ingest them with the ingest-market-data flow"
+        )
+    return frame
+
+
+@task(name="forecast-prices", cache_policy=NONE)
+def forecast_prices_task(
+    store: Store,
+    record: ModelRecord,
+    candles: pd.DataFrame,
+    horizon_hours: int,
+    model_dir: str,
+    model_key: SecretBytes,
+    config: ForecastConfig,
+    coverage_bars: int = 720,
+) -> PredictPriceResult:
+    """Decrypt the model in memory and forecast (:func:`ml.forecast.predict_prices`).
+
+    Returns:
+        the forecast (``task_id``/``elapsed_s`` left for the flow).
+
+    Raises:
+        InsufficientDataError, DataQualityError: candles unusable; ConfigurationError:
+        wrong model-store key; NotFoundError: model file missing.
+    """
+    registry = ModelRegistry(store, Path(model_dir), model_key.get_secret_value())
+    model = registry.load(record)
+    return predict_prices(model, candles, horizon_hours, config=config, coverage_bars=coverage_bars)
