@@ -51,6 +51,7 @@ class ServiceRecord:
     create_time: float
     cmdline: list[str]
     log_path: str
+    owner: int = 0  # pid of the process that started and recorded it
 
 
 def run_dir(settings: Settings) -> Path:
@@ -86,7 +87,9 @@ def _write_records(settings: Settings, records: list[ServiceRecord]) -> None:
 def record_service(settings: Settings, name: str, pid: int, log_path: Path) -> ServiceRecord:
     """Append the process ``pid`` to the pid file. Returns its record."""
     proc = psutil.Process(pid)
-    rec = ServiceRecord(name, pid, proc.create_time(), proc.cmdline(), str(log_path))
+    rec = ServiceRecord(
+        name, pid, proc.create_time(), proc.cmdline(), str(log_path), owner=os.getpid()
+    )
     _write_records(settings, [*read_records(settings), rec])
     return rec
 
@@ -403,15 +406,18 @@ def stop_records(records: list[ServiceRecord], timeout_s: float = 20.0) -> list[
     return stopped
 
 
-def stop_all(settings: Settings, timeout_s: float = 20.0) -> list[str]:
+def stop_all(settings: Settings, timeout_s: float = 20.0, *, owner: int | None = None) -> list[str]:
     """Stop every process recorded in the state folder and clear the pid file.
 
     A running ``botai up`` (recorded as :data:`CONTROLLER`) gets SIGTERM first and stops
-    its own children; whatever still runs after it exited is stopped here.
+    its own children; whatever still runs after it exited is stopped here. ``owner``
+    limits the stop to the processes recorded by that pid (``botai up`` stopping its own,
+    never a newer stack's on the same folder).
 
     Returns the names of the recorded processes that were running.
     """
-    records = read_records(settings)
+    all_records = read_records(settings)
+    records = [r for r in all_records if owner is None or r.owner == owner]
     running = [r.name for r in records if r.pid != os.getpid() and record_alive(r)]
     for rec in records:
         if rec.name == CONTROLLER and rec.pid != os.getpid() and record_alive(rec):
@@ -421,7 +427,8 @@ def stop_all(settings: Settings, timeout_s: float = 20.0) -> list[str]:
             if wait_gone([controller], timeout_s * 4):
                 log.warning("botai up (pid %d) did not exit; stopping its services", rec.pid)
     stop_records([r for r in records if r.name != CONTROLLER], timeout_s)
-    pid_file(settings).unlink(missing_ok=True)
+    if all(r in records or not record_alive(r) for r in all_records):
+        pid_file(settings).unlink(missing_ok=True)
     return running
 
 

@@ -270,7 +270,7 @@ def up(
         raise SystemExit(0) from None
     finally:
         if stop_needed:
-            stopped = services.stop_all(settings)
+            stopped = services.stop_all(settings, owner=os.getpid())
             say(f"botai: stopped {', '.join(stopped) or 'nothing'}")
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -1,0 +1,155 @@
+"""The run command (`botai up`) on a fresh state folder and free ports: it reaches "ready",
+serves the UI and the API, lists every deployment of prefect.yaml, starts the first
+pipeline, and after SIGINT no process it started is left (flow runs included).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import yaml
+
+from core.settings import Settings
+from deployments.services import read_records
+from integrations.embedded_mongo import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def test_up_ready_serves_ui_and_deployments_then_sigint_leaves_nothing(tmp_path: Path):
+    state = tmp_path / "state"
+    port, mongo_port = free_port(), free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "BOTAI_", "MONGODB_", "DASK_"))
+    }
+    env.update(
+        BOTAI_STATE_DIR=str(state),
+        BOTAI_PREFECT_PORT=str(port),
+        BOTAI_MONGODB_PORT=str(mongo_port),
+        BOTAI_MIN_FREE_DISK_GB="0.1",
+        BOTAI_DEMO_PROBE_TIMEOUT_S="1",
+        BOTAI_BINANCE_BASE_URL=f"http://127.0.0.1:{free_port()}",  # nothing listens: synthetic
+    )
+    settings = Settings(state_dir=state, prefect_port=port, mongodb_port=mongo_port)
+    out_path = tmp_path / "up.out"
+    with open(out_path, "w") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "deployments.cli", "up"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    seen: dict[int, psutil.Process] = {}
+    try:
+        started = time.monotonic()
+        _wait_for(
+            lambda: up.poll() is not None or "first pipeline" in out_path.read_text(),
+            240,
+            "botai up to print 'ready' and start the first pipeline",
+        )
+        text = out_path.read_text()
+        assert up.poll() is None, text[-3000:]
+        assert "botai: ready in" in text
+        print(f"botai up -> ready (fresh state folder): {time.monotonic() - started:.1f} s")
+        assert f"http://127.0.0.1:{port}" in text and "synthetic" in text
+
+        api = settings.prefect_api_url
+        assert httpx.get(f"{api}/health", timeout=5).json() is True
+        ui = httpx.get(settings.prefect_ui_url + "/", timeout=5)
+        assert ui.status_code == 200 and "<html" in ui.text.lower()
+
+        spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+        wanted = {d["name"] for d in spec["deployments"]}
+        listed = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
+        assert {d["name"] for d in listed} == wanted
+        assert all(d["work_pool_name"] == "botai-process" for d in listed)
+        queues = httpx.post(
+            f"{api}/work_pools/botai-process/queues/filter", json={}, timeout=10
+        ).json()
+        limits = {q["name"]: q["concurrency_limit"] for q in queues}
+        assert limits["ml_training"] == 2
+        assert {"analysis", "backtesting", "scheduled"} <= set(limits)
+
+        # the first pipeline: one run per existing deployment; wait until one runs
+        runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()
+        pipeline = {"ingest-market-data", "train-model", "backtest-strategy"} & wanted
+        ids = {d["id"] for d in listed if d["name"] in pipeline}
+        first = [r for r in runs if r["deployment_id"] in ids and r["parent_task_run_id"] is None]
+        assert len(first) == len(pipeline), [
+            (r["name"], r["flow_id"], r["deployment_id"], r["parent_task_run_id"]) for r in runs
+        ]
+
+        def a_run_is_running() -> bool:
+            for p in _tree(up.pid):
+                seen[p.pid] = p
+            states = [
+                r["state_type"]
+                for r in httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()
+            ]
+            return "RUNNING" in states
+
+        _wait_for(a_run_is_running, 90, "a first-pipeline run to be Running")
+        records = read_records(settings)
+        assert {r.name for r in records} >= {
+            "botai-up",
+            "nx-27017",
+            "prefect-server",
+            "prefect-worker",
+        }
+        for p in _tree(up.pid):
+            seen[p.pid] = p
+        for r in records:
+            for p in _tree(r.pid):
+                seen[p.pid] = p
+        assert len(seen) >= 5  # up, store, server, worker, at least one flow-run process
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(90)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            raise
+    assert up.returncode == 0, out_path.read_text()[-3000:]
+    left = [p for p in seen.values() if _alive(p)]
+    assert not left, [(p.pid, p.cmdline()) for p in left]
+    by_cmdline = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if any(str(state) in a for a in (p.info["cmdline"] or [])):
+            by_cmdline.append(p.info)
+    assert not by_cmdline
+    assert not (state / "run" / "services.json").exists()
