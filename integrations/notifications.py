@@ -63,7 +63,12 @@ class SlackSender:
         body: dict = {"text": text}
         if self.channel:
             body["channel"] = self.channel
-        client = WebhookClient(self._url, timeout=max(1, int(round(self.timeout_s))))
+        # slack_sdk logs the full (secret) URL at DEBUG: give it a logger that never does.
+        sdk_log = logging.getLogger(f"{__name__}.slack_sdk")
+        sdk_log.setLevel(logging.WARNING)
+        client = WebhookClient(
+            self._url, timeout=max(1, int(round(self.timeout_s))), logger=sdk_log
+        )
         try:
             resp = client.send_dict(body)
         except Exception as e:  # urllib errors, timeouts, DNS

@@ -1,0 +1,142 @@
+"""Monitoring fixtures: a real SMTP server (aiosmtpd), an HTTP peer for the Slack webhook and
+the engine (pytest-httpserver), a socket that accepts and never answers, a closed port, and
+the slack/smtp/trading-engine blocks pointing at them (restored afterwards)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from pytest_httpserver import HTTPServer
+
+SLACK_SECRET = uuid.uuid4().hex
+SMTP_PASSWORD = f"pw-{uuid.uuid4().hex}"
+SLACK_PATH = f"/services/T0/B0/{SLACK_SECRET}"
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Mailbox:
+    """Messages received by the local SMTP server."""
+
+    port: int
+    messages: list[Message] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        msg = message_from_bytes(envelope.content)
+        msg["X-Rcpt"] = ", ".join(envelope.rcpt_tos)
+        self.messages.append(msg)
+        return "250 OK"
+
+
+@pytest.fixture
+def mailbox() -> Iterator[Mailbox]:
+    """A real SMTP server on a free port (no TLS, no login)."""
+    port = free_port()
+    box = Mailbox(port=port)
+    ctl = Controller(box, hostname="127.0.0.1", port=port)
+    ctl.start()
+    yield box
+    ctl.stop()
+
+
+@pytest.fixture
+def peer() -> Iterator[HTTPServer]:
+    """A threaded local HTTP server (Slack webhook and engine API)."""
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    if server.is_running():
+        server.stop()
+
+
+@pytest.fixture
+def hanging_address() -> Iterator[str]:
+    """``host:port`` of a socket that accepts connections and never answers."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                conn, _ = srv.accept()
+                held.append(conn)
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield f"127.0.0.1:{srv.getsockname()[1]}"
+    stop.set()
+    t.join(2)
+    for c in held:
+        c.close()
+    srv.close()
+
+
+def slack_messages(server: HTTPServer) -> list[dict]:
+    """JSON bodies the Slack webhook received."""
+    return [req.get_json() for req, _ in server.log if req.path == SLACK_PATH]
+
+
+@pytest.fixture
+def channel_blocks(prefect_server: str, peer: HTTPServer, mailbox: Mailbox) -> Iterator[None]:
+    """Save slack/smtp/trading-engine blocks on the test server pointing at the local peers;
+    put the server's documents back afterwards (other areas share it)."""
+    from blocks import MongoDBBlock, SlackBlock, SMTPBlock, TradingEngineBlock
+    from blocks.loader import load_block
+    from core.exceptions import ConfigurationError
+
+    classes = (SlackBlock, SMTPBlock, TradingEngineBlock, MongoDBBlock)
+    before = {}
+    for cls in classes:
+        try:
+            before[cls] = load_block(cls)
+        except ConfigurationError:
+            before[cls] = None
+    peer.expect_request(SLACK_PATH, method="POST").respond_with_data("ok")
+    SlackBlock(webhook_url=peer.url_for(SLACK_PATH), channel="#alerts").save(
+        "slack", overwrite=True
+    )
+    SMTPBlock(
+        host="127.0.0.1",
+        port=mailbox.port,
+        security="none",
+        username=None,
+        password=None,
+        sender="bot@example.org",
+        recipients=["admin@example.org"],
+    ).save("smtp", overwrite=True)
+    TradingEngineBlock(base_url=peer.url_for("/"), timeout_s=2.0).save(
+        "trading-engine", overwrite=True
+    )
+    yield
+    for cls, block in before.items():
+        if block is not None:
+            block.save(cls.document_name, overwrite=True)
+        else:
+            with contextlib.suppress(ValueError):
+                cls.delete(cls.document_name)
+
+
+def envelope(data: Any) -> dict:
+    """The engine's success envelope."""
+    return {"success": True, "data": data, "error": None}
