@@ -107,9 +107,9 @@ def perform_health_check(
         probes.mongo_ping = store.ping
     overrides = {"prefect_api_url": prefect_api_url} if prefect_api_url else {}
     outcomes = health.run_checks(specs, settings, probes, overrides=overrides)
-    mongo_ok = store is not None and any(
-        o.spec.kind == "mongodb" and o.ok and not o.skipped_note for o in outcomes
-    )
+    mongo_checks = [o for o in outcomes if o.spec.kind == "mongodb" and not o.skipped_note]
+    # no MongoDB check configured: try the store, falling back to files if a write fails
+    mongo_ok = store is not None and all(o.ok for o in mongo_checks)
     state_file = settings.state_dir / HEALTH_STATE_FILE
     previous: dict[str, Any] = health.read_state_file(state_file)
     if mongo_ok:

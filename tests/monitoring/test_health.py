@@ -1,0 +1,185 @@
+"""Health checks against real peers: Redis and RabbitMQ on their local ports, a closed port,
+a socket that never answers, a slow HTTP peer, a dead MongoDB; disk readings injected."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Response
+
+from core.settings import Settings
+from integrations.health import CheckSpec, Probes, check_amqp, check_redis, load_checks
+from integrations.notifications import EmailSender, Notifier, SlackSender
+from integrations.store import C, Store, connect
+from tasks.monitoring import HEALTH_REPORTS_FILE, perform_health_check
+from tests.monitoring.conftest import SLACK_PATH, Mailbox, free_port, slack_messages
+
+REDIS, RABBIT = "127.0.0.1:6379", "127.0.0.1:5672"
+
+
+def _notifier(peer: HTTPServer, mailbox: Mailbox, store: Store | None) -> Notifier:
+    peer.expect_request(SLACK_PATH, method="POST").respond_with_data("ok")
+    return Notifier(
+        SlackSender(peer.url_for(SLACK_PATH), timeout_s=2),
+        EmailSender("127.0.0.1", mailbox.port, "none", None, None, "b@x.org", ["a@x.org"], 2),
+        store,
+        cooldown_s=3600,
+    )
+
+
+def _probes(disk: float = 40.0, mem: float = 50.0) -> Probes:
+    return Probes(disk_usage_pct=lambda _p: disk, memory_usage_pct=lambda: mem)
+
+
+def test_default_config_loads_and_skips_unconfigured(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path)
+    specs = load_checks(settings.health_checks_path)
+    names = [s.name for s in specs]
+    for name in (
+        "Rust Core Engine",
+        "Python AI Service",
+        "Frontend Dashboard",
+        "MongoDB",
+        "Redis",
+        "RabbitMQ",
+        "Disk",
+        "Memory",
+    ):
+        assert name in names
+    http_only = [s for s in specs if s.kind == "http"]
+    report = perform_health_check(http_only, settings, None, None, probes=_probes())
+    assert {s.status for s in report.services.values()} == {"skipped"}
+    assert report.services["Rust Core Engine"].note == (
+        "not configured: set BOTAI_RUST_ENGINE_URL to check Rust Core Engine"
+    )
+    assert report.overall_status == "healthy"
+
+
+def test_all_healthy_with_real_redis_and_rabbitmq(
+    peer: HTTPServer, mailbox: Mailbox, store: Store, tmp_path: Path
+) -> None:
+    assert check_redis(REDIS, 2)[1] is None, "local Redis must answer PING"
+    assert check_amqp(RABBIT, 2)[1] is None, "local RabbitMQ must send Connection.Start"
+    peer.expect_request("/api/health").respond_with_json({"success": True})
+    specs = [
+        CheckSpec(name="Rust Core Engine", kind="http", target=peer.url_for("/api/health")),
+        CheckSpec(name="MongoDB", kind="mongodb"),
+        CheckSpec(name="Redis", kind="redis", target=REDIS),
+        CheckSpec(name="RabbitMQ", kind="amqp", target=RABBIT),
+        CheckSpec(name="Disk", kind="disk", target="/"),
+        CheckSpec(name="Memory", kind="memory"),
+    ]
+    settings = Settings(state_dir=tmp_path)
+    report = perform_health_check(
+        specs, settings, store, _notifier(peer, mailbox, store), probes=_probes()
+    )
+    assert report.overall_status == "healthy" and report.alerts == []
+    assert all(s.status == "healthy" for s in report.services.values()), report.services
+    assert report.services["Rust Core Engine"].response_time_ms < 5000
+    assert report.notifications == [] and slack_messages(peer) == [] and mailbox.messages == []
+    assert report.saved_to == "mongodb" and store.col(C.HEALTH_REPORTS).count_documents({}) == 1
+
+
+def test_down_only_after_two_consecutive_failures(
+    peer: HTTPServer, mailbox: Mailbox, store: Store, tmp_path: Path
+) -> None:
+    closed = f"127.0.0.1:{free_port()}"
+    specs = [CheckSpec(name="Redis", kind="redis", target=closed, timeout_s=1)]
+    settings = Settings(state_dir=tmp_path)
+    notifier = _notifier(peer, mailbox, store)
+
+    first = perform_health_check(specs, settings, store, notifier, probes=_probes())
+    assert first.services["Redis"].status == "failing" and first.alerts == []
+    assert first.overall_status == "degraded" and slack_messages(peer) == []
+
+    second = perform_health_check(specs, settings, store, notifier, probes=_probes())
+    assert second.services["Redis"].status == "down"
+    assert second.services["Redis"].error.startswith("unreachable: ConnectionRefused")
+    assert second.alerts == ["❌ Redis is DOWN"] and second.overall_status == "critical"
+    assert second.notifications[0].delivered == ["slack", "email"]
+    assert "Redis is DOWN" in mailbox.messages[0]["Subject"]
+    assert store.health_state_all()["Redis"]["consecutive_failures"] == 2
+
+    third = perform_health_check(specs, settings, store, notifier, probes=_probes())
+    assert third.notifications[0].suppressed  # cool-down: no second e-mail
+    assert len(mailbox.messages) == 1
+
+    healed = perform_health_check(
+        [CheckSpec(name="Redis", kind="redis", target=REDIS)],
+        settings,
+        store,
+        notifier,
+        probes=_probes(),
+    )
+    assert healed.services["Redis"].status == "healthy"
+    assert store.health_state_all()["Redis"]["consecutive_failures"] == 0
+
+
+def test_slow_service_and_disk_thresholds(
+    peer: HTTPServer, mailbox: Mailbox, store: Store, tmp_path: Path
+) -> None:
+    def slow(_req: object) -> Response:
+        time.sleep(0.3)
+        return Response("ok")
+
+    peer.expect_request("/slow").respond_with_handler(slow)
+    settings = Settings(state_dir=tmp_path)
+    notifier = _notifier(peer, mailbox, store)
+    specs = [
+        CheckSpec(name="Rust Core Engine", kind="http", target=peer.url_for("/slow"), slow_ms=200),
+        CheckSpec(name="Disk", kind="disk", target="/"),
+    ]
+    r = perform_health_check(specs, settings, store, notifier, probes=_probes(disk=85.0))
+    assert r.overall_status == "degraded"
+    assert r.services["Rust Core Engine"].status == "slow"
+    assert re.fullmatch(r"⚠️ Rust Core Engine slow response \(3\d\dms\)", r.alerts[0])
+    assert r.alerts[1] == "⚠️ Disk usage high: 85%"
+    assert r.notifications[0].level == "warning" and r.notifications[0].delivered == ["slack"]
+    assert mailbox.messages == []
+
+    r = perform_health_check(specs[1:], settings, store, notifier, probes=_probes(disk=95.0))
+    assert r.overall_status == "critical" and r.alerts == ["❌ Disk usage critical: 95%"]
+    assert r.notifications[0].delivered == ["slack", "email"]
+    assert "Disk usage critical: 95%" in mailbox.messages[0]["Subject"]
+
+
+def test_everything_hanging_or_down_mongodb_too(hanging_address: str, tmp_path: Path) -> None:
+    dead = Store(connect(f"mongodb://127.0.0.1:{free_port()}/", timeout_ms=500), "x")
+    settings = Settings(state_dir=tmp_path, health_deadline_s=1.5)
+    specs = [
+        CheckSpec(
+            name="Rust Core Engine", kind="http", target=f"http://{hanging_address}/", timeout_s=1
+        ),
+        CheckSpec(name="Redis", kind="redis", target=hanging_address, timeout_s=1),
+        CheckSpec(name="RabbitMQ", kind="amqp", target=hanging_address, timeout_s=10),
+        CheckSpec(name="Dask Scheduler", kind="dask", target=f"tcp://127.0.0.1:{free_port()}"),
+        CheckSpec(name="MongoDB", kind="mongodb"),
+    ]
+    for run in (1, 2):
+        t0 = time.monotonic()
+        report = perform_health_check(specs, settings, dead, None, probes=_probes())
+        assert time.monotonic() - t0 < 3.0
+        expected = "failing" if run == 1 else "down"
+        assert {s.status for s in report.services.values()} == {expected}
+    assert report.services["RabbitMQ"].error == "no answer within 1.5s"
+    assert report.services["Redis"].error == "unreachable: TimeoutError"
+    assert "❌ MongoDB is DOWN" in report.alerts and report.overall_status == "critical"
+    path = tmp_path / HEALTH_REPORTS_FILE
+    assert report.saved_to == str(path)
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len(lines) == 2 and lines[1]["services"]["MongoDB"]["status"] == "down"
+
+
+@pytest.mark.parametrize("bad", ["checks: [{name: x, kind: ftp}]", "checks: [", "nothing: 1"])
+def test_bad_config_is_a_clear_error(tmp_path: Path, bad: str) -> None:
+    from core.exceptions import ConfigurationError
+
+    p = tmp_path / "h.yaml"
+    p.write_text(bad)
+    with pytest.raises(ConfigurationError, match=f"health check config {p}"):
+        load_checks(p)
