@@ -15,9 +15,10 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from core.exceptions import BotAIError
-from core.settings import Settings
+from core.settings import REPO_ROOT, Settings
 
 
 def _say(text: str) -> None:
@@ -146,9 +147,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_dotenv(path: Path) -> list[str]:
+    """Add ``KEY=VALUE`` lines of ``path`` to the environment, never overriding a variable
+    that is already set, and skipping empty values. Returns the names added."""
+    added = []
+    if not path.is_file():
+        return added
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        key, value = key.strip(), value.strip().strip("'\"")
+        if key and value and key not in os.environ:
+            os.environ[key] = value
+            added.append(key)
+    return added
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``botai`` console script. Returns the exit code."""
     args = build_parser().parse_args(argv)
+    load_dotenv(REPO_ROOT / ".env")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
