@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from bson import json_util
 from pymongo import ASCENDING, DESCENDING, IndexModel, MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
@@ -577,8 +578,81 @@ class Store:
             "reading trades",
         )
 
+    # ------------------------------------------------------------ bulk analysis
+    def load_candles_many(
+        self, symbols: list[str], timeframe: str, *, last_n: int
+    ) -> dict[str, pd.DataFrame]:
+        """The newest ``last_n`` candles of each of ``symbols`` in a few queries.
+
+        One ``$group`` finds each symbol's newest bar; symbols ending within ``last_n`` bars
+        of the most recent one are read with one ``$in`` query (on nx-27017 a query costs
+        ~70 ms whatever it returns, so this is ~3x faster than a query per symbol); the rest
+        are read one by one.
+
+        Returns:
+            ``{symbol: frame}`` as :meth:`load_candles` (empty frame: no candles stored).
+
+        Raises:
+            ServiceUnavailableError: MongoDB unreachable.
+        """
+        out = {s: _docs_to_frame([]) for s in symbols}
+        if not symbols:
+            return out
+        col = self.col(C.MARKET_DATA)
+        try:
+            groups = col.aggregate(
+                [
+                    {"$match": {"symbol": {"$in": list(symbols)}, "timeframe": timeframe}},
+                    {"$group": {"_id": "$symbol", "last": {"$max": "$open_time"}}},
+                ]
+            )
+            newest = {d["_id"]: t for d in groups if (t := _group_datetime(d.get("last")))}
+            if not newest:
+                return out
+            span = bar_length(timeframe) * last_n
+            latest = max(newest.values())
+            together = [s for s, t in newest.items() if latest - t < span]
+            since = min(newest[s] for s in together) - span
+            docs = list(
+                col.find(
+                    {
+                        "symbol": {"$in": together},
+                        "timeframe": timeframe,
+                        "open_time": {"$gt": since},
+                    },
+                    {"_id": 0},
+                )
+            )
+        except ConnectionFailure as e:
+            raise ServiceUnavailableError(f"MongoDB unreachable while reading candles: {e}") from e
+        by_symbol: dict[str, list[dict[str, Any]]] = {s: [] for s in together}
+        for d in docs:
+            by_symbol[d.pop("symbol")].append(d)
+        for s, rows in by_symbol.items():
+            for d in rows:
+                d.pop("timeframe", None)
+            out[s] = _docs_to_frame(rows).sort_index().iloc[-last_n:]
+        for s in newest.keys() - set(together):
+            out[s] = self.load_candles(s, timeframe, last_n=last_n)
+        return out
+
 
 # ---------------------------------------------------------------- helpers
+def _group_datetime(value: Any) -> datetime | None:
+    """A ``$max`` of datetimes from ``$group``: a datetime on MongoDB; nx-27017 returns it as
+    extended JSON text (``{"$date": "..."}``). Returns a UTC datetime, or None."""
+    if isinstance(value, str):
+        try:
+            value = json_util.loads(value)
+        except ValueError:
+            return None
+    if isinstance(value, Mapping) and "$date" in value:
+        value = pd.Timestamp(value["$date"]).to_pydatetime()
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def _frame_to_docs(
     symbol: str, timeframe: str, frame: pd.DataFrame, step: Any, source: str
 ) -> list[dict[str, Any]]:

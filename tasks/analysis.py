@@ -77,12 +77,16 @@ def run_analysis_batch(
 
     Returns:
         one outcome per symbol, in order.
+
+    Raises:
+        ServiceUnavailableError: MongoDB unreachable while reading the batch's candles.
     """
     store = mongo.get_store()
     loaded: dict[str, Any] = {}
+    frames = store.load_candles_many(symbols, timeframe, last_n=bars)
 
     def load(symbol: str) -> pd.DataFrame:
-        return store.load_candles(symbol, timeframe, last_n=bars)
+        return frames[symbol]
 
     def model_for(symbol: str) -> Any:
         doc = model_docs.get(symbol)
@@ -101,7 +105,13 @@ def run_analysis_batch(
         store.client.close()
 
 
-@task(name="analyze-symbol-batch", cache_policy=NONE)
+@task(
+    name="analyze-symbol-batch",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(2),
+    retry_condition_fn=_retry_only_retryable,
+    cache_policy=NONE,
+)
 def analyze_batch(
     symbols: list[str],
     timeframe: str,
@@ -115,5 +125,8 @@ def analyze_batch(
 
     Returns:
         one outcome per symbol, in order; per-symbol failures are outcomes, not errors.
+
+    Raises:
+        ServiceUnavailableError (retried): MongoDB unreachable.
     """
     return run_analysis_batch(symbols, timeframe, bars, mongo, model_docs, model_dir, model_key)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +122,13 @@ def test_batch_reads_the_store_and_reports_short_and_missing_data(
     store.upsert_candles(
         "BNBUSDT", "1h", generate_candles("BNBUSDT", "1h", START, 30), source="synthetic"
     )
+    stale = generate_candles("SOLUSDT", "1h", START - timedelta(days=60), 150)
+    store.upsert_candles("SOLUSDT", "1h", stale, source="synthetic")  # ends weeks earlier
+    names = ["ETHUSDT", "SOLUSDT", "BNBUSDT", "NODATAUSDT"]
+    many = store.load_candles_many(names, "1h", last_n=100)
+    for s in names[:3]:
+        pd.testing.assert_frame_equal(many[s], store.load_candles(s, "1h", last_n=100))
+    assert len(many["ETHUSDT"]) == len(many["SOLUSDT"]) == 100 and many["NODATAUSDT"].empty
     mongo = MongoDBBlock(uri=mongo_uri, database=mongo_db_name)
     out = run_analysis_batch(["ETHUSDT", "BNBUSDT", "NODATAUSDT"], "1h", 100, mongo, {}, None, None)
     eth, bnb, missing = out
