@@ -1,0 +1,111 @@
+"""predict-price latency (run: ``.venv/bin/python bench/bench_prediction.py``).
+
+Real Coinbase BTC/USD hours from ``../shared/data``: the newest 3,000 stored as BTCUSD 1h in
+an embedded nx-27017 store; a small GRU trained (2 epochs) on the 6,000 hours before them and
+deployed. Measured in one run:
+
+* pure: ``ml.forecast.predict_prices`` on in-memory candles with the model already loaded
+  (24 h and 168 h; median of 5 after one warm-up);
+* flow: the ``predict-price`` flow on a temporary Prefect server (24 h), cold (first run:
+  Keras compiles the model's predict) and warm (median of 3), against TC-ASYNC-013's < 10 s.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.bench_training import load_btc_hours  # noqa: E402
+
+
+def _median_s(fn, n: int) -> float:  # noqa: ANN001
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    from prefect.testing.utilities import prefect_test_harness
+
+    from blocks.model_store import ModelStoreBlock, generate_model_key
+    from blocks.mongodb import MongoDBBlock
+    from core.schemas.analysis import PredictPriceParams
+    from core.settings import Settings
+    from integrations.embedded_mongo import start_embedded_mongo
+    from integrations.store import Store, connect
+    from ml.features import prepare_dataset
+    from ml.forecast import predict_prices
+    from ml.models import build_model
+    from ml.registry import ModelRegistry
+
+    tmp = Path(tempfile.mkdtemp())
+    os.environ["BOTAI_STATE_DIR"] = str(tmp / "state")
+    btc = load_btc_hours(Settings().data_dir)
+    recent, older = btc.iloc[-3000:], btc.iloc[-9000:-3000]
+    mongo = start_embedded_mongo(tmp / "mongo")
+    try:
+        store = Store(connect(mongo.uri), "bench")
+        store.ensure_indexes()
+        store.upsert_candles("BTCUSD", "1h", recent, source="csv:Coinbase_BTCUSD_1h.csv")
+        ds = prepare_dataset(older, lookback=24, horizon_bars=1)
+        model = build_model("gru", 24, ds.spec.n_features, units=16)
+        model.fit(ds.x_train, ds.y_train, epochs=2, batch_size=128, verbose=0)
+        acc = float(((model.predict(ds.x_val, verbose=0).reshape(-1) > 0.5) == ds.y_val).mean())
+        block = ModelStoreBlock(directory=str(tmp / "models"), key=generate_model_key())
+        (tmp / "models").mkdir()
+        registry = ModelRegistry(store, tmp / "models", block.get_key())
+        rec = registry.register(
+            model,
+            model_type="gru",
+            symbol="BTCUSD",
+            timeframe="1h",
+            metrics={"val_accuracy": acc},
+            feature_spec=ds.spec.to_dict(),
+            horizon_bars=1,
+            created_by="bench",
+        )
+        registry.deploy(rec.model_id, by="bench")
+        loaded = registry.load(rec)
+        candles = store.load_candles("BTCUSD", "1h", last_n=3000)
+        predict_prices(loaded, candles, 24)  # warm-up (jit)
+        pure_24 = _median_s(lambda: predict_prices(loaded, candles, 24), 5)
+        pure_168 = _median_s(lambda: predict_prices(loaded, candles, 168), 5)
+        load_s = _median_s(lambda: registry.load(rec), 3)
+        with prefect_test_harness(server_startup_timeout=120):
+            MongoDBBlock(uri=mongo.uri, database="bench").save("mongodb", overwrite=True)
+            block.save("model-store", overwrite=True)
+            from flows.predict_price import predict_price
+
+            params = PredictPriceParams(symbol="BTCUSD", model_type="gru", horizon_hours=24)
+            t0 = time.perf_counter()
+            result = predict_price(params)
+            cold = time.perf_counter() - t0
+            warm = _median_s(lambda: predict_price(params), 3)
+    finally:
+        mongo.stop()
+    cov = result.coverage
+    print(
+        f"predict-price on real BTC/USD hours (model val_accuracy {acc:.3f}):\n"
+        f"  pure predict_prices (model in memory, 3,000 candles): 24 h {pure_24 * 1000:.0f} ms, "
+        f"168 h {pure_168 * 1000:.0f} ms; registry.load (decrypt + build) {load_s * 1000:.0f} ms\n"
+        f"  predict-price flow, 24 h: cold {cold:.2f} s, warm {warm:.2f} s "
+        f"(TC-ASYNC-013 < 10 s: {'met' if max(cold, warm) < 10 else 'NOT met'}); "
+        f"flow / pure (warm) {warm / pure_24:.1f}x\n"
+        f"  result coverage of the 80% interval on the last 720 h: "
+        f"{cov.coverage if cov else float('nan'):.3f} {cov.coverage_by_hour if cov else ''}"
+    )
+
+
+if __name__ == "__main__":
+    main()
