@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
@@ -18,8 +17,10 @@ import pytest
 from aiosmtpd.controller import Controller
 from pytest_httpserver import HTTPServer
 
-SLACK_SECRET = uuid.uuid4().hex
-SMTP_PASSWORD = f"pw-{uuid.uuid4().hex}"
+# Fixed values: pytest imports this file as "conftest" while tests import it as
+# "tests.monitoring.conftest", so anything random here would differ between the two.
+SLACK_SECRET = "slack-webhook-secret-4f1c2d"
+SMTP_PASSWORD = "smtp-password-9b7e31"
 SLACK_PATH = f"/services/T0/B0/{SLACK_SECRET}"
 
 
