@@ -5,7 +5,9 @@ pipeline, and after SIGINT no process it started is left (flow runs included).
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,6 +106,31 @@ def test_up_ready_serves_ui_and_deployments_then_sigint_leaves_nothing(tmp_path:
         limits = {q["name"]: q["concurrency_limit"] for q in queues}
         assert limits["ml_training"] == 2
         assert {"analysis", "backtesting", "scheduled"} <= set(limits)
+
+        # the thin CLI commands against the running stack
+        cli = [sys.executable, "-m", "deployments.cli"]
+        ingest = subprocess.run(
+            [*cli, "ingest", "--source", "synthetic", "--symbols", "XRPUSDT", "--days", "10"],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert ingest.returncode == 0, ingest.stderr[-2000:]
+        new_bars = re.search(r"XRPUSDT 1h \(synthetic\): \+(\d+) new", ingest.stdout)
+        assert new_bars and 238 <= int(new_bars.group(1)) <= 240, ingest.stdout  # 10 days of 1h
+        status = subprocess.run(
+            [*cli, "status", "--json"],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        info = json.loads(status.stdout)
+        assert info["api_healthy"] and all(s["alive"] for s in info["services"])
+        assert {d.split("/", 1)[1] for d in info["deployments"]} == wanted
 
         # the first pipeline: one run per existing deployment; wait until one runs
         runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()
