@@ -8,6 +8,8 @@ Thin wrappers around ``integrations.health``, ``integrations.reports``,
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -19,6 +21,7 @@ from core.exceptions import BotAIError, RetryableError
 from core.schemas.monitoring import (
     CostReport,
     HealthReport,
+    NotificationResult,
     PerformanceMetrics,
 )
 from core.settings import Settings
@@ -157,10 +160,39 @@ def perform_health_check(
         )
         message = f"Overall status: {report.overall_status.upper()}\n{details}"
         report.notifications.append(
-            notifier.notify(level, title, message, dedupe_key="health:" + "|".join(report.alerts))
+            _notify_within(
+                notifier,
+                level,
+                title,
+                message,
+                "health:" + "|".join(report.alerts),
+                budget_s=max(2.0, settings.health_deadline_s + 3 - (time.perf_counter() - t0)),
+            )
         )
     report.duration_ms = round((time.perf_counter() - t0) * 1000, 1)
     return report
+
+
+def _notify_within(
+    notifier: Notifier, level: str, title: str, message: str, dedupe_key: str, *, budget_s: float
+) -> NotificationResult:
+    """Send one alert but wait at most ``budget_s`` (a hanging Slack/SMTP peer must not push
+    the health check past its bound). Returns the result, or one marking the channels failed."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health-notify")
+    fut = pool.submit(notifier.notify, level, title, message, dedupe_key=dedupe_key)
+    pool.shutdown(wait=False)
+    try:
+        return fut.result(timeout=budget_s)
+    except FuturesTimeout:
+        channels = notifier.channels_for(level)  # type: ignore[arg-type]
+        reason = f"no answer within {budget_s:.0f}s"
+        _logger().warning("health alert %r: %s", title, reason)
+        return NotificationResult(
+            level=level,  # type: ignore[arg-type]
+            title=title,
+            attempted=channels,
+            failed=dict.fromkeys(channels, reason),
+        )
 
 
 @task(name="run-health-checks", cache_policy=NONE)
