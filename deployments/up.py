@@ -21,10 +21,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from core.exceptions import ConfigurationError
+from core.exceptions import ConfigurationError, ServiceUnavailableError
 from core.redact import redact_uri
 from core.settings import REPO_ROOT, Settings
 from deployments import services
+from integrations.embedded_mongo import port_in_use
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,13 @@ def start_stack(settings: Settings, environ: Mapping[str, str], say: Say) -> Sta
             f"a stack already runs on {settings.state_dir} ({', '.join(r.name for r in running)}):"
             " stop it with `botai down` or set BOTAI_STATE_DIR to another folder"
         )
+    ports = [settings.prefect_port] + ([] if settings.mongodb_uri else [settings.mongodb_port])
+    for port, variable in zip(ports, ("BOTAI_PREFECT_PORT", "BOTAI_MONGODB_PORT"), strict=False):
+        if port_in_use(settings.host, port):
+            raise ConfigurationError(
+                f"port {port} on {settings.host} is already in use: stop what runs there "
+                f"(`botai down`) or set {variable}"
+            )
     services.pid_file(settings).unlink(missing_ok=True)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     services.record_service(
@@ -139,6 +147,25 @@ def start_stack(settings: Settings, environ: Mapping[str, str], say: Say) -> Sta
         deployments=deployments,
         seconds_to_ready=time.monotonic() - started,
     )
+
+
+def watch_services(settings: Settings, say: Say, poll_s: float = 2.0) -> None:
+    """Block while every service this process started runs.
+
+    Returns when one of them exited on its own (after saying which, and where its log is);
+    the caller then stops the rest.
+    """
+    mine = [
+        r
+        for r in services.read_records(settings)
+        if r.owner == os.getpid() and r.name != services.CONTROLLER
+    ]
+    while True:
+        for rec in mine:
+            if not services.record_alive(rec):
+                say(f"botai: {rec.name} (pid {rec.pid}) exited on its own; see {rec.log_path}")
+                return
+        time.sleep(poll_s)
 
 
 def first_pipeline_params(today: datetime | None = None) -> dict[str, BaseModel]:
@@ -247,7 +274,8 @@ def up(
     Returns the :class:`StackInfo` (after the stack was stopped when ``stay``).
 
     Raises:
-        ConfigurationError, ServiceUnavailableError: start-up failed (already stopped then).
+        ConfigurationError, ServiceUnavailableError: start-up failed, or a service exited
+            on its own later (every started process is stopped then).
     """
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     stop_needed = True
@@ -263,8 +291,8 @@ def up(
             stop_needed = False
             return info
         say("press Ctrl-C to stop every process")
-        while True:
-            time.sleep(3600)
+        watch_services(settings, say)
+        raise ServiceUnavailableError("a service of the stack exited; every other one was stopped")
     except (StopRequested, KeyboardInterrupt) as e:
         say(f"botai: {e or 'interrupt'} received, stopping...")
         raise SystemExit(0) from None
