@@ -77,6 +77,25 @@ def test_health_flow_everything_down_finishes_in_time(
             }
         )
     )
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    live, idle = f"mon-live-{uuid.uuid4().hex[:6]}", f"mon-idle-{uuid.uuid4().hex[:6]}"
+    with get_client(sync_client=True) as client:
+        for pool in (live, idle):
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        client.send_worker_heartbeat(live, "worker-1", heartbeat_interval_seconds=30)
+    checks = yaml.safe_load(cfg.read_text())
+    checks["checks"] += [
+        {
+            "name": f"Worker {p}",
+            "kind": "prefect_worker",
+            "target_setting": "prefect_api_url",
+            "work_pool": p,
+        }
+        for p in (live, idle)
+    ]
+    cfg.write_text(yaml.safe_dump(checks))
     t0 = time.monotonic()
     result = system_health_check({"config_path": str(cfg)})
     elapsed = time.monotonic() - t0
@@ -90,6 +109,11 @@ def test_health_flow_everything_down_finishes_in_time(
         "failing"
     }
     assert s["Rust Core Engine"].error == "timeout after 8s"
+    assert s[f"Worker {live}"].status == "healthy"
+    assert s[f"Worker {idle}"].error == f"no live worker in work pool {idle!r}"
+    with get_client(sync_client=True) as client:
+        for pool in (live, idle):
+            client.delete_work_pool(pool)
     assert report.saved_to == str(tmp_path / "health_reports.jsonl")
 
 
