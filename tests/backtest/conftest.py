@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -56,3 +57,19 @@ def btc_store(mongo_block: Store, btc_six_months: pd.DataFrame) -> Store:
     """The "mongodb" block's fresh store holding the six months of real hours as BTCUSD 1h."""
     mongo_block.upsert_candles("BTCUSD", "1h", btc_six_months, source="csv:Coinbase_BTCUSD_1h.csv")
     return mongo_block
+
+
+@pytest.fixture(scope="session")
+def dask_address() -> Iterator[str]:
+    """One local 2-process Dask cluster shared by the optimisation flow tests.
+
+    Starting a cluster (and importing the task code in its workers) is most of an
+    optimisation flow's time in tests; production flows start their own or use DASK_ADDRESS.
+    """
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    yield cluster.scheduler_address
+    cluster.close()

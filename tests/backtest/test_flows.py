@@ -23,6 +23,14 @@ from integrations.store import Store
 SIX_MONTHS = (date(2019, 3, 22), date(2019, 9, 22))  # as in conftest.py: 184 days
 
 
+def _optimize(params: OptimizeParameters, dask_address: str):
+    """Run optimize-strategy on the session's Dask cluster (same as setting DASK_ADDRESS)."""
+    from prefect_dask import DaskTaskRunner
+
+    flow = optimize_strategy.with_options(task_runner=DaskTaskRunner(address=dask_address))
+    return flow(params)
+
+
 def _artifacts(flow_run_id: str) -> list:
     with get_client(sync_client=True) as client:
         return client.read_artifacts(
@@ -100,7 +108,9 @@ def test_backtest_flow_names_missing_range(btc_store: Store) -> None:
     assert btc_store.col("backtest_results").count_documents({}) == 0
 
 
-def test_optimize_grid_flow_ranks_50_variations_on_dask(btc_store: Store) -> None:
+def test_optimize_grid_flow_ranks_50_variations_on_dask(
+    btc_store: Store, dask_address: str
+) -> None:
     params = OptimizeParameters(
         strategy_name="rsi",
         symbol="BTCUSD",
@@ -110,7 +120,7 @@ def test_optimize_grid_flow_ranks_50_variations_on_dask(btc_store: Store) -> Non
         method="grid",
         parameter_variations=50,
     )
-    result = optimize_strategy(params)
+    result = _optimize(params, dask_address)
     assert len(result.all_results) == 50
     sharpes = [r.sharpe_ratio for r in result.all_results]
     assert sharpes == sorted(sharpes, reverse=True)
@@ -123,7 +133,9 @@ def test_optimize_grid_flow_ranks_50_variations_on_dask(btc_store: Store) -> Non
     assert len(saved["result"]["all_results"]) == 50
 
 
-def test_optimize_genetic_flow_reports_comparison_with_exhaustive_grid(btc_store: Store) -> None:
+def test_optimize_genetic_flow_reports_comparison_with_exhaustive_grid(
+    btc_store: Store, dask_address: str
+) -> None:
     params = OptimizeParameters(
         strategy_name="rsi",
         symbol="BTCUSD",
@@ -133,7 +145,7 @@ def test_optimize_genetic_flow_reports_comparison_with_exhaustive_grid(btc_store
         method="genetic",
         seed=42,
     )
-    result = optimize_strategy(params)
+    result = _optimize(params, dask_address)
     g = result.genetic
     assert g is not None and g.space_size >= 500
     assert g.evaluations == len(result.all_results) <= 0.3 * g.space_size
