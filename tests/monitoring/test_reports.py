@@ -141,3 +141,25 @@ def test_performance_status_thresholds() -> None:
         "INSUFFICIENT_DATA",
         ["insufficient data: 3 closed trades, at least 10 needed"],
     )
+
+
+def test_closed_trades_from_the_store(store) -> None:  # noqa: ANN001
+    from datetime import UTC, datetime, timedelta
+
+    from integrations.store import C
+    from tasks.monitoring import fetch_closed_trades
+
+    now = datetime(2026, 11, 28, 1, tzinfo=UTC)
+    store.col(C.TRADES).insert_many(
+        [
+            {
+                "trade_id": f"t{i}",
+                "strategy": "rsi",
+                "profit_pct": 1.0,
+                "closed_at": now - timedelta(days=d),
+            }
+            for i, d in enumerate([0.5, 3, 6.9, 8])
+        ]
+    )
+    got = fetch_closed_trades.fn("store", now - timedelta(days=7), now, store)
+    assert [t["trade_id"] for t in got] == ["t2", "t1", "t0"]  # oldest first, day 8 left out
