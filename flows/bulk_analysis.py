@@ -52,7 +52,8 @@ def bulk_analysis(params: BulkAnalysisParams) -> BulkAnalysisResult:
     if models:
         model_store = load_block(ModelStoreBlock)
         model_dir, model_key = model_store.directory, SecretBytes(model_store.get_key())
-    batches = batch_symbols(valid, N_WORKERS, MAX_BATCH)
+    with_model_first = [s for s in valid if s in models] + [s for s in valid if s not in models]
+    batches = batch_symbols(with_model_first, N_WORKERS, MAX_BATCH)
     futures = [
         analyze_batch.submit(
             b,

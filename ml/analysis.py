@@ -234,15 +234,18 @@ def split_valid_symbols(symbols: Iterable[str]) -> tuple[list[str], list[FailedS
 
 
 def batch_symbols(symbols: list[str], n_workers: int, max_batch: int = 50) -> list[list[str]]:
-    """Cut ``symbols`` into coarse batches: one per worker, at most ``max_batch`` each.
+    """Deal ``symbols`` round-robin into coarse batches: one per worker, at most
+    ``max_batch`` each. Put the symbols with a model first: they are then spread evenly
+    (each costs a model load and a network call, the others a few milliseconds).
 
     Returns:
-        list of non-empty batches covering ``symbols`` in order.
+        list of non-empty batches holding every symbol once.
     """
     if not symbols:
         return []
-    size = max(1, min(max_batch, -(-len(symbols) // max(1, n_workers))))
-    return [symbols[i : i + size] for i in range(0, len(symbols), size)]
+    n_batches = max(max(1, n_workers), -(-len(symbols) // max_batch))
+    n_batches = min(n_batches, len(symbols))
+    return [symbols[i::n_batches] for i in range(n_batches)]
 
 
 def summarize(

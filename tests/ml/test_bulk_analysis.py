@@ -78,9 +78,12 @@ def test_failures_carry_reasons() -> None:
 def test_batches_are_coarse_and_cover_every_symbol() -> None:
     symbols = [f"S{i:03d}USDT" for i in range(500)]
     batches = batch_symbols(symbols, n_workers=2, max_batch=50)
-    assert len(batches) == 10 and sum(batches, []) == symbols
+    assert len(batches) == 10 and sorted(sum(batches, [])) == symbols
     assert [len(b) for b in batch_symbols(symbols[:100], 2)] == [50, 50]
     assert [len(b) for b in batch_symbols(symbols[:7], 2)] == [4, 3]
+    assert [len(b) for b in batch_symbols(symbols[:120], 2)] == [40, 40, 40]
+    # the first symbols (those with a model) are spread over the batches
+    assert [b[0] for b in batch_symbols(symbols[:100], 2)] == symbols[:2]
 
 
 def test_parameters_are_validated_before_a_run() -> None:
