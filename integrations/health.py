@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 CheckKind = Literal[
     "http", "mongodb", "prefect_api", "prefect_worker", "dask", "redis", "amqp", "disk", "memory"
 ]
-_FAILURE_KINDS = {"http", "mongodb", "prefect_api", "prefect_worker", "dask", "redis", "amqp"}
 
 
 class CheckSpec(BaseModel):
@@ -81,6 +80,12 @@ def load_checks(path: str | Path) -> list[CheckSpec]:
         raise ConfigurationError(f"health check config {p} is invalid: {e}") from e
 
 
+def _disk_usage_pct(path: str) -> float:
+    """Used % of the file system holding ``path``."""
+    usage = shutil.disk_usage(path)
+    return 100.0 * usage.used / usage.total
+
+
 @dataclass
 class Probes:
     """Readings injected at the boundary.
@@ -91,9 +96,7 @@ class Probes:
         mongo_ping: () -> round trip ms; raises when MongoDB does not answer (None: skipped).
     """
 
-    disk_usage_pct: Callable[[str], float] = field(
-        default=lambda p: 100.0 * shutil.disk_usage(p).used / shutil.disk_usage(p).total
-    )
+    disk_usage_pct: Callable[[str], float] = field(default=lambda p: _disk_usage_pct(p))
     memory_usage_pct: Callable[[], float] = field(
         default=lambda: float(psutil.virtual_memory().percent)
     )
