@@ -46,6 +46,8 @@ def pg_database() -> Iterator[str]:
 def test_prefect_server_on_postgres_runs_a_flow(pg_database: str, tmp_path: Path):
     from prefect import flow
     from prefect.client.orchestration import get_client
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
 
     from deployments.up import prefect_api
 
@@ -70,6 +72,9 @@ def test_prefect_server_on_postgres_runs_a_flow(pg_database: str, tmp_path: Path
             assert state.is_completed() and state.result() == 42
             with get_client(sync_client=True) as client:
                 run = client.read_flow_run(state.state_details.flow_run_id)
+            # send this process's queued logs/events now, while their server still runs
+            APILogWorker.drain_all(timeout=10, at_exit=False)
+            EventsWorker.drain_all(timeout=10, at_exit=False)
         assert run.state.is_completed()
         rows = asyncio.run(
             _pg(
