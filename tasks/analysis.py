@@ -24,7 +24,7 @@ from integrations.store import Store
 from ml.analysis import SignalConfig, analyze_symbols, best_deployed_per_symbol
 
 
-def _retry_only_retryable(task: Any, task_run: Any, state: Any) -> bool:
+def retry_only_retryable(task: Any, task_run: Any, state: Any) -> bool:
     """Retry condition: True only when the task failed with a RetryableError."""
     try:
         state.result()
@@ -39,7 +39,7 @@ def _retry_only_retryable(task: Any, task_run: Any, state: Any) -> bool:
     name="find-deployed-models",
     retries=3,
     retry_delay_seconds=exponential_backoff(2),
-    retry_condition_fn=_retry_only_retryable,
+    retry_condition_fn=retry_only_retryable,
     cache_policy=NONE,
 )
 def find_deployed_models(
@@ -109,7 +109,7 @@ def run_analysis_batch(
     name="analyze-symbol-batch",
     retries=2,
     retry_delay_seconds=exponential_backoff(2),
-    retry_condition_fn=_retry_only_retryable,
+    retry_condition_fn=retry_only_retryable,
     cache_policy=NONE,
 )
 def analyze_batch(

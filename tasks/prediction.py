@@ -15,7 +15,7 @@ from core.schemas.analysis import PredictPriceParams, PredictPriceResult
 from integrations.store import Store
 from ml.forecast import ForecastConfig, predict_prices
 from ml.registry import ModelRecord, ModelRegistry
-from tasks.analysis import _retry_only_retryable
+from tasks.analysis import retry_only_retryable
 
 #: Timeframe of the models predict-price uses (its horizon is in hours).
 PREDICTION_TIMEFRAME = "1h"
@@ -34,7 +34,7 @@ def no_model_message(model_type: str, symbol: str) -> str:
     name="find-deployed-model",
     retries=3,
     retry_delay_seconds=exponential_backoff(2),
-    retry_condition_fn=_retry_only_retryable,
+    retry_condition_fn=retry_only_retryable,
     cache_policy=NONE,
 )
 def find_deployed_model(store: Store, params: PredictPriceParams) -> ModelRecord:
@@ -65,7 +65,7 @@ def find_deployed_model(store: Store, params: PredictPriceParams) -> ModelRecord
     name="load-prediction-candles",
     retries=3,
     retry_delay_seconds=exponential_backoff(2),
-    retry_condition_fn=_retry_only_retryable,
+    retry_condition_fn=retry_only_retryable,
     cache_policy=NONE,
 )
 def load_prediction_candles(store: Store, symbol: str, bars: int) -> pd.DataFrame:
