@@ -17,6 +17,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 
 from blocks.loader import load_block, load_store
@@ -77,8 +78,14 @@ def train_model(params: TrainModelParams) -> TrainModelResult:
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
         raise
-    except BaseException:
+    except TerminationSignal:
         status, error = "cancelled", "cancelled or terminated (checkpoint of the last epoch kept)"
+        raise
+    except BaseException as e:  # the flow's timeout (hard limit) interrupts the body this way
+        error = (
+            f"interrupted ({type(e).__name__}): hard time limit of {HARD_TIME_LIMIT_S:g} s or "
+            "a crash; checkpoint of the last epoch kept, rerun with resume=true"
+        )
         raise
     finally:
         if status != "completed" and job.get("status") == "running":

