@@ -174,6 +174,51 @@ class Settings(BaseSettings):
         description="Deployment started when performance is CRITICAL (flow/deployment name).",
     )
 
+    # ------------------------------------------------------------ self-improvement (issue 6)
+    self_analysis_min_accuracy: float = Field(
+        default=0.65, gt=0, lt=1, description="A deployed model below this accuracy needs retraining."
+    )
+    self_analysis_min_confidence: float = Field(
+        default=0.75, ge=0, le=1, description="LLM confidence needed to start a retrain."
+    )
+    llm_max_attempts: int = Field(default=3, ge=1, description="Attempts per LLM request.")
+    llm_backoff_s: float = Field(
+        default=2.0, ge=0, description="First wait between LLM attempts, seconds (doubles)."
+    )
+    adaptive_retrain_deployment: str = Field(
+        default="adaptive-retrain/adaptive-retrain",
+        description="Deployment the self-analysis starts to retrain (flow/deployment name).",
+    )
+    retrain_days_of_data: int = Field(
+        default=60, ge=7, description="Days of candles adaptive retraining trains on."
+    )
+    retrain_max_data_age_h: float = Field(
+        default=48.0, gt=0, description="Newest candle older than this: data stale, no retrain."
+    )
+    retrain_min_improvement: float = Field(
+        default=0.0, ge=0, le=1, description="New model deploys only if accuracy >= old + this."
+    )
+    retrain_lock_ttl_s: float = Field(
+        default=4 * 9000.0, gt=0, description="An adaptive-retrain lock older than this is stale."
+    )
+    strategy_critical_win_rate_pct: float = Field(
+        default=45.0, description="A strategy below this win rate is disabled automatically, %."
+    )
+    emergency_disable_deployment: str = Field(
+        default="emergency-strategy-disable/emergency-strategy-disable",
+        description="Deployment the performance analysis starts to disable a strategy.",
+    )
+    engine_strategy_disable_path: str = Field(
+        default="/api/strategies/{name}/disable", description="Engine POST: disable a strategy."
+    )
+    engine_strategy_enable_path: str = Field(
+        default="/api/strategies/{name}/enable", description="Engine POST: enable a strategy."
+    )
+    engine_cancel_signals_path: str = Field(
+        default="/api/strategies/{name}/signals/cancel",
+        description="Engine POST: cancel a strategy's pending signals.",
+    )
+
     @field_validator("mongodb_uri")
     @classmethod
     def _reject_placeholder_uri(cls, v: str | None) -> str | None:

@@ -578,6 +578,107 @@ class Store:
             "reading trades",
         )
 
+    # ------------------------------------------------------------ self-improvement
+    # Whole documents only (insert_one / replace_one): see the nx-27017 notes.
+    def llm_analysis_save(self, doc: Mapping[str, Any]) -> None:
+        """Insert one ``llm_analysis_history`` document (keyed by ``task_id``).
+
+        Raises:
+            ServiceUnavailableError: MongoDB unreachable.
+        """
+        self._mon_write(
+            lambda: self.col(C.LLM_ANALYSIS_HISTORY).insert_one(dict(doc)), "saving an analysis"
+        )
+
+    def llm_analyses_find(self, query: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """``llm_analysis_history`` documents matching ``query`` (without ``_id``), oldest first."""
+        return list(
+            self.col(C.LLM_ANALYSIS_HISTORY)
+            .find(dict(query or {}), {"_id": 0})
+            .sort("created_at", ASCENDING)
+        )
+
+    def retrain_history_save(self, doc: Mapping[str, Any]) -> None:
+        """Insert one ``retrain_history`` document (keyed by ``task_id``).
+
+        Raises:
+            ServiceUnavailableError: MongoDB unreachable.
+        """
+        self._mon_write(
+            lambda: self.col(C.RETRAIN_HISTORY).insert_one(dict(doc)), "saving a retrain"
+        )
+
+    def retrain_history_find(self, query: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """``retrain_history`` documents matching ``query`` (without ``_id``), oldest first."""
+        return list(
+            self.col(C.RETRAIN_HISTORY).find(dict(query or {}), {"_id": 0}).sort("created_at", 1)
+        )
+
+    def strategy_state_get(self, strategy: str) -> dict[str, Any] | None:
+        """The ``strategy_state`` document of ``strategy`` (without ``_id``), or None."""
+        return self._mon_write(
+            lambda: self.col(C.STRATEGY_STATE).find_one({"strategy": strategy}, {"_id": 0}),
+            "reading strategy state",
+        )
+
+    def strategy_state_save(self, doc: Mapping[str, Any]) -> None:
+        """Write the whole ``strategy_state`` document of ``doc["strategy"]`` (insert or replace).
+
+        Raises:
+            ServiceUnavailableError: MongoDB unreachable.
+        """
+        body = dict(doc)
+        col = self.col(C.STRATEGY_STATE)
+
+        def write() -> None:
+            if col.count_documents({"strategy": body["strategy"]}, limit=1):
+                col.replace_one({"strategy": body["strategy"]}, body)
+            else:
+                col.insert_one(body)
+
+        self._mon_write(write, "saving strategy state")
+
+    def lock_acquire(
+        self, name: str, owner: str, ttl_s: float, *, note: str = ""
+    ) -> dict[str, Any] | None:
+        """Take the lock ``name`` for ``owner`` (document ``_id=name`` in ``locks``).
+
+        A lock older than ``ttl_s`` is considered abandoned and taken over.
+
+        Returns:
+            None when acquired; the holder's document ``{_id, owner, acquired_at, note}`` when
+            another owner holds it.
+
+        Raises:
+            ServiceUnavailableError: MongoDB unreachable.
+        """
+        from pymongo.errors import DuplicateKeyError
+
+        col = self.col(C.LOCKS)
+        now = datetime.now(UTC)
+        doc = {"_id": name, "owner": owner, "acquired_at": now, "note": note}
+        try:
+            col.insert_one(doc)
+            return None
+        except DuplicateKeyError:
+            held = col.find_one({"_id": name})
+        except PyMongoError as e:
+            raise ServiceUnavailableError(f"MongoDB unreachable while locking {name}") from e
+        if held is None:
+            return self.lock_acquire(name, owner, ttl_s, note=note)
+        acquired = _group_datetime(held.get("acquired_at"))
+        age_s = (now - acquired).total_seconds() if acquired else float("inf")
+        if held.get("owner") == owner or age_s > ttl_s:
+            res = col.replace_one({"_id": name, "owner": held.get("owner")}, doc)
+            return None if res.matched_count else col.find_one({"_id": name})
+        return held
+
+    def lock_release(self, name: str, owner: str) -> None:
+        """Release the lock ``name`` if ``owner`` holds it."""
+        self._mon_write(
+            lambda: self.col(C.LOCKS).delete_one({"_id": name, "owner": owner}), "unlocking"
+        )
+
     # ------------------------------------------------------------ bulk analysis
     def load_candles_many(
         self, symbols: list[str], timeframe: str, *, last_n: int

@@ -1,0 +1,152 @@
+"""Self-improvement fixtures: one local HTTP peer serving the OpenAI-compatible chat API, the
+engine API and the Slack webhook (pytest-httpserver); a real SMTP server (aiosmtpd); the
+llm/slack/smtp/trading-engine blocks pointing at them (the server's documents restored after)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from pytest_httpserver import HTTPServer
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+# Fixed values: pytest imports this file as "conftest" while tests may import it by path.
+LLM_KEY = "sk-test-llm-key-7d3a9e51"
+SLACK_PATH = "/services/T0/B0/slack-secret-c0ffee"
+LLM_IN_USD_PER_1M = 30.0
+LLM_OUT_USD_PER_1M = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Mailbox:
+    port: int
+    messages: list[Message] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.messages.append(message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+@pytest.fixture
+def mailbox() -> Iterator[Mailbox]:
+    box = Mailbox(port=free_port())
+    ctl = Controller(box, hostname="127.0.0.1", port=box.port)
+    ctl.start()
+    yield box
+    ctl.stop()
+
+
+@pytest.fixture
+def peer() -> Iterator[HTTPServer]:
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    if server.is_running():
+        server.stop()
+
+
+def envelope(data: Any) -> dict:
+    """The engine's success envelope."""
+    return {"success": True, "data": data, "error": None}
+
+
+def chat_completion(content: str, prompt_tokens: int = 500, completion_tokens: int = 200) -> dict:
+    """An OpenAI chat-completions response body with ``content`` and usage counts."""
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 1764300000,
+        "model": "test-model",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def llm_requests(server: HTTPServer) -> list[dict]:
+    return [json.loads(req.data) for req, _ in server.log if req.path == "/v1/chat/completions"]
+
+
+def slack_messages(server: HTTPServer) -> list[dict]:
+    return [req.get_json() for req, _ in server.log if req.path == SLACK_PATH]
+
+
+@pytest.fixture
+def blocks_env(
+    prefect_server: str,
+    peer: HTTPServer,
+    mailbox: Mailbox,
+    mongo_block,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Any]:
+    """llm/slack/smtp/trading-engine blocks on the local peers (restored afterwards); no LLM
+    backoff waits. Returns the test's Store."""
+    from blocks import LLMBlock, SlackBlock, SMTPBlock, TradingEngineBlock
+    from blocks.loader import load_block
+    from core.exceptions import ConfigurationError
+
+    monkeypatch.setenv("BOTAI_LLM_BACKOFF_S", "0")
+    classes = (LLMBlock, SlackBlock, SMTPBlock, TradingEngineBlock)
+    before = {}
+    for cls in classes:
+        try:
+            before[cls] = load_block(cls)
+        except ConfigurationError:
+            before[cls] = None
+    peer.expect_request(SLACK_PATH, method="POST").respond_with_data("ok")
+    LLMBlock(
+        api_key=LLM_KEY,
+        base_url=peer.url_for("/v1"),
+        model="test-model",
+        input_usd_per_1m=LLM_IN_USD_PER_1M,
+        output_usd_per_1m=LLM_OUT_USD_PER_1M,
+        timeout_s=1.0,
+    ).save("llm", overwrite=True)
+    SlackBlock(webhook_url=peer.url_for(SLACK_PATH), channel="#alerts").save(
+        "slack", overwrite=True
+    )
+    SMTPBlock(
+        host="127.0.0.1",
+        port=mailbox.port,
+        security="none",
+        username=None,
+        password=None,
+        sender="bot@example.org",
+        recipients=["admin@example.org"],
+    ).save("smtp", overwrite=True)
+    TradingEngineBlock(base_url=peer.url_for("/"), timeout_s=2.0).save(
+        "trading-engine", overwrite=True
+    )
+    yield mongo_block
+    for cls, block in before.items():
+        if block is not None:
+            block.save(cls.document_name, overwrite=True)
+        else:
+            with contextlib.suppress(ValueError):
+                cls.delete(cls.document_name)
