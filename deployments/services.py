@@ -10,6 +10,7 @@ SIGKILLs whatever is left. Readiness is waited on (HTTP health, MongoDB ping), n
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import yaml
 
 from core.exceptions import ConfigurationError, ServiceUnavailableError
 from core.settings import REPO_ROOT, Settings
@@ -324,13 +326,50 @@ def wait_worker_online(settings: Settings, proc: subprocess.Popen, timeout_s: fl
     raise ServiceUnavailableError(f"no worker of pool {settings.work_pool} within {timeout_s} s")
 
 
-def apply_deployments(settings: Settings, env: Mapping[str, str]) -> None:
+def deployment_inputs_hash() -> str:
+    """SHA-256 of what ``prefect deploy`` reads: prefect.yaml and every .py under flows/ and
+    core/ (flow signatures and parameter schemas). Returns the hex digest."""
+    digest = hashlib.sha256()
+    files = [REPO_ROOT / "prefect.yaml"]
+    for folder in ("flows", "core"):
+        files += sorted((REPO_ROOT / folder).rglob("*.py"))
+    for path in files:
+        digest.update(str(path.relative_to(REPO_ROOT)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def prefect_yaml_deployments() -> list[str]:
+    """The deployment names listed in prefect.yaml."""
+    spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text()) or {}
+    return [d["name"] for d in spec.get("deployments") or []]
+
+
+def apply_deployments(
+    settings: Settings, env: Mapping[str, str], *, existing: set[str] | None = None
+) -> bool:
     """Apply ``prefect.yaml``: ``prefect --no-prompt deploy --all`` from the repo root.
+
+    Skipped when :func:`deployment_inputs_hash` equals the one recorded after the last
+    successful apply on this state folder and every deployment of prefect.yaml is among
+    ``existing`` (the deployment names the API lists now).
+
+    Returns True when the command ran, False when it was skipped.
 
     Raises:
         ConfigurationError: the command failed (its output tail is in the message and in
             ``<state_dir>/run/deploy.log``).
     """
+    stamp = settings.prefect_home / "deployed.sha256"
+    wanted = deployment_inputs_hash()
+    if (
+        existing is not None
+        and stamp.exists()
+        and stamp.read_text().strip() == wanted
+        and set(prefect_yaml_deployments()) <= existing
+    ):
+        log.info("prefect.yaml, flows/ and core/ unchanged since the last apply: skipped")
+        return False
     log_path = run_dir(settings) / "deploy.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
@@ -344,10 +383,14 @@ def apply_deployments(settings: Settings, env: Mapping[str, str]) -> None:
     )
     log_path.write_text(result.stdout + result.stderr)
     if result.returncode != 0:
+        stamp.unlink(missing_ok=True)
         tail = (result.stdout + result.stderr).strip().splitlines()[-15:]
         raise ConfigurationError(
             "applying prefect.yaml failed (`prefect deploy --all`): " + "\n".join(tail)
         )
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(wanted + "\n")
+    return True
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

@@ -134,7 +134,9 @@ def start_stack(settings: Settings, environ: Mapping[str, str], say: Say) -> Sta
         say("loading demo market data...")
         demo = load_demo_data(store, settings)
         say("applying prefect.yaml (prefect deploy --all)...")
-        services.apply_deployments(settings, env)
+        existing = {d.split("/", 1)[1] for d in list_deployments()}
+        if not services.apply_deployments(settings, env, existing=existing):
+            say("  unchanged since the last apply (prefect.yaml, flows/, core/): kept")
         ensure_crash_detection(settings)
         services.wait_worker_online(settings, worker, settings.startup_timeout_s)
         deployments = list_deployments()

@@ -75,3 +75,20 @@ def test_watch_returns_when_a_service_exits_and_stop_spares_other_owners(tmp_pat
         assert other.wait(5) is not None
     finally:
         other.kill()
+
+
+def test_apply_deployments_is_skipped_only_when_inputs_and_deployments_are_unchanged(
+    tmp_path: Path,
+):
+    settings = Settings(state_dir=tmp_path / "state")
+    names = set(services.prefect_yaml_deployments())
+    assert {"train-model", "backtest-strategy", "ingest-market-data"} <= names
+    stamp = settings.prefect_home / "deployed.sha256"
+    stamp.parent.mkdir(parents=True)
+    stamp.write_text(services.deployment_inputs_hash() + "\n")
+    # unchanged inputs, every deployment present: no `prefect deploy` (no API needed)
+    assert services.apply_deployments(settings, {}, existing=names) is False
+    assert services.deployment_inputs_hash() == stamp.read_text().strip()
+    # a stamp from other inputs, or a missing deployment, would run it: check the decision
+    stamp.write_text("0" * 64)
+    assert services.deployment_inputs_hash() != stamp.read_text().strip()
