@@ -154,7 +154,7 @@ def test_two_at_a_time_cancel_checkpoint_resume_and_duplicate(
         assert c_pending >= b_end - timedelta(seconds=0.5)
         assert (c_pending - b_end).total_seconds() < 5.0, (c_created, b_end, c_pending)
         assert (c_pending - c_created).total_seconds() > 3
-        c_running = _state_time(client, c, "RUNNING")
+        c_running = _wait(lambda: _state_time(client, c, "RUNNING"), 60, "run C to run")
         print(
             f"run C: waited {(c_pending - c_created).total_seconds():.1f} s for a slot; "
             f"Pending {(c_pending - b_end).total_seconds():.2f} s and Running "
