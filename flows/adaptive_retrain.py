@@ -1,0 +1,124 @@
+"""``adaptive-retrain``: retrain models and deploy only those that beat the deployed one.
+
+Steps: one at a time (a lock in ``locks``; a second run is rejected with DuplicateRunError) ->
+symbols (given, or those with a deployed model) -> data freshness (newest candle within
+``Settings.retrain_max_data_age_h``) -> for each symbol and model type: ``train-model`` as a
+subflow on the last ``days_of_data`` (60) days -> old (deployed before) and new model scored
+on the SAME newest held-out window -> deploy the new one if it beats the old by
+``min_improvement`` (old archived), else it stays a candidate with the reason ->
+``retrain_history`` -> notification with before/after accuracy.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from core.schemas.self_improvement import (
+    AdaptiveRetrainParams,
+    AdaptiveRetrainResult,
+    ModelRetrainOutcome,
+)
+from core.schemas.training import HARD_TIME_LIMIT_S, TrainModelParams
+from core.settings import Settings
+from flows.train_model import train_model
+from tasks.notify import build_notifier, send_notification
+from tasks.retrain import (
+    acquire_retrain_lock,
+    build_registry,
+    check_data_fresh,
+    compare_and_deploy,
+    release_retrain_lock,
+    resolve_symbols,
+    retrain_summary,
+)
+
+
+@flow(name="adaptive-retrain", validate_parameters=True, timeout_seconds=3 * HARD_TIME_LIMIT_S)
+def adaptive_retrain(params: AdaptiveRetrainParams) -> AdaptiveRetrainResult:
+    """Retrain ``params.model_types`` and deploy the improved ones.
+
+    Returns an :class:`AdaptiveRetrainResult` (``models`` keyed by type, or ``type/SYMBOL``
+    with several symbols). Raises DuplicateRunError (another adaptive retrain runs),
+    DataQualityError (stale data), InvalidInputError (nothing to retrain); a failing
+    training is reported in ``errors`` and the others go on.
+    """
+    from blocks.loader import load_store
+
+    logger = get_run_logger()
+    settings = Settings()
+    run_id = str(flow_run.get_id())
+    store = load_store()
+    days = params.days_of_data or settings.retrain_days_of_data
+    margin = (
+        params.min_improvement
+        if params.min_improvement is not None
+        else settings.retrain_min_improvement
+    )
+    acquire_retrain_lock(
+        store, run_id, settings.retrain_lock_ttl_s, note="+".join(params.model_types)
+    )
+    try:
+        symbols = resolve_symbols(store, params.symbols, params.model_types, params.timeframe)
+        for symbol in symbols:  # every check before any training
+            check_data_fresh(store, symbol, params.timeframe, days, settings.retrain_max_data_age_h)
+        registry = build_registry(store)
+        outcomes: dict[str, ModelRetrainOutcome] = {}
+        errors: dict[str, str] = {}
+        for symbol in symbols:
+            for model_type in params.model_types:
+                key = model_type if len(symbols) == 1 else f"{model_type}/{symbol}"
+                old = registry.deployed(symbol, params.timeframe, model_type)
+                try:
+                    trained = train_model(
+                        TrainModelParams(
+                            model_type=model_type,
+                            symbol=symbol,
+                            timeframe=params.timeframe,
+                            days_of_data=days,
+                            epochs=params.epochs,
+                            batch_size=params.batch_size,
+                            learning_rate=params.learning_rate,
+                            units=params.units,
+                            lookback=params.lookback,
+                            validation_split=params.validation_split,
+                            requested_by=f"adaptive-retrain {run_id}",
+                        )
+                    )
+                    outcomes[key] = compare_and_deploy(
+                        store, registry, old, trained, margin, run_id
+                    )
+                except Exception as e:  # one model failing must not stop the others
+                    errors[key] = f"{type(e).__name__}: {e}"
+                    logger.error("retraining %s failed: %s", key, errors[key])
+        status = "success" if not errors else ("partial" if outcomes else "failed")
+        result = AdaptiveRetrainResult(
+            status=status, task_id=run_id, reason=params.reason, models=outcomes, errors=errors
+        )
+        summary = retrain_summary(outcomes, errors)
+        deployed = [k for k, o in outcomes.items() if o.deployed]
+        result.notification = send_notification(
+            build_notifier(store, settings),
+            "info" if status == "success" else "warning",
+            f"Adaptive retrain {status}: deployed {', '.join(deployed) or 'none'}",
+            f"Reason: {params.reason or 'not given'}\n{summary}",
+        )
+        store.retrain_history_save(
+            {
+                "task_id": run_id,
+                "created_at": datetime.now(UTC),
+                "status": status,
+                "reason": params.reason,
+                "parameters": params.model_dump(),
+                "days_of_data": days,
+                "min_improvement": margin,
+                "models": {k: o.model_dump() for k, o in outcomes.items()},
+                "errors": errors,
+            }
+        )
+        logger.info("adaptive retrain %s\n%s", status, summary)
+        return result
+    finally:
+        release_retrain_lock(store, run_id)

@@ -1,0 +1,147 @@
+"""adaptive-retrain with real (small) training: deploy a better model, keep a worse one a
+candidate and say why, reject a second run, refuse stale data."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+from pytest_httpserver import HTTPServer
+
+from core.exceptions import DataQualityError, DuplicateRunError
+from core.schemas.self_improvement import AdaptiveRetrainParams
+from integrations.store import C, Store
+from tests.self_improvement.conftest import slack_messages
+
+SMALL = dict(days_of_data=25, epochs=8, batch_size=32, learning_rate=3e-3, units=8, lookback=12)
+
+
+def make_candles(
+    n_bars: int, end: pd.Timestamp, seed: int = 7, momentum: float = 0.6
+) -> pd.DataFrame:
+    """Hourly candles whose log returns are AR(1) with coefficient ``momentum`` (learnable)."""
+    rng = np.random.default_rng(seed)
+    r = np.zeros(n_bars)
+    eps = rng.normal(0, 0.004, n_bars)
+    for i in range(1, n_bars):
+        r[i] = momentum * r[i - 1] + eps[i]
+    close = 30000 * np.exp(np.cumsum(r))
+    open_ = np.concatenate([[close[0]], close[:-1]])
+    wiggle = np.abs(rng.normal(0, 0.002, n_bars))
+    volume = rng.lognormal(3, 0.3, n_bars)
+    idx = pd.date_range(end=end, periods=n_bars, freq="1h", name="open_time")
+    return pd.DataFrame(
+        {
+            "open": open_,
+            "high": np.maximum(open_, close) * (1 + wiggle),
+            "low": np.minimum(open_, close) * (1 - wiggle),
+            "close": close,
+            "volume": volume,
+            "quote_volume": volume * close,
+            "trades_count": 100,
+        },
+        index=idx,
+    )
+
+
+def deploy_old_regime(store: Store, model_store_block, candles: pd.DataFrame):  # noqa: ANN001, ANN201
+    """Register and deploy an lstm fitted on a mean-reverting market (AR -0.6): once the
+    market trends (AR +0.6) it is the degraded old model. Returns (registry, record)."""
+    from ml.features import prepare_dataset
+    from ml.models import build_model
+    from ml.registry import ModelRegistry
+
+    ds = prepare_dataset(candles, lookback=12, horizon_bars=1)
+    model = build_model("lstm", 12, ds.spec.n_features, units=8)
+    model.fit(ds.x_train, ds.y_train, epochs=4, batch_size=32, verbose=0)
+    p = model.predict(ds.x_val, verbose=0).reshape(-1)
+    registry = ModelRegistry(store, model_store_block.directory, model_store_block.get_key())
+    record = registry.register(
+        model,
+        model_type="lstm",
+        symbol="BTCUSDT",
+        timeframe="1h",
+        metrics={"val_accuracy": float(((p > 0.5) == (ds.y_val > 0.5)).mean())},
+        feature_spec=ds.spec.to_dict(),
+        horizon_bars=1,
+        created_by="test",
+    )
+    return registry, registry.deploy(record.model_id, by="test")
+
+
+@pytest.fixture
+def env(blocks_env: Store, model_store_block, monkeypatch: pytest.MonkeyPatch) -> Store:
+    monkeypatch.setenv("BOTAI_MIN_FREE_DISK_GB", "0.1")
+    return blocks_env
+
+
+def test_better_deploys_second_rejected_worse_stays_candidate(
+    env: Store, model_store_block, peer: HTTPServer
+) -> None:
+    from flows.adaptive_retrain import adaptive_retrain
+
+    now = pd.Timestamp.now(tz="UTC").floor("h")
+    candles = make_candles(800, end=now)
+    env.upsert_candles("BTCUSDT", "1h", candles, source="synthetic")
+    old_regime = make_candles(800, end=now - pd.Timedelta(days=60), seed=3, momentum=-0.6)
+    registry, old = deploy_old_regime(env, model_store_block, old_regime)
+
+    params = AdaptiveRetrainParams(model_types=["lstm"], reason="LSTM accuracy dropped", **SMALL)
+    out: dict = {}
+    first = threading.Thread(target=lambda: out.setdefault("r", adaptive_retrain(params)))
+    first.start()
+    deadline = time.monotonic() + 60
+    while not env.col(C.LOCKS).find_one({"_id": "adaptive-retrain"}):
+        assert time.monotonic() < deadline and first.is_alive()
+        time.sleep(0.05)
+    with pytest.raises(DuplicateRunError, match="Adaptive retraining already in progress"):
+        adaptive_retrain(params)
+    first.join()
+
+    r = out["r"]
+    m = r.models["lstm"]
+    assert r.status == "success" and m.old_model_id == old.model_id
+    assert m.new_accuracy > m.old_accuracy and m.deployed is True
+    assert m.reason == f"deployed: new accuracy {m.new_accuracy:.2f} > old {m.old_accuracy:.2f}"
+    assert registry.get(old.model_id).status == "archived"
+    assert registry.get(m.model_id).status == "deployed"
+    # both scored on the same newest held-out window (the new model's validation span)
+    assert m.window_end == now.to_pydatetime() and m.window_samples > 50
+    (hist,) = env.retrain_history_find({"task_id": r.task_id})
+    assert hist["models"]["lstm"]["deployed"] and hist["days_of_data"] == 25
+    text = str(slack_messages(peer))
+    assert f"old {m.old_accuracy} -> new {m.new_accuracy}" in text
+    assert env.col(C.LOCKS).count_documents({}) == 0  # released
+
+    # a barely trained model must beat the deployed one by 0.30: it stays a candidate
+    worse = adaptive_retrain(
+        params.model_copy(update={"epochs": 1, "learning_rate": 1e-5, "min_improvement": 0.3})
+    )
+    w = worse.models["lstm"]
+    assert w.deployed is False and w.old_model_id == m.model_id
+    assert w.reason.startswith(f"not deployed: new accuracy {w.new_accuracy:.2f}")
+    if w.new_accuracy < w.old_accuracy:
+        assert w.reason == (
+            f"not deployed: new accuracy {w.new_accuracy:.2f} < old {w.old_accuracy:.2f}"
+        )
+    assert registry.get(w.model_id).status == "candidate"
+    assert registry.get(m.model_id).status == "deployed"
+
+
+def test_stale_data_and_nothing_to_retrain_fail_clearly(env: Store) -> None:
+    from flows.adaptive_retrain import adaptive_retrain
+
+    old_end = pd.Timestamp(datetime(2026, 11, 1, tzinfo=UTC))
+    env.upsert_candles("ETHUSDT", "1h", make_candles(700, end=old_end), source="synthetic")
+    with pytest.raises(DataQualityError, match=r"Stale data: the newest ETHUSDT 1h candle"):
+        adaptive_retrain(AdaptiveRetrainParams(model_types=["gru"], symbols=["ETHUSDT"], **SMALL))
+    assert env.col(C.TRAINING_JOBS).count_documents({}) == 0
+    assert env.col(C.LOCKS).count_documents({}) == 0
+    with pytest.raises(Exception, match="No deployed gru 1h model to retrain: pass symbols"):
+        adaptive_retrain(AdaptiveRetrainParams(model_types=["gru"], **SMALL))
+    with pytest.raises(Exception, match="model_types must be among"):
+        AdaptiveRetrainParams(model_types=["cnn"])
