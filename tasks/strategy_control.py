@@ -1,0 +1,143 @@
+"""Prefect tasks of ``emergency-strategy-disable`` and ``strategy-enable``: engine calls and
+the ``strategy_state`` record.
+
+Engine contract (ours; see docs/trading-engine-api.md, "Strategy control"), paths from
+Settings (``engine_strategy_disable_path``, ``engine_cancel_signals_path``,
+``engine_strategy_enable_path``), bodies JSON, answers in the engine envelope:
+
+* ``POST /api/strategies/{name}/disable`` ``{reason, by}`` -> ``{name, enabled: false}``
+* ``POST /api/strategies/{name}/signals/cancel`` ``{reason}`` -> ``{name, cancelled: int}``
+* ``POST /api/strategies/{name}/enable`` ``{reviewer, note}`` -> ``{name, enabled: true}``
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.tasks import exponential_backoff
+
+from core.exceptions import ServiceUnavailableError
+from core.schemas.self_improvement import StrategyOutcome
+from core.settings import Settings
+from integrations.store import Store
+from integrations.trading_engine import TradingEngineClient
+from tasks.analysis import retry_only_retryable
+
+
+def _path(template: str, name: str) -> str:
+    from urllib.parse import quote
+
+    return template.format(name=quote(name, safe=""))
+
+
+@task(
+    name="disable-strategy",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(1),
+    retry_condition_fn=retry_only_retryable,
+    cache_policy=NONE,
+)
+def disable_strategy(
+    client: TradingEngineClient, strategy: str, reason: str, by: str, settings: Settings
+) -> StrategyOutcome:
+    """Disable ``strategy`` on the engine, then cancel its pending signals.
+
+    Returns the outcome (``enabled`` False, ``signals_cancelled``).
+
+    Raises:
+        ServiceUnavailableError: the engine did not answer (retried by this task).
+        PeerRejectedError: the engine refused (unknown strategy...).
+    """
+    data = client._request(
+        "POST",
+        _path(settings.engine_strategy_disable_path, strategy),
+        json={"reason": reason, "by": by},
+    )
+    enabled = bool(data.get("enabled", False)) if isinstance(data, dict) else False
+    if enabled:
+        raise ServiceUnavailableError(f"Trading engine still reports {strategy!r} enabled")
+    cancelled = client._request(
+        "POST", _path(settings.engine_cancel_signals_path, strategy), json={"reason": reason}
+    )
+    n = int(cancelled.get("cancelled", 0)) if isinstance(cancelled, dict) else 0
+    get_run_logger().warning("strategy %s disabled, %d pending signals cancelled", strategy, n)
+    return StrategyOutcome(strategy=strategy, enabled=False, signals_cancelled=n)
+
+
+@task(
+    name="enable-strategy",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(1),
+    retry_condition_fn=retry_only_retryable,
+    cache_policy=NONE,
+)
+def enable_strategy(
+    client: TradingEngineClient, strategy: str, reviewer: str, note: str, settings: Settings
+) -> StrategyOutcome:
+    """Enable ``strategy`` on the engine. Returns the outcome (``enabled`` True).
+
+    Raises:
+        ServiceUnavailableError / PeerRejectedError: as :meth:`TradingEngineClient._request`.
+    """
+    data = client._request(
+        "POST",
+        _path(settings.engine_strategy_enable_path, strategy),
+        json={"reviewer": reviewer, "note": note},
+    )
+    enabled = bool(data.get("enabled", True)) if isinstance(data, dict) else True
+    return StrategyOutcome(strategy=strategy, enabled=enabled)
+
+
+def record_disabled(
+    store: Store, outcome: StrategyOutcome, reason: str, by: str, run_id: str
+) -> dict[str, Any]:
+    """Write the whole ``strategy_state`` document of a disabled strategy.
+
+    Returns the document: {strategy, enabled, reason, disabled_at, by, signals_cancelled,
+    task_id, history}.
+    """
+    previous = store.strategy_state_get(outcome.strategy) or {}
+    now = datetime.now(UTC)
+    doc = {
+        "strategy": outcome.strategy,
+        "enabled": False,
+        "reason": reason,
+        "disabled_at": now,
+        "by": by,
+        "signals_cancelled": outcome.signals_cancelled,
+        "task_id": run_id,
+        "history": [
+            *previous.get("history", []),
+            {"action": "disable", "at": now, "by": by, "reason": reason, "task_id": run_id},
+        ],
+    }
+    store.strategy_state_save(doc)
+    return doc
+
+
+def record_enabled(
+    store: Store, strategy: str, reviewer: str, note: str, run_id: str
+) -> dict[str, Any]:
+    """Write the whole ``strategy_state`` document of a re-enabled strategy, keeping the last
+    disable's reason. Returns the document (``enabled``, ``reviewed_by``, ``review_note``,
+    ``enabled_at``)."""
+    previous = store.strategy_state_get(strategy) or {}
+    now = datetime.now(UTC)
+    doc = {
+        **{k: v for k, v in previous.items() if k != "history"},
+        "strategy": strategy,
+        "enabled": True,
+        "reviewed_by": reviewer,
+        "review_note": note,
+        "enabled_at": now,
+        "task_id": run_id,
+        "history": [
+            *previous.get("history", []),
+            {"action": "enable", "at": now, "by": reviewer, "note": note, "task_id": run_id},
+        ],
+    }
+    store.strategy_state_save(doc)
+    return doc
