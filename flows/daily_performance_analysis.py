@@ -22,6 +22,7 @@ from integrations.reports import (
 )
 from tasks.monitoring import fetch_closed_trades, trigger_self_analysis
 from tasks.notify import build_notifier, send_notification
+from tasks.strategy_control import critical_strategies, trigger_strategy_disable
 
 
 @flow(name="daily-performance-analysis", validate_parameters=True, timeout_seconds=300)
@@ -76,6 +77,13 @@ def daily_performance_analysis(
         result.gpt4_analysis_triggered = triggered
         result.analysis_flow_run_id = run_id
         result.analysis_note = note
+    failing = critical_strategies(
+        result.per_strategy, settings.strategy_critical_win_rate_pct, settings.perf_min_trades
+    )
+    if failing:  # issue 6: disable a strategy whose win rate is critical
+        result.reasons.append(
+            trigger_strategy_disable(settings.emergency_disable_deployment, failing)[1]
+        )
     if params.notify and status in ("CRITICAL", "WARNING"):
         per = "\n".join(
             f"  {k}: {m.trades} trades, win rate {m.win_rate}%"

@@ -141,3 +141,49 @@ def record_enabled(
     }
     store.strategy_state_save(doc)
     return doc
+
+
+def critical_strategies(
+    per_strategy: dict[str, Any], threshold_pct: float, min_trades: int
+) -> dict[str, str]:
+    """Strategies whose win rate is below ``threshold_pct`` over at least ``min_trades`` trades.
+
+    Args:
+        per_strategy: {name: PerformanceMetrics} of the analysis window.
+
+    Returns:
+        {name: reason}, e.g. {"rsi": "Win rate 40% (critical threshold 45%)"}.
+    """
+    out: dict[str, str] = {}
+    for name, m in per_strategy.items():
+        if m.trades >= min_trades and m.win_rate is not None and m.win_rate < threshold_pct:
+            out[name] = f"Win rate {m.win_rate:g}% (critical threshold {threshold_pct:g}%)"
+    return out
+
+
+@task(name="trigger-strategy-disable", cache_policy=NONE)
+def trigger_strategy_disable(deployment: str, reasons: dict[str, str]) -> tuple[str | None, str]:
+    """Start ``emergency-strategy-disable`` for the strategies in ``reasons`` without waiting.
+
+    Returns:
+        (flow-run id or None when the deployment does not exist, a note saying what happened).
+    """
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    names = list(reasons)
+    reason = (
+        reasons[names[0]] if len(names) == 1 else "; ".join(f"{n}: {r}" for n, r in reasons.items())
+    )
+    params = {"strategies": names, "reason": reason, "by": "daily-performance-analysis"}
+    try:
+        run = run_deployment(
+            name=deployment, parameters={"params": params}, timeout=0, tags=["win-rate-critical"]
+        )
+    except ObjectNotFound:
+        note = f"Deployment {deployment!r} is not deployed: {', '.join(names)} NOT disabled"
+        get_run_logger().error(note)
+        return None, note
+    note = f"emergency-strategy-disable started for {', '.join(names)} ({reason}): run {run.id}"
+    get_run_logger().warning(note)
+    return str(run.id), note

@@ -109,3 +109,48 @@ def test_unknown_strategy_reported_others_disabled(blocks_env: Store, peer: HTTP
     assert engine.enabled["rsi"] is False and blocks_env.strategy_state_get("ghost") is None
     with pytest.raises(ValueError, match="reason is required"):
         StrategyDisableParams(strategies=["rsi"], reason="  ")
+
+
+def test_performance_analysis_starts_disable_of_critical_strategy(
+    blocks_env: Store, peer: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from flows.daily_performance_analysis import daily_performance_analysis
+    from tests.self_improvement.conftest import envelope
+
+    now = datetime.now(UTC)
+    trades = [
+        {
+            "trade_id": f"{s}{i}",
+            "strategy": s,
+            "symbol": "BTCUSDT",
+            "profit_pct": 1.0 if i < wins else -1.0,
+            "closed_at": (now - timedelta(hours=i + 1)).isoformat(),
+        }
+        for s, wins in (("rsi", 4), ("macd", 8))
+        for i in range(10)
+    ]
+    peer.expect_request("/api/trades/closed").respond_with_json(envelope(trades))
+    name = f"emergency-strategy-disable-{uuid.uuid4().hex[:6]}"
+    monkeypatch.setenv("BOTAI_EMERGENCY_DISABLE_DEPLOYMENT", f"emergency-strategy-disable/{name}")
+    with get_client(sync_client=True) as client:
+        dep_id = client.create_deployment(
+            flow_id=client.create_flow_from_name("emergency-strategy-disable"), name=name
+        )
+        try:
+            result = daily_performance_analysis()
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id]))
+            )
+        finally:
+            client.delete_deployment(dep_id)
+    assert result.per_strategy["rsi"].win_rate == 40.0
+    (run,) = runs
+    assert run.parameters["params"]["strategies"] == ["rsi"]
+    assert run.parameters["params"]["reason"] == REASON
+    assert any(f"run {run.id}" in r for r in result.reasons)
