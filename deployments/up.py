@@ -250,10 +250,11 @@ def ready_message(info: StackInfo, settings: Settings) -> str:
             """--param params='{"source": "synthetic", "symbols": ["ETHUSDT"], "days": 60}'"""
         )
     if "backtest-strategy/backtest-strategy" in info.deployments:
+        today = datetime.now(UTC).date()
         lines.append(
             "  prefect deployment run backtest-strategy/backtest-strategy --param "
             """params='{"strategy_name": "macd", "symbol": "ETHUSDT", """
-            """"start_date": "2026-10-01", "end_date": "2026-11-01"}'"""
+            f""""start_date": "{today - timedelta(days=60)}", "end_date": "{today}"}}'"""
         )
     lines += [
         "  botai status    # what runs",
@@ -308,7 +309,7 @@ def up(
 
 def status(settings: Settings) -> dict[str, Any]:
     """What runs on this state folder: recorded processes and, when the API answers,
-    deployments and the latest flow runs.
+    deployments and the latest flow runs that left Scheduled.
 
     Returns a dict with ``services`` (name, pid, alive), ``api`` and optional
     ``deployments``/``runs``.
@@ -330,12 +331,23 @@ def status(settings: Settings) -> dict[str, Any]:
     out["api_healthy"] = healthy
     if healthy:
         from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
         from prefect.client.schemas.sorting import FlowRunSort
 
+        not_scheduled = FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED]))
+        )
         with prefect_api(settings):
             out["deployments"] = list_deployments()
             with get_client(sync_client=True) as client:
-                runs = client.read_flow_runs(limit=10, sort=FlowRunSort.START_TIME_DESC)
+                runs = client.read_flow_runs(
+                    flow_run_filter=not_scheduled, limit=10, sort=FlowRunSort.START_TIME_DESC
+                )
             out["runs"] = [
                 {"name": r.name, "state": r.state.name if r.state else "?", "id": str(r.id)}
                 for r in runs
