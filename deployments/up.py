@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from core.exceptions import ConfigurationError, ServiceUnavailableError
 from core.redact import redact_uri
-from core.settings import REPO_ROOT, Settings
+from core.settings import Settings
 from deployments import services
 from integrations.embedded_mongo import port_in_use
 
@@ -355,4 +355,4 @@ def status(settings: Settings) -> dict[str, Any]:
     return out
 
 
-__all__ = ["REPO_ROOT", "StackInfo", "start_stack", "status", "up"]
+__all__ = ["StackInfo", "start_stack", "status", "up"]
