@@ -27,7 +27,13 @@ from core.schemas.self_improvement import (
 from core.settings import Settings
 from integrations.llm import build_prompt, fallback_recommendation
 from integrations.reports import performance_metrics, performance_status, trade_profit_pct
-from tasks.llm import ask_llm, deployed_model_accuracy, market_context, start_adaptive_retrain
+from tasks.llm import (
+    accuracy_history,
+    ask_llm,
+    deployed_model_accuracy,
+    market_context,
+    start_adaptive_retrain,
+)
 from tasks.monitoring import fetch_closed_trades
 from tasks.notify import build_notifier, send_notification
 
@@ -99,6 +105,7 @@ def llm_self_analysis(
             "min_confidence": settings.self_analysis_min_confidence,
             "window_days": params.window_days,
         },
+        accuracy_history(store, params.timeframe),
     )
     call = LLMCall(model="", attempts=0)
     try:

@@ -209,8 +209,10 @@ def build_prompt(
     model_accuracy: Mapping[str, float],
     market: Mapping[str, Any],
     thresholds: Mapping[str, float],
+    accuracy_history: Mapping[str, list[Any]] | None = None,
 ) -> str:
-    """The user prompt: thresholds first, then performance, model accuracy and market context.
+    """The user prompt: thresholds first, then performance, model accuracy (and its history:
+    recent trainings, newest first) and market context.
 
     Returns the prompt text (JSON blocks; numbers as measured).
     """
@@ -220,7 +222,8 @@ def build_prompt(
         "only the models below the accuracy threshold, and only with a confidence >= {c} when "
         "action is needed.\n\n"
         "Trading performance, last {d} days:\n{perf}\n\n"
-        "Deployed model accuracy (held-out):\n{acc}\n\n"
+        "Deployed model accuracy (held-out):\n{acc}\n"
+        "Recent trainings per model type, newest first (held-out accuracy):\n{hist}\n\n"
         "Market context (recent candles):\n{mkt}\n"
     ).format(
         w=thresholds["warning_win_rate_pct"],
@@ -232,6 +235,7 @@ def build_prompt(
         d=int(thresholds.get("window_days", 7)),
         perf=json.dumps(dict(performance), default=str),
         acc=json.dumps(dict(model_accuracy)),
+        hist=json.dumps(dict(accuracy_history or {}), default=str),
         mkt=json.dumps(dict(market), default=str),
     )
 

@@ -40,6 +40,29 @@ def deployed_model_accuracy(store: Store, timeframe: str) -> tuple[dict[str, flo
     return accuracy, symbols
 
 
+@task(name="accuracy-history", cache_policy=NONE)
+def accuracy_history(store: Store, timeframe: str, per_type: int = 5) -> dict[str, list[Any]]:
+    """Held-out accuracy of the newest registered models (any status) per type.
+
+    Returns:
+        {model_type: [{symbol, version, status, val_accuracy, created_at}, ...]} newest first.
+    """
+    out: dict[str, list[Any]] = {}
+    for doc in store.models_find({"timeframe": timeframe}, sort=[("created_at", -1)], limit=50):
+        rows = out.setdefault(doc["model_type"], [])
+        if len(rows) < per_type:
+            rows.append(
+                {
+                    "symbol": doc.get("symbol"),
+                    "version": doc.get("version"),
+                    "status": doc.get("status"),
+                    "val_accuracy": (doc.get("metrics") or {}).get("val_accuracy"),
+                    "created_at": doc.get("created_at"),
+                }
+            )
+    return out
+
+
 @task(name="market-context", cache_policy=NONE)
 def market_context(
     store: Store, symbols: list[str], timeframe: str, max_symbols: int = 5

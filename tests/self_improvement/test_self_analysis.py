@@ -187,6 +187,10 @@ def test_retrain_recommendation_starts_deployment(
     a = result.analysis
     assert result.status == "success" and a.recommendation == "RETRAIN_LSTM"
     assert a.confidence >= 0.75 and a.urgency == "high" and a.retrain_triggered is True
+    (req,) = llm_requests(peer)
+    prompt = req["messages"][1]["content"]
+    assert '"lstm": 0.6' in prompt and '"win_rate": 40.0' in prompt
+    assert "Recent trainings per model type" in prompt and '"val_accuracy": 0.6' in prompt
     (run,) = deployment_runs(retrain_deployment)
     assert str(run.id) == a.retrain_flow_run_id
     assert run.parameters["params"]["model_types"] == ["lstm"]
