@@ -17,7 +17,9 @@ from core.schemas.self_improvement import SelfAnalysisParams
 from integrations.llm import InvalidAnswerError, cost_usd, parse_recommendation
 from integrations.store import C, Store
 from tests.self_improvement.conftest import (
+    LLM_IN_USD_PER_1M,
     LLM_KEY,
+    LLM_OUT_USD_PER_1M,
     chat_completion,
     envelope,
     llm_requests,
@@ -250,3 +252,39 @@ def test_malformed_json_retried_then_fallback_and_kill_switch(
     assert len(llm_requests(peer)) == 3  # nothing sent
     assert off.status == "fallback" and "kill switch" in off.llm_error
     assert "daily cost $6.00" in off.llm_error
+
+
+def test_client_retries_5xx_with_backoff_and_not_4xx(store: Store, peer: HTTPServer) -> None:
+    import openai
+
+    from core.exceptions import PeerRejectedError
+    from integrations.llm import LLMClient
+
+    answers = iter([(500, {"error": "overloaded"}), (503, {}), (200, None)])
+
+    def flaky(request):  # noqa: ANN001, ANN202
+        status, body = next(answers)
+        body = body if body is not None else chat_completion(json.dumps(RETRAIN_LSTM), 10, 5)
+        return Response(json.dumps(body), status, content_type="application/json")
+
+    peer.expect_request(CHAT, method="POST").respond_with_handler(flaky)
+    waits: list[float] = []
+    client = LLMClient(
+        client=openai.OpenAI(api_key=LLM_KEY, base_url=peer.url_for("/v1"), timeout=2.0),
+        model="test-model",
+        input_usd_per_1m=LLM_IN_USD_PER_1M,
+        output_usd_per_1m=LLM_OUT_USD_PER_1M,
+        store=store,
+        backoff_s=0.5,
+        sleep=waits.append,
+    )
+    rec, call = client.recommend("p", run_id="r1")
+    assert rec.recommendation == "RETRAIN_LSTM" and call.attempts == 3 and waits == [0.5, 1.0]
+    assert call.cost_usd == pytest.approx((10 * 30 + 5 * 60) / 1e6)
+    assert LLM_KEY not in repr(client)
+
+    peer.clear()
+    peer.expect_request(CHAT, method="POST").respond_with_json({"error": "bad key"}, status=401)
+    with pytest.raises(PeerRejectedError, match="HTTP 401"):
+        client.recommend("p", run_id="r2")
+    assert len(llm_requests(peer)) == 1
