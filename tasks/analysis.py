@@ -18,21 +18,10 @@ from prefect.tasks import exponential_backoff
 from pydantic import SecretBytes
 
 from blocks.mongodb import MongoDBBlock
-from core.exceptions import RetryableError
 from core.schemas.analysis import FailedSymbol, SymbolAnalysis
 from integrations.store import Store
 from ml.analysis import SignalConfig, analyze_symbols, best_deployed_per_symbol
-
-
-def retry_only_retryable(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry condition: True only when the task failed with a RetryableError."""
-    try:
-        state.result()
-    except RetryableError:
-        return True
-    except BaseException:
-        return False
-    return False
+from tasks.retry import retry_only_retryable
 
 
 @task(

@@ -29,7 +29,6 @@ from backtest.service import (
     summary_markdown,
 )
 from backtest.strategies import Candles, get_strategy
-from core.exceptions import RetryableError
 from core.schemas.backtest import (
     BacktestConfig,
     BacktestMetrics,
@@ -40,26 +39,17 @@ from core.schemas.backtest import (
 )
 from core.settings import Settings
 from integrations.store import Store
+from tasks.retry import retry_only_retryable
 
 #: Parameter sets per Dask task: each Prefect task on Dask costs ~150 ms, a backtest ~1-3 ms.
 MIN_BATCH = 25
-
-
-def _retry_only_retryable(task: Any, task_run: Any, state: Any) -> bool:
-    try:
-        state.result()
-    except RetryableError:
-        return True
-    except BaseException:
-        return False
-    return False
 
 
 @task(
     name="load-backtest-candles",
     retries=3,
     retry_delay_seconds=exponential_backoff(2),
-    retry_condition_fn=_retry_only_retryable,
+    retry_condition_fn=retry_only_retryable,
     cache_policy=NONE,
 )
 def load_backtest_candles(
@@ -187,7 +177,7 @@ def publish_backtest_artifacts(
     name="save-backtest-result",
     retries=3,
     retry_delay_seconds=exponential_backoff(2),
-    retry_condition_fn=_retry_only_retryable,
+    retry_condition_fn=retry_only_retryable,
     cache_policy=NONE,
 )
 def save_backtest_result(store: Store, result: BacktestResult) -> None:
@@ -199,7 +189,7 @@ def save_backtest_result(store: Store, result: BacktestResult) -> None:
     name="save-optimization-result",
     retries=3,
     retry_delay_seconds=exponential_backoff(2),
-    retry_condition_fn=_retry_only_retryable,
+    retry_condition_fn=retry_only_retryable,
     cache_policy=NONE,
 )
 def save_optimization_result(store: Store, result: OptimizationResult) -> None:

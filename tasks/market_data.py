@@ -7,7 +7,6 @@ timeouts, MongoDB unreachable) is retried, with exponential backoff.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 import pandas as pd
 from prefect import task
@@ -15,7 +14,6 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.tasks import exponential_backoff
 
-from core.exceptions import RetryableError
 from core.schemas.market_data import IngestResult, QualityReport, SymbolIngestResult
 from core.settings import Settings
 from integrations.market_data.binance import BinanceClient
@@ -23,23 +21,14 @@ from integrations.market_data.pipeline import import_csv, store_candles
 from integrations.market_data.synthetic import SOURCE as SYNTHETIC
 from integrations.market_data.synthetic import synthetic_range
 from integrations.store import Store
-
-
-def _retry_only_retryable(task: Any, task_run: Any, state: Any) -> bool:
-    try:
-        state.result()
-    except RetryableError:
-        return True
-    except BaseException:
-        return False
-    return False
+from tasks.retry import retry_only_retryable
 
 
 @task(
     name="fetch-binance-candles",
     retries=3,
     retry_delay_seconds=exponential_backoff(5),
-    retry_condition_fn=_retry_only_retryable,
+    retry_condition_fn=retry_only_retryable,
     cache_policy=NONE,
 )
 def fetch_binance_candles(
@@ -83,7 +72,7 @@ def generate_synthetic_candles(
     name="store-candles",
     retries=3,
     retry_delay_seconds=exponential_backoff(2),
-    retry_condition_fn=_retry_only_retryable,
+    retry_condition_fn=retry_only_retryable,
     cache_policy=NONE,
 )
 def store_candles_task(
@@ -108,7 +97,7 @@ def store_candles_task(
     name="import-csv-candles",
     retries=3,
     retry_delay_seconds=exponential_backoff(2),
-    retry_condition_fn=_retry_only_retryable,
+    retry_condition_fn=retry_only_retryable,
     cache_policy=NONE,
 )
 def import_csv_task(

@@ -17,7 +17,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.tasks import exponential_backoff
 
-from core.exceptions import BotAIError, RetryableError
+from core.exceptions import BotAIError
 from core.schemas.monitoring import (
     CostReport,
     HealthReport,
@@ -29,19 +29,10 @@ from integrations import health, reports
 from integrations.notifications import Notifier
 from integrations.store import Store
 from integrations.trading_engine import TradingEngineClient
+from tasks.retry import retry_only_retryable
 
 HEALTH_STATE_FILE = "health_state.json"
 HEALTH_REPORTS_FILE = "health_reports.jsonl"
-
-
-def _retry_only_retryable(task: Any, task_run: Any, state: Any) -> bool:
-    try:
-        state.result()
-    except RetryableError:
-        return True
-    except BaseException:
-        return False
-    return False
 
 
 def _logger() -> Any:
@@ -215,7 +206,7 @@ def run_health_checks(
     name="fetch-portfolio",
     retries=2,
     retry_delay_seconds=exponential_backoff(2),
-    retry_condition_fn=_retry_only_retryable,
+    retry_condition_fn=retry_only_retryable,
     cache_policy=NONE,
 )
 def fetch_portfolio(client: TradingEngineClient, day: date) -> tuple[dict, list[dict]]:
@@ -237,7 +228,7 @@ def fetch_portfolio(client: TradingEngineClient, day: date) -> tuple[dict, list[
     name="fetch-closed-trades",
     retries=2,
     retry_delay_seconds=exponential_backoff(2),
-    retry_condition_fn=_retry_only_retryable,
+    retry_condition_fn=retry_only_retryable,
     cache_policy=NONE,
 )
 def fetch_closed_trades(

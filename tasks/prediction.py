@@ -15,7 +15,7 @@ from core.schemas.analysis import PredictPriceParams, PredictPriceResult
 from integrations.store import Store
 from ml.forecast import ForecastConfig, predict_prices
 from ml.registry import ModelRecord, ModelRegistry
-from tasks.analysis import retry_only_retryable
+from tasks.retry import retry_only_retryable
 
 #: Timeframe of the models predict-price uses (its horizon is in hours).
 PREDICTION_TIMEFRAME = "1h"

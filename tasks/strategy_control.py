@@ -24,7 +24,7 @@ from core.schemas.self_improvement import StrategyOutcome
 from core.settings import Settings
 from integrations.store import Store
 from integrations.trading_engine import TradingEngineClient
-from tasks.analysis import retry_only_retryable
+from tasks.retry import retry_only_retryable
 
 
 def _path(template: str, name: str) -> str:

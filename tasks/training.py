@@ -32,7 +32,6 @@ from core.exceptions import (
     DuplicateRunError,
     InsufficientDataError,
     InvalidInputError,
-    RetryableError,
 )
 from core.market import bars_per_day
 from core.schemas.training import (
@@ -44,22 +43,13 @@ from core.schemas.training import (
 from core.settings import Settings
 from integrations.store import Store
 from tasks.progress import ProgressReporter
+from tasks.retry import retry_only_retryable
 
 FLOW_NAME = "train-model"
 #: States of a run that is queued or running (AwaitingConcurrencySlot and Late are SCHEDULED).
 ACTIVE_STATE_TYPES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
 #: Per-epoch metrics reach ``training_jobs`` at most this often (and at the end).
 JOB_WRITE_INTERVAL_S = 1.0
-
-
-def _retry_only_retryable(task: Any, task_run: Any, state: Any) -> bool:
-    try:
-        state.result()
-    except RetryableError:
-        return True
-    except BaseException:
-        return False
-    return False
 
 
 # ---------------------------------------------------------------- duplicates
@@ -166,7 +156,7 @@ def expected_samples(params: TrainModelParams) -> int:
     name="load-training-candles",
     retries=3,
     retry_delay_seconds=exponential_backoff(2),
-    retry_condition_fn=_retry_only_retryable,
+    retry_condition_fn=retry_only_retryable,
     cache_policy=NONE,
 )
 def load_training_candles(store: Store, params: TrainModelParams) -> pd.DataFrame:
