@@ -140,7 +140,8 @@ class Settings(BaseSettings):
         description="Health URL of the Rust core engine, e.g. http://127.0.0.1:8080/api/health.",
     )
     python_ai_url: str | None = Field(
-        default=None, description="Health URL of the Python AI service, e.g. http://host:8000/health."
+        default=None,
+        description="Health URL of the Python AI service, e.g. http://host:8000/health.",
     )
     frontend_url: str | None = Field(
         default=None, description="URL of the frontend dashboard, e.g. http://host:3000/."
@@ -149,7 +150,8 @@ class Settings(BaseSettings):
         default=None, description="host:port of Redis for the health check; unset: skipped."
     )
     rabbitmq_address: str | None = Field(
-        default=None, description="host:port of RabbitMQ (AMQP) for the health check; unset: skipped."
+        default=None,
+        description="host:port of RabbitMQ (AMQP) for the health check; unset: skipped.",
     )
     alert_cooldown_s: float = Field(
         default=3600.0, ge=0, description="Identical alerts are suppressed this long, seconds."
@@ -165,7 +167,9 @@ class Settings(BaseSettings):
     perf_min_trades: int = Field(
         default=10, ge=1, description="Fewer closed trades than this: insufficient data."
     )
-    perf_critical_win_rate_pct: float = Field(default=55.0, description="Win rate critical below, %.")
+    perf_critical_win_rate_pct: float = Field(
+        default=55.0, description="Win rate critical below, %."
+    )
     perf_warning_win_rate_pct: float = Field(default=70.0, description="Win rate warning below, %.")
     perf_critical_sharpe: float = Field(default=1.0, description="Sharpe critical below.")
     perf_warning_sharpe: float = Field(default=2.0, description="Sharpe warning below.")
@@ -176,7 +180,10 @@ class Settings(BaseSettings):
 
     # ------------------------------------------------------------ self-improvement (issue 6)
     self_analysis_min_accuracy: float = Field(
-        default=0.65, gt=0, lt=1, description="A deployed model below this accuracy needs retraining."
+        default=0.65,
+        gt=0,
+        lt=1,
+        description="A deployed model below this accuracy needs retraining.",
     )
     self_analysis_min_confidence: float = Field(
         default=0.75, ge=0, le=1, description="LLM confidence needed to start a retrain."

@@ -16,9 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from core.exceptions import InvalidInputError
-from core.market import TIMEFRAMES, check_symbol
-from core.schemas.training import MODEL_TYPES
+from core.market import TIMEFRAMES
+from core.schemas.common import ModelType, TradingSymbol
 
 MAX_BULK_SYMBOLS = 500
 Signal = Literal["BUY", "SELL", "HOLD"]
@@ -122,24 +121,9 @@ class PredictPriceParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    symbol: str = Field(default="BTCUSDT", description="Trading pair, e.g. BTCUSDT.")
-    model_type: str = Field(default="lstm", description="lstm, gru or transformer.")
+    symbol: TradingSymbol = Field(default="BTCUSDT", description="Trading pair, e.g. BTCUSDT.")
+    model_type: ModelType = Field(default="lstm", description="lstm, gru or transformer.")
     horizon_hours: int = Field(default=24, description="Hours to forecast (1-168).")
-
-    @field_validator("symbol")
-    @classmethod
-    def _symbol(cls, v: str) -> str:
-        try:
-            return check_symbol(v)
-        except InvalidInputError as e:
-            raise ValueError(str(e)) from None
-
-    @field_validator("model_type")
-    @classmethod
-    def _model_type(cls, v: str) -> str:
-        if v not in MODEL_TYPES:
-            raise ValueError(f"model_type must be one of: {', '.join(MODEL_TYPES)} (got {v!r})")
-        return v
 
     @field_validator("horizon_hours")
     @classmethod

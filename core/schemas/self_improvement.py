@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.schemas.common import MODEL_TYPES
 from core.schemas.monitoring import NotificationResult, PerformanceMetrics
-from core.schemas.training import MODEL_TYPES
 
 Recommendation = Literal[
     "NO_RETRAINING",

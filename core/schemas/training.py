@@ -10,10 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from core.exceptions import InvalidInputError
-from core.market import check_symbol
+from core.schemas.common import ModelType, TradingSymbol
 
-MODEL_TYPES = ("lstm", "gru", "transformer")
 TRAINING_TIMEFRAMES = ("5m", "15m", "1h", "4h")
 #: Soft limit: checkpoint then fail. Hard limit: the flow's timeout (see flows/train_model.py).
 SOFT_TIME_LIMIT_S = 7200.0
@@ -25,8 +23,8 @@ class TrainModelParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model_type: str = Field(default="lstm", description="lstm, gru or transformer.")
-    symbol: str = Field(default="BTCUSDT", description="Trading pair, e.g. BTCUSDT.")
+    model_type: ModelType = Field(default="lstm", description="lstm, gru or transformer.")
+    symbol: TradingSymbol = Field(default="BTCUSDT", description="Trading pair, e.g. BTCUSDT.")
     timeframe: str = Field(default="1h", description="Candle timeframe: 5m, 15m, 1h or 4h.")
     days_of_data: int = Field(default=30, description="Days of candles to train on (>= 7).")
     epochs: int = Field(default=100, description="Epochs to train (1-1000).")
@@ -58,21 +56,6 @@ class TrainModelParams(BaseModel):
         description="Checkpoint and fail after this many seconds of training.",
     )
     requested_by: str = Field(default="prefect", description="Who asked (recorded with the model).")
-
-    @field_validator("model_type")
-    @classmethod
-    def _model_type(cls, v: str) -> str:
-        if v not in MODEL_TYPES:
-            raise ValueError(f"model_type must be one of: {', '.join(MODEL_TYPES)} (got {v!r})")
-        return v
-
-    @field_validator("symbol")
-    @classmethod
-    def _symbol(cls, v: str) -> str:
-        try:
-            return check_symbol(v)
-        except InvalidInputError as e:
-            raise ValueError(str(e)) from None
 
     @field_validator("timeframe")
     @classmethod
