@@ -21,9 +21,11 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "true")
 os.environ.setdefault("PREFECT_SERVER_API_HOST", "127.0.0.1")
 
 import pytest  # noqa: E402
+from pytest_httpserver import HTTPServer  # noqa: E402
 
 from integrations.embedded_mongo import EmbeddedMongo, start_embedded_mongo  # noqa: E402
 from integrations.store import Store, connect  # noqa: E402
+from tests.peers import Mailbox, free_port  # noqa: E402
 
 if TYPE_CHECKING:
     from blocks.model_store import ModelStoreBlock
@@ -112,3 +114,26 @@ def model_store_block(prefect_server: str, tmp_path: Path) -> ModelStoreBlock:
     block = ModelStoreBlock(directory=str(directory), key=generate_model_key())
     block.save("model-store", overwrite=True)
     return block
+
+
+@pytest.fixture
+def mailbox() -> Iterator[Mailbox]:
+    """A real SMTP server (aiosmtpd) on a free port, no TLS, no login."""
+    from aiosmtpd.controller import Controller
+
+    box = Mailbox(port=free_port())
+    ctl = Controller(box, hostname="127.0.0.1", port=box.port)
+    ctl.start()
+    yield box
+    ctl.stop()
+
+
+@pytest.fixture
+def peer() -> Iterator[HTTPServer]:
+    """A threaded local HTTP server (pytest-httpserver) for Slack, the engine or an LLM API."""
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    if server.is_running():
+        server.stop()

@@ -8,63 +8,18 @@ import contextlib
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from email import message_from_bytes
-from email.message import Message
-from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from pytest_httpserver import HTTPServer
+
+from tests import peers
+from tests.peers import Mailbox, envelope, free_port  # noqa: F401 (re-exported to the tests)
 
 # Fixed values: pytest imports this file as "conftest" while tests import it as
 # "tests.monitoring.conftest", so anything random here would differ between the two.
 SLACK_SECRET = "slack-webhook-secret-4f1c2d"
 SMTP_PASSWORD = "smtp-password-9b7e31"
 SLACK_PATH = f"/services/T0/B0/{SLACK_SECRET}"
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Mailbox:
-    """Messages received by the local SMTP server."""
-
-    port: int
-    messages: list[Message] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        msg = message_from_bytes(envelope.content)
-        msg["X-Rcpt"] = ", ".join(envelope.rcpt_tos)
-        self.messages.append(msg)
-        return "250 OK"
-
-
-@pytest.fixture
-def mailbox() -> Iterator[Mailbox]:
-    """A real SMTP server on a free port (no TLS, no login)."""
-    port = free_port()
-    box = Mailbox(port=port)
-    ctl = Controller(box, hostname="127.0.0.1", port=port)
-    ctl.start()
-    yield box
-    ctl.stop()
-
-
-@pytest.fixture
-def peer() -> Iterator[HTTPServer]:
-    """A threaded local HTTP server (Slack webhook and engine API)."""
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    server.start()
-    yield server
-    server.clear()
-    if server.is_running():
-        server.stop()
 
 
 @pytest.fixture
@@ -95,7 +50,7 @@ def hanging_address() -> Iterator[str]:
 
 def slack_messages(server: HTTPServer) -> list[dict]:
     """JSON bodies the Slack webhook received."""
-    return [req.get_json() for req, _ in server.log if req.path == SLACK_PATH]
+    return peers.slack_messages(server, SLACK_PATH)
 
 
 @pytest.fixture
@@ -136,8 +91,3 @@ def channel_blocks(prefect_server: str, peer: HTTPServer, mailbox: Mailbox) -> I
         else:
             with contextlib.suppress(ValueError):
                 cls.delete(cls.document_name)
-
-
-def envelope(data: Any) -> dict:
-    """The engine's success envelope."""
-    return {"success": True, "data": data, "error": None}

@@ -7,16 +7,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from email import message_from_bytes
-from email.message import Message
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from pytest_httpserver import HTTPServer
+
+from tests import peers
+from tests.peers import Mailbox, envelope, free_port  # noqa: F401 (re-exported to the tests)
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -25,46 +23,6 @@ LLM_KEY = "sk-test-llm-key-7d3a9e51"
 SLACK_PATH = "/services/T0/B0/slack-secret-c0ffee"
 LLM_IN_USD_PER_1M = 30.0
 LLM_OUT_USD_PER_1M = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Mailbox:
-    port: int
-    messages: list[Message] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        self.messages.append(message_from_bytes(envelope.content))
-        return "250 OK"
-
-
-@pytest.fixture
-def mailbox() -> Iterator[Mailbox]:
-    box = Mailbox(port=free_port())
-    ctl = Controller(box, hostname="127.0.0.1", port=box.port)
-    ctl.start()
-    yield box
-    ctl.stop()
-
-
-@pytest.fixture
-def peer() -> Iterator[HTTPServer]:
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    server.start()
-    yield server
-    server.clear()
-    if server.is_running():
-        server.stop()
-
-
-def envelope(data: Any) -> dict:
-    """The engine's success envelope."""
-    return {"success": True, "data": data, "error": None}
 
 
 def chat_completion(content: str, prompt_tokens: int = 500, completion_tokens: int = 200) -> dict:
@@ -94,7 +52,7 @@ def llm_requests(server: HTTPServer) -> list[dict]:
 
 
 def slack_messages(server: HTTPServer) -> list[dict]:
-    return [req.get_json() for req, _ in server.log if req.path == SLACK_PATH]
+    return peers.slack_messages(server, SLACK_PATH)
 
 
 @pytest.fixture
