@@ -29,25 +29,14 @@ from backtest.metrics import compute_metrics  # noqa: E402
 from backtest.optimize import evaluate_params  # noqa: E402
 from backtest.strategies import Candles  # noqa: E402
 from core.schemas.backtest import BacktestConfig  # noqa: E402
+from integrations.market_data.csv_source import read_candles_csv  # noqa: E402
 
 CSV = REPO.parent / "shared" / "data" / "Coinbase_BTCUSD_1h.csv"
 CFG = BacktestConfig(fee_bps=10)
 
 
 def real_hours() -> pd.DataFrame:
-    raw = pd.read_csv(CSV, skiprows=1)
-    idx = pd.to_datetime(raw["date"], format="%Y-%m-%d %I-%p", utc=True)
-    frame = pd.DataFrame(
-        {
-            "open": raw["open"].to_numpy(float),
-            "high": raw["high"].to_numpy(float),
-            "low": raw["low"].to_numpy(float),
-            "close": raw["close"].to_numpy(float),
-            "volume": raw["volume_btc"].to_numpy(float),
-        },
-        index=pd.DatetimeIndex(idx, name="open_time"),
-    )
-    return frame.sort_index()
+    return read_candles_csv(CSV).frame.sort_index()
 
 
 def generated(n: int = 100_000, seed: int = 1) -> pd.DataFrame:

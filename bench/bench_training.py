@@ -24,24 +24,14 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from integrations.market_data.csv_source import read_candles_csv  # noqa: E402
+
 
 def load_btc_hours(data_dir: Path) -> pd.DataFrame:
     """The hourly CSV as a candle frame, oldest first (UTC index ``open_time``)."""
-    raw = pd.read_csv(data_dir / "Coinbase_BTCUSD_1h.csv", skiprows=1)
-    idx = pd.to_datetime(raw["date"], format="%Y-%m-%d %I-%p", utc=True)
-    frame = pd.DataFrame(
-        {
-            "open": raw["open"].to_numpy(float),
-            "high": raw["high"].to_numpy(float),
-            "low": raw["low"].to_numpy(float),
-            "close": raw["close"].to_numpy(float),
-            "volume": raw["volume_btc"].to_numpy(float),
-            "quote_volume": raw["volume"].to_numpy(float),
-            "trades_count": 0,
-        },
-        index=pd.DatetimeIndex(idx, name="open_time"),
-    )
-    return frame.sort_index()
+    frame = read_candles_csv(data_dir / "Coinbase_BTCUSD_1h.csv").frame.sort_index()
+    frame["trades_count"] = 0
+    return frame
 
 
 def bench_real(days: int = 365, epochs: int = 20) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from integrations.market_data.csv_source import read_candles_csv
 from integrations.store import Store
 
 #: The six months the flow tests run on: [2019-03-22, 2019-09-22), 184 calendar days of hours
@@ -17,25 +18,12 @@ SIX_MONTHS = (date(2019, 3, 22), date(2019, 9, 22))
 
 
 def read_cryptodatadownload(path: Path) -> pd.DataFrame:
-    """Read a CryptoDataDownload hourly CSV: banner line, newest first, '%Y-%m-%d %I-%p' dates.
+    """The CryptoDataDownload CSV at ``path`` through the product's reader, oldest first.
 
-    Returns columns open, high, low, close, volume (base asset), quote_volume, oldest first,
-    indexed by UTC open time.
+    Returns columns open, high, low, close, volume (base asset), quote_volume, indexed by
+    UTC open time.
     """
-    raw = pd.read_csv(path, skiprows=1)
-    index = pd.to_datetime(raw["date"], format="%Y-%m-%d %I-%p", utc=True)
-    frame = pd.DataFrame(
-        {
-            "open": raw["open"].to_numpy(float),
-            "high": raw["high"].to_numpy(float),
-            "low": raw["low"].to_numpy(float),
-            "close": raw["close"].to_numpy(float),
-            "volume": raw["volume_btc"].to_numpy(float),
-            "quote_volume": raw["volume"].to_numpy(float),
-        },
-        index=pd.DatetimeIndex(index, name="open_time"),
-    )
-    return frame.sort_index()
+    return read_candles_csv(path).frame.sort_index()
 
 
 @pytest.fixture(scope="session")
