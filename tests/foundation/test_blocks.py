@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import stat
 import uuid
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from core.exceptions import ConfigurationError
 from core.redact import is_placeholder, redact_mapping, redact_uri
 from core.settings import Settings
 from deployments.bootstrap import bootstrap_blocks, describe_blocks, model_key_path
+from tests.peers import restored_blocks
 
 # Unique secret strings: if any of them shows up in a log, repr or API answer, the test fails.
 LLM_KEY = f"sk-test-{uuid.uuid4().hex}"
@@ -68,19 +68,8 @@ SECRETS = (LLM_KEY, SLACK_SECRET, SMTP_PASSWORD, ENGINE_TOKEN)
 def restore_blocks(prefect_server: str) -> Iterator[None]:
     """Put the session server's block documents back as they were: other areas' tests share
     it and may expect, say, no "llm" block."""
-    before = {}
-    for cls in ALL_BLOCKS:
-        try:
-            before[cls] = load_block(cls)
-        except ConfigurationError:
-            before[cls] = None
-    yield
-    for cls, block in before.items():
-        if block is not None:
-            block.save(cls.document_name, overwrite=True)
-        else:
-            with contextlib.suppress(ValueError):  # ValueError: it was never created
-                cls.delete(cls.document_name)
+    with restored_blocks(*ALL_BLOCKS):
+        yield
 
 
 @flow(name="blocks-smoke")

@@ -58,36 +58,7 @@ def channel_blocks(prefect_server: str, peer: HTTPServer, mailbox: Mailbox) -> I
     """Save slack/smtp/trading-engine blocks on the test server pointing at the local peers;
     put the server's documents back afterwards (other areas share it)."""
     from blocks import MongoDBBlock, SlackBlock, SMTPBlock, TradingEngineBlock
-    from blocks.loader import load_block
-    from core.exceptions import ConfigurationError
 
-    classes = (SlackBlock, SMTPBlock, TradingEngineBlock, MongoDBBlock)
-    before = {}
-    for cls in classes:
-        try:
-            before[cls] = load_block(cls)
-        except ConfigurationError:
-            before[cls] = None
-    peer.expect_request(SLACK_PATH, method="POST").respond_with_data("ok")
-    SlackBlock(webhook_url=peer.url_for(SLACK_PATH), channel="#alerts").save(
-        "slack", overwrite=True
-    )
-    SMTPBlock(
-        host="127.0.0.1",
-        port=mailbox.port,
-        security="none",
-        username=None,
-        password=None,
-        sender="bot@example.org",
-        recipients=["admin@example.org"],
-    ).save("smtp", overwrite=True)
-    TradingEngineBlock(base_url=peer.url_for("/"), timeout_s=2.0).save(
-        "trading-engine", overwrite=True
-    )
-    yield
-    for cls, block in before.items():
-        if block is not None:
-            block.save(cls.document_name, overwrite=True)
-        else:
-            with contextlib.suppress(ValueError):
-                cls.delete(cls.document_name)
+    with peers.restored_blocks(SlackBlock, SMTPBlock, TradingEngineBlock, MongoDBBlock):
+        peers.save_channel_blocks(peer, mailbox, SLACK_PATH)
+        yield

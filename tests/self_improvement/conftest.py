@@ -4,7 +4,6 @@ llm/slack/smtp/trading-engine blocks pointing at them (the server's documents re
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -66,45 +65,16 @@ def blocks_env(
     """llm/slack/smtp/trading-engine blocks on the local peers (restored afterwards); no LLM
     backoff waits. Returns the test's Store."""
     from blocks import LLMBlock, SlackBlock, SMTPBlock, TradingEngineBlock
-    from blocks.loader import load_block
-    from core.exceptions import ConfigurationError
 
     monkeypatch.setenv("BOTAI_LLM_BACKOFF_S", "0")
-    classes = (LLMBlock, SlackBlock, SMTPBlock, TradingEngineBlock)
-    before = {}
-    for cls in classes:
-        try:
-            before[cls] = load_block(cls)
-        except ConfigurationError:
-            before[cls] = None
-    peer.expect_request(SLACK_PATH, method="POST").respond_with_data("ok")
-    LLMBlock(
-        api_key=LLM_KEY,
-        base_url=peer.url_for("/v1"),
-        model="test-model",
-        input_usd_per_1m=LLM_IN_USD_PER_1M,
-        output_usd_per_1m=LLM_OUT_USD_PER_1M,
-        timeout_s=1.0,
-    ).save("llm", overwrite=True)
-    SlackBlock(webhook_url=peer.url_for(SLACK_PATH), channel="#alerts").save(
-        "slack", overwrite=True
-    )
-    SMTPBlock(
-        host="127.0.0.1",
-        port=mailbox.port,
-        security="none",
-        username=None,
-        password=None,
-        sender="bot@example.org",
-        recipients=["admin@example.org"],
-    ).save("smtp", overwrite=True)
-    TradingEngineBlock(base_url=peer.url_for("/"), timeout_s=2.0).save(
-        "trading-engine", overwrite=True
-    )
-    yield mongo_block
-    for cls, block in before.items():
-        if block is not None:
-            block.save(cls.document_name, overwrite=True)
-        else:
-            with contextlib.suppress(ValueError):
-                cls.delete(cls.document_name)
+    with peers.restored_blocks(LLMBlock, SlackBlock, SMTPBlock, TradingEngineBlock):
+        LLMBlock(
+            api_key=LLM_KEY,
+            base_url=peer.url_for("/v1"),
+            model="test-model",
+            input_usd_per_1m=LLM_IN_USD_PER_1M,
+            output_usd_per_1m=LLM_OUT_USD_PER_1M,
+            timeout_s=1.0,
+        ).save("llm", overwrite=True)
+        peers.save_channel_blocks(peer, mailbox, SLACK_PATH)
+        yield mongo_block
