@@ -5,11 +5,13 @@ for the warm-up bars (where TA-Lib returns NaN too), so results line up bar by b
 the candles. The values equal TA-Lib's to 1e-6 after the warm-up (see
 ``tests/backtest/test_indicators.py``), which keeps backtests comparable with other tools.
 
-Recursive averages (EMA, Wilder) are vectorised in blocks (see ``_recursive_average``),
-so no compiler (numba) is needed and a 100,000-bar RSI takes about a millisecond.
+Recursive averages (EMA, Wilder) are vectorised in blocks as matrix products (see
+``_smooth``), so no compiler (numba) is needed and a 100,000-bar RSI takes about 0.7 ms.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 
@@ -38,39 +40,75 @@ def _check_period(n: int, name: str = "period", minimum: int = 1) -> int:
     return int(n)
 
 
+_BLOCK = 32  # bars per block of the recursive filter (see _smooth)
+
+
+@lru_cache(maxsize=64)
+def _block_weights(alpha: float) -> np.ndarray:
+    """(L + 1) x L matrix taking a block's [x[0..L-1], carry] to its y[0..L-1] (see _smooth)."""
+    size = _BLOCK
+    powers = (1.0 - alpha) ** np.arange(size + 1)  # k**0 .. k**L
+    weights = np.zeros((size + 1, size))
+    j, i = np.triu_indices(size)
+    weights[j, i] = alpha * powers[i - j]
+    weights[size] = powers[1:]
+    weights.flags.writeable = False
+    return weights
+
+
+def _smooth(x: np.ndarray, seed: float, alpha: float, out: np.ndarray | None = None) -> np.ndarray:
+    """The recursion y[i] = alpha * x[i] + (1 - alpha) * y[i - 1], starting from y[-1] = seed.
+
+    Vectorised in blocks of ``_BLOCK`` bars, as two matrix products (BLAS) instead of a loop:
+    inside block r, y[r, i] = sum over j <= i of alpha * k**(i - j) * x[r, j]
+    + k**(i + 1) * carry[r] (k = 1 - alpha), where carry[r] is y just before the block. The
+    carries themselves obey carry[r] = c[r] + k**L * carry[r - 1] (c[r]: block r - 1's last
+    y from a zero start, one matrix-vector product), solved by a prefix scan in log2(blocks)
+    steps. Every weight is at most alpha, so nothing is scaled up and no precision is lost
+    (equal to the plain loop to about 1e-13).
+
+    Args:
+        out: contiguous float array of ``len(x)`` to write y into, a new one when None.
+            It may be ``x`` itself (x is copied into the blocks before anything is
+            written) but must not overlap it otherwise. Fresh 100k-bar temporaries cost
+            page faults comparable to the arithmetic, so callers reuse their buffers.
+
+    Returns:
+        ``out``: y[0], ..., y[len(x) - 1].
+    """
+    m = len(x)
+    if out is None:
+        out = np.empty(m)
+    keep = 1.0 - alpha
+    if m == 0 or keep <= 0.0:
+        out[:] = x
+        return out
+    size = _BLOCK
+    rows = -(-m // size)
+    weights = _block_weights(alpha)
+    aug = np.zeros((rows, size + 1))
+    full = m // size
+    aug[:full, :size] = x[: full * size].reshape(full, size)
+    aug[full:, : m - full * size] = x[full * size :]
+    carry = aug[:, size]
+    carry[0] = seed
+    carry[1:] = aug[:-1, :size] @ weights[:size, size - 1]
+    k_step, step = weights[size, size - 1], 1  # k**L
+    while step < rows and k_step > 0.0:
+        carry[step:] += k_step * carry[:-step]
+        k_step, step = k_step * k_step, step * 2
+    np.matmul(aug[:full], weights, out=out[: full * size].reshape(full, size))
+    if full < rows:
+        out[full * size :] = (aug[full] @ weights)[: m - full * size]
+    return out
+
+
 def _recursive_average(
     values: np.ndarray, start: int, seed: float, alpha: float, out: np.ndarray
 ) -> None:
-    """Fill ``out[start:]`` with y[t] = alpha * x[t] + (1 - alpha) * y[t-1], y[start] = seed.
-
-    Vectorised in blocks of L bars: inside a block y is a scaled cumulative sum
-    (k**i * cumsum(alpha * x[j] * k**-j), k = 1 - alpha, with k**-L <= 1e3 so no precision
-    is lost), and only the L-th values are carried from block to block in a short loop.
-    """
-    x = values[start + 1 :]
-    m = len(x)
+    """Fill ``out[start:]`` with y[t] = alpha * x[t] + (1 - alpha) * y[t-1], y[start] = seed."""
     out[start] = seed
-    if m == 0:
-        return
-    keep = 1.0 - alpha
-    if keep <= 0.0:
-        out[start + 1 :] = x
-        return
-    block = int(max(1, min(1024, np.log(1e3) / -np.log(keep))))
-    rows = -(-m // block)
-    padded = np.zeros(rows * block)
-    padded[:m] = x
-    grid = padded.reshape(rows, block)
-    powers = keep ** np.arange(block)  # k**i, i = 0..L-1
-    local = np.cumsum(grid * (alpha / powers), axis=1) * powers
-    carry_in = np.empty(rows)  # y just before each block
-    y = seed
-    k_block = keep**block
-    for r, last in enumerate(local[:, -1].tolist()):
-        carry_in[r] = y
-        y = last + k_block * y
-    result = local + np.outer(carry_in, powers * keep)
-    out[start + 1 :] = result.ravel()[:m]
+    _smooth(values[start + 1 :], seed, alpha, out=out[start + 1 :])
 
 
 def sma(x: np.ndarray, n: int) -> np.ndarray:
@@ -125,22 +163,25 @@ def rsi(close: np.ndarray, period: int = 14) -> np.ndarray:
     """
     close = _as_1d(close, "close")
     period = _check_period(period, "period", 2)
-    out = np.full(close.shape, np.nan)
     if len(close) <= period:
-        return out
+        return np.full(close.shape, np.nan)
+    # Computed in place in two buffers (out, change): fresh 100k-bar temporaries cost
+    # page faults comparable to the arithmetic itself.
+    out = np.empty(close.shape)
     change = np.diff(close)
-    gain = np.maximum(change, 0.0)  # np.maximum: ~15x faster than np.where on 100k bars
-    loss = np.maximum(-change, 0.0)
-    avg_gain = np.full(change.shape, np.nan)
-    avg_loss = np.full(change.shape, np.nan)
+    gain = np.maximum(change, 0.0, out=out[1:])  # np.maximum: ~15x faster than np.where
+    loss = np.maximum(np.negative(change, out=change), 0.0, out=change)
     alpha = 1.0 / period
-    _recursive_average(gain, period - 1, float(np.mean(gain[:period])), alpha, avg_gain)
-    _recursive_average(loss, period - 1, float(np.mean(loss[:period])), alpha, avg_loss)
-    total = avg_gain[period - 1 :] + avg_loss[period - 1 :]
+    seed_gain, seed_loss = float(np.mean(gain[:period])), float(np.mean(loss[:period]))
+    avg_gain = _smooth(gain[period:], seed_gain, alpha, out=gain[period:])
+    total = _smooth(loss[period:], seed_loss, alpha, out=loss[period:])
+    total += avg_gain
     with np.errstate(invalid="ignore", divide="ignore"):
-        value = 100.0 * avg_gain[period - 1 :] / total
-    value[total <= 0] = 0.0  # flat stretch: both averages zero (TA-Lib gives 0)
-    out[period:] = value
+        np.divide(avg_gain, total, out=avg_gain)
+    avg_gain *= 100.0
+    avg_gain[total <= 0] = 0.0  # flat stretch: both averages zero (TA-Lib gives 0)
+    out[period] = 100.0 * seed_gain / (seed_gain + seed_loss) if seed_gain + seed_loss > 0 else 0.0
+    out[:period] = np.nan
     return out
 
 

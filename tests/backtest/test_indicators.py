@@ -28,6 +28,21 @@ def test_sma_ema_match_talib(ohlcv: dict[str, np.ndarray], n: int) -> None:
     _same(ind.ema(close, n), talib.EMA(close, n), n - 1)
 
 
+@pytest.mark.parametrize("alpha", [1 / 14, 2 / 27, 2 / 2001, 0.5, 1.0])
+def test_block_filter_equals_the_plain_recursion(alpha: float) -> None:
+    """The matrix-product filter behind EMA/Wilder equals the loop, at every block edge,
+    also when it writes over its own input (as rsi does)."""
+    rng = np.random.default_rng(11)
+    for m in (0, 1, 31, 32, 33, 64, 65, 2_000):
+        x = rng.normal(100.0, 5.0, m)
+        expected, y = np.empty(m), 3.0
+        for i in range(m):
+            y = alpha * x[i] + (1 - alpha) * y
+            expected[i] = y
+        np.testing.assert_allclose(ind._smooth(x, 3.0, alpha), expected, rtol=1e-12)
+        np.testing.assert_allclose(ind._smooth(x, 3.0, alpha, out=x), expected, rtol=1e-12)
+
+
 @pytest.mark.parametrize("period", [7, 14, 21])
 def test_rsi_matches_talib_with_n_leading_nans(ohlcv: dict[str, np.ndarray], period: int) -> None:
     close = ohlcv["close"]
