@@ -12,8 +12,9 @@ Rules (also in docs/backtesting.md):
 * equity is marked at every bar's close; a trade still open at the end is marked at the
   last close (no exit fee) and reported as open.
 
-No loop runs over bars: positions come from a forward-filled signal state, and equity from
-one multiplier per trade (cumulative product) times the mark of each bar within its trade.
+No loop runs over bars, and most work is per signal or per trade, not per bar: positions
+change only where the signal target changes, each trade's equity multiplier comes from its
+fills (cumulative product across trades), and within a trade equity is linear in the close.
 """
 
 from __future__ import annotations
@@ -73,17 +74,19 @@ def check_candles(candles: Candles) -> None:
     lengths = {f: len(a) for f, a in arrays.items()}
     if len(set(lengths.values())) != 1:
         raise InvalidInputError(f"`data` columns must have the same length (got {lengths})")
-    prices = np.stack([candles.open, candles.high, candles.low, candles.close])
-    if not np.isfinite(prices).all():
-        raise DataQualityError(
-            "Some OHLC values are missing (NaN) or infinite. Drop those bars or fill them "
-            "in before backtesting"
-        )
-    if (prices <= 0).any():
-        raise DataQualityError(
-            "OHLC prices must be positive; remove bars with zero or negative prices"
-        )
-    if (np.diff(candles.time) <= np.timedelta64(0, "ns")).any():
+    for field in ("open", "high", "low", "close"):
+        prices = getattr(candles, field)
+        lowest, highest = prices.min(), prices.max()  # NaN propagates: one pass each, no copy
+        if not (np.isfinite(lowest) and np.isfinite(highest)):
+            raise DataQualityError(
+                "Some OHLC values are missing (NaN) or infinite. Drop those bars or fill them "
+                "in before backtesting"
+            )
+        if lowest <= 0:
+            raise DataQualityError(
+                "OHLC prices must be positive; remove bars with zero or negative prices"
+            )
+    if not (candles.time[1:] > candles.time[:-1]).all():
         raise InvalidInputError(
             "`data` index must be sorted in ascending order with no duplicate bars; sort it first"
         )
@@ -127,19 +130,21 @@ def run_backtest(
     n = len(candles.close)
     entries, exits = _check_signals(entries, exits, n)
 
-    # signal state: +1 after an entry, -1 after an exit, forward-filled; 0 before any
-    sig = entries.astype(np.int8) - exits.astype(np.int8)
-    idx = np.where(sig != 0, np.arange(n), 0)
-    np.maximum.accumulate(idx, out=idx)
-    state = sig[idx]
-    target = state if config.allow_short else (state > 0).astype(np.int8)
-    held = np.empty(n, dtype=np.int8)
-    held[0] = 0
-    held[1:] = target[:-1]  # filled at the next bar's open
-
-    starts = np.concatenate(([0], np.flatnonzero(np.diff(held)) + 1))
+    # The position only changes at signal bars, so work on the signals, not on every bar:
+    # a bar with exactly one of entry/exit sets the target (+1 entry; exit: 0, or -1 with
+    # allow_short); the target changes where it differs from the previous signal's.
+    signal_bars = np.flatnonzero(entries != exits)
+    target = entries[signal_bars].astype(np.int8)
+    if config.allow_short:
+        target = 2 * target - 1
+    changed = target != np.concatenate(([0], target[:-1])).astype(np.int8)
+    fills = signal_bars[changed] + 1  # filled at the next bar's open
+    keep = fills < n  # a signal on the last bar is never filled
+    starts = np.concatenate(([0], fills[keep]))  # segments of constant position
     ends = np.concatenate((starts[1:], [n]))
-    side = held[starts].astype(np.float64)
+    side = np.concatenate(([0], target[changed][keep])).astype(np.float64)
+    lengths = ends - starts
+    held = np.repeat(side.astype(np.int8), lengths)
 
     fee = config.fee_bps / 1e4
     slip = config.slippage_bps / 1e4
@@ -157,14 +162,14 @@ def run_backtest(
     mult = np.where(side != 0, mult, 1.0)
     seg_start_equity = config.initial_capital * np.concatenate(([1.0], np.cumprod(mult[:-1])))
 
-    seg = np.repeat(np.arange(len(starts)), ends - starts)
-    seg_side = side[seg]
-    mark = np.where(
-        seg_side != 0,
-        1.0 - q * fee + seg_side * q * (candles.close / entry_px[seg] - 1.0),
-        1.0,
-    )
-    equity = seg_start_equity[seg] * mark
+    # inside a segment equity is linear in the close: E0 * (1 - q*fee + side*q*(close/entry - 1))
+    # = level + slope * close (flat segments: level E0, slope 0)
+    level = seg_start_equity * (1.0 - q * fee - side * q)
+    level = np.where(side != 0, level, seg_start_equity)
+    slope = seg_start_equity * side * q / entry_px
+    equity = np.repeat(slope, lengths)
+    equity *= candles.close
+    equity += np.repeat(level, lengths)
 
     trades = side != 0
     pnl = seg_start_equity[trades] * (mult[trades] - 1.0)

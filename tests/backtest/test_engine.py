@@ -77,6 +77,57 @@ def test_fills_fees_and_slippage_by_hand() -> None:
     assert trade_list(run_ls)[-1].is_open
 
 
+def _bar_by_bar(
+    c: Candles, entries: np.ndarray, exits: np.ndarray, cfg: BacktestConfig
+) -> tuple[list[int], list[float], list[float]]:
+    """The engine's rules (module docstring of backtest.engine) as a plain loop over bars.
+
+    Returns:
+        (position held in each bar, equity at each close, profit of each trade).
+    """
+    fee, slip = cfg.fee_bps / 1e4, cfg.slippage_bps / 1e4
+    q = cfg.position_size / (1 + fee)
+    equity, pos, start_equity, entry = cfg.initial_capital, 0, 0.0, 0.0
+    wanted, held, curve, pnl = 0, [], [], []
+    for t in range(len(c.close)):
+        if wanted != pos:  # decided at the previous close, filled at this open
+            if pos:
+                ratio = c.open[t] * (1 - pos * slip) / entry
+                equity = start_equity * (1 - q * fee + pos * q * (ratio - 1) - fee * q * ratio)
+                pnl.append(equity - start_equity)
+            pos = wanted
+            if pos:
+                start_equity, entry = equity, c.open[t] * (1 + pos * slip)
+        held.append(pos)
+        mark = equity
+        if pos:
+            mark = start_equity * (1 - q * fee + pos * q * (c.close[t] / entry - 1))
+        curve.append(mark)
+        if entries[t] and not exits[t]:
+            wanted = 1
+        elif exits[t] and not entries[t]:
+            wanted = -1 if cfg.allow_short else 0
+    if pos:
+        pnl.append(curve[-1] - start_equity)
+    return held, curve, pnl
+
+
+@pytest.mark.parametrize("allow_short", [False, True])
+def test_engine_equals_a_bar_by_bar_loop(candles: Candles, allow_short: bool) -> None:
+    """Random signals on 3,000 real hours: positions, equity and trade profits as the loop's."""
+    rng = np.random.default_rng(7)
+    c = candles.slice(0, 3_000)
+    entries, exits = rng.random(3_000) < 0.03, rng.random(3_000) < 0.03
+    entries[-1] = True  # a signal on the last bar is never filled
+    cfg = BacktestConfig(fee_bps=10, slippage_bps=5, position_size=0.8, allow_short=allow_short)
+    run = run_backtest(c, entries, exits, cfg)
+    held, curve, pnl = _bar_by_bar(c, entries, exits, cfg)
+    assert len(pnl) > 40
+    assert run.held.tolist() == held
+    np.testing.assert_allclose(run.equity, curve, rtol=1e-12)
+    np.testing.assert_allclose(run.trade_pnl, pnl, rtol=1e-9)
+
+
 def test_metrics_conventions(candles: Candles) -> None:
     strategy = get_strategy("rsi")
     run = run_backtest(candles, *strategy.signals(candles, strategy.params({})))
