@@ -30,11 +30,14 @@ def daily_equity(run: EngineRun) -> tuple[np.ndarray, np.ndarray]:
         ``(days, equity)``: ``datetime64[D]`` days from the first to the last bar's day
         (six months of hours -> 184 points) and the equity at their close.
     """
-    day = run.candles.time.astype("datetime64[D]")
-    last_of_day = np.flatnonzero(np.concatenate((day[1:] != day[:-1], [True])))
-    days = np.arange(day[0], day[-1] + np.timedelta64(1, "D"))
-    pos = np.searchsorted(day[last_of_day], days, side="right") - 1
-    return days, run.equity[last_of_day][pos]
+    days, bar = run.candles.day_ends
+    return days, run.equity[bar]
+
+
+def running_peak(run: EngineRun) -> np.ndarray:
+    """Highest bar-close equity so far (starting from the initial capital), at each bar."""
+    peak = np.maximum.accumulate(run.equity)
+    return np.maximum(peak, run.config.initial_capital, out=peak)
 
 
 def _ratios(daily: np.ndarray, initial: float) -> tuple[float, float]:
@@ -71,8 +74,8 @@ def compute_metrics(run: EngineRun) -> BacktestMetrics:
     _, daily = daily_equity(run)
     sharpe, sortino = _ratios(daily, initial)
 
-    peak = np.maximum.accumulate(np.concatenate(([initial], equity)))[1:]
-    max_dd = float(np.min(equity / peak - 1.0)) * 100.0
+    peak = running_peak(run)
+    max_dd = (float(np.divide(equity, peak, out=peak).min()) - 1.0) * 100.0
 
     closed = ~run.trade_open
     pnl = run.trade_pnl[closed]
@@ -121,13 +124,9 @@ def trade_list(run: EngineRun) -> list[TradeRecord]:
 
 def equity_curve(run: EngineRun) -> list[CurvePoint]:
     """Daily equity and drawdown (percent below the running peak of bar-close equity)."""
-    days, daily = daily_equity(run)
-    initial = run.config.initial_capital
-    peak_bar = np.maximum.accumulate(np.concatenate(([initial], run.equity)))[1:]
-    day = run.candles.time.astype("datetime64[D]")
-    last_of_day = np.flatnonzero(np.concatenate((day[1:] != day[:-1], [True])))
-    pos = np.searchsorted(day[last_of_day], days, side="right") - 1
-    peak = peak_bar[last_of_day][pos]
+    days, bar = run.candles.day_ends
+    daily = run.equity[bar]
+    peak = running_peak(run)[bar]
     drawdown = (daily / peak - 1.0) * 100.0
     return [
         CurvePoint(day=d.item(), equity=float(e), drawdown_pct=float(min(dd, 0.0)))

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from backtest import indicators as ind
 from core.exceptions import InvalidInputError
@@ -28,6 +28,9 @@ from core.schemas.backtest import (
     VolumeParams,
     validate_strategy_params,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Signals = tuple[np.ndarray, np.ndarray]
 Cache = dict[tuple[Any, ...], np.ndarray]
@@ -47,10 +50,12 @@ class Candles:
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> Candles:
         """Build from a frame with columns open, high, low, close, volume and a DatetimeIndex."""
-        idx = pd.DatetimeIndex(frame.index)
-        idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+        import pandas as pd  # only here: the engine itself runs on numpy alone
+
+        # a tz-aware index holds UTC nanoseconds already; a naive one is taken as UTC
+        idx = pd.DatetimeIndex(frame.index).as_unit("ns")
         return cls(
-            time=idx.tz_localize(None).to_numpy("datetime64[ns]"),
+            time=idx.asi8.view("datetime64[ns]"),
             **{
                 c: frame[c].to_numpy(np.float64) for c in ("open", "high", "low", "close", "volume")
             },
@@ -58,6 +63,21 @@ class Candles:
 
     def __len__(self) -> int:
         return len(self.close)
+
+    @cached_property
+    def day_ends(self) -> tuple[np.ndarray, np.ndarray]:
+        """UTC calendar days from the first bar's to the last bar's, and each day's closing bar.
+
+        Computed once per candles (an optimisation reuses it for every parameter set).
+
+        Returns:
+            ``(days, bar)``: ``datetime64[D]`` days and, for each, the index of its last bar
+            (a day without bars gets the previous day's last bar).
+        """
+        first, last = self.time[[0, -1]].astype("datetime64[D]")
+        days = np.arange(first, last + np.timedelta64(1, "D"))
+        next_midnight = (days + np.timedelta64(1, "D")).astype(self.time.dtype)
+        return days, np.searchsorted(self.time, next_midnight) - 1
 
     def slice(self, start: int, stop: int) -> Candles:
         """Bars ``start`` to ``stop - 1``."""
