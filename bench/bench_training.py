@@ -50,7 +50,10 @@ def bench_real(days: int = 365, epochs: int = 20) -> None:
         cfg = TrainConfig(model_type, epochs=epochs, batch_size=64, learning_rate=1e-3, units=32)
         t0 = time.perf_counter()
         out = train(
-            ds, cfg, checkpoints=CheckpointStore(tmp, model_type, "BTCUSD", "1h"), run_id="b"
+            ds,
+            cfg,
+            checkpoints=CheckpointStore(tmp, model_type, "BTCUSD", "1h", os.urandom(32)),
+            run_id="b",
         )
         m, b = out.val_metrics, out.baselines
         print(

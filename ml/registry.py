@@ -5,6 +5,8 @@ zips: the Keras archive is built in memory and written encrypted with AES-256-GC
 
     b"BOTAIGCM1" | 12-byte nonce | ciphertext+tag   (associated data: the file name)
 
+(see :mod:`ml.encryption`; training checkpoints are sealed the same way).
+
 :meth:`ModelRegistry.load` decrypts into memory and builds the network from a ``BytesIO``;
 no plaintext model ever touches the disk. The key (32 bytes) comes from the model-store block.
 
@@ -16,25 +18,20 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 import ml.models  # noqa: F401  (registers custom layers for deserialisation)
 from core.exceptions import ConfigurationError, InvalidInputError, NotFoundError
 from integrations.store import Store
+from ml.encryption import decrypt_bytes, encrypt_bytes
 from ml.predictor import LoadedModel
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"BOTAIGCM1"
-_NONCE_BYTES = 12
 STATUSES = ("candidate", "deployed", "archived")
 
 
@@ -76,29 +73,6 @@ class ModelRecord:
         """Build a record from a ``models`` document (``_id`` and unknown keys ignored)."""
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in doc.items() if k in known})
-
-
-def encrypt_bytes(plain: bytes, key: bytes, associated: bytes) -> bytes:
-    """AES-256-GCM encrypt. Returns ``MAGIC | nonce | ciphertext+tag``."""
-    nonce = os.urandom(_NONCE_BYTES)
-    return MAGIC + nonce + AESGCM(key).encrypt(nonce, plain, associated)
-
-
-def decrypt_bytes(blob: bytes, key: bytes, associated: bytes) -> bytes:
-    """Inverse of :func:`encrypt_bytes`.
-
-    Raises:
-        ConfigurationError: not an encrypted model file, or wrong key / tampered file.
-    """
-    if not blob.startswith(MAGIC):
-        raise ConfigurationError("model file is not an encrypted BotAI model (bad header)")
-    nonce = blob[len(MAGIC) : len(MAGIC) + _NONCE_BYTES]
-    try:
-        return AESGCM(key).decrypt(nonce, blob[len(MAGIC) + _NONCE_BYTES :], associated)
-    except InvalidTag as e:
-        raise ConfigurationError(
-            "model file could not be decrypted: wrong model-store key or the file was modified"
-        ) from e
 
 
 def model_to_bytes(model: Any) -> bytes:

@@ -3,9 +3,10 @@
 Pure layer (no Prefect). The caller passes hooks for progress and per-epoch records, and may
 inject a ``fit`` callable or extra Keras callbacks at the fit boundary (fault injection in tests).
 
-Checkpoints are ``{model}_{symbol}_{run_id}_epoch_{n}.npz`` under the checkpoint folder and
-hold the weights, the optimiser state, the epoch, the history, the best weights so far and the
-feature spec (scaler), so a resumed run continues exactly where the checkpoint left off.
+Checkpoints are ``{model}_{symbol}_{run_id}_epoch_{n}.npz`` under the checkpoint folder, sealed
+with AES-256-GCM under the model-store key like registered models. They hold the weights, the
+optimiser state, the epoch, the history, the best weights so far and the feature spec (scaler),
+so a resumed run continues exactly where the checkpoint left off.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from core.exceptions import TrainingError
+from core.exceptions import ConfigurationError, TrainingError
+from ml.encryption import decrypt_bytes, encrypt_bytes
 from ml.features import Dataset, FeatureSpec
 from ml.metrics import baselines, classification_metrics
 from ml.models import build_model
@@ -135,11 +137,33 @@ def check_free_disk(path: Path, min_free_gb: float) -> float:
 
 # ---------------------------------------------------------------- checkpoints
 class CheckpointStore:
-    """Checkpoints of one model_type+symbol+timeframe under ``directory``."""
+    """Checkpoints of one model_type+symbol+timeframe under ``directory``, sealed with ``key``.
 
-    def __init__(self, directory: Path, model_type: str, symbol: str, timeframe: str) -> None:
+    A checkpoint holds the network's weights, so it is encrypted like a registered model
+    (AES-256-GCM, the file name as associated data, :mod:`ml.encryption`); the ``.npz``
+    archive exists only in memory.
+
+    Raises:
+        ConfigurationError: ``key`` is not 32 bytes.
+    """
+
+    def __init__(
+        self, directory: Path, model_type: str, symbol: str, timeframe: str, key: bytes
+    ) -> None:
+        if len(key) != 32:
+            raise ConfigurationError(
+                f"checkpoint key must be 32 bytes (AES-256), got {len(key)}; "
+                "use the model-store block's key"
+            )
         self.directory = Path(directory)
         self.model_type, self.symbol, self.timeframe = model_type, symbol, timeframe
+        self._key = key
+
+    def __repr__(self) -> str:  # the key never appears in logs or tracebacks
+        return (
+            f"CheckpointStore({str(self.directory)!r}, {self.model_type!r}, "
+            f"{self.symbol!r}, {self.timeframe!r}, key=***)"
+        )
 
     def path(self, run_id: str, epoch: int) -> Path:
         """``{model}_{symbol}_{run_id}_epoch_{n}.npz``."""
@@ -154,7 +178,7 @@ class CheckpointStore:
         meta: dict[str, Any],
         best_weights: list[np.ndarray] | None = None,
     ) -> Path:
-        """Write a checkpoint atomically. Returns its path."""
+        """Write a sealed checkpoint atomically. Returns its path."""
         self.directory.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {f"w{i}": w for i, w in enumerate(weights)}
         arrays.update({f"o{i}": v for i, v in enumerate(optimizer_vars)})
@@ -177,21 +201,30 @@ class CheckpointStore:
         np.savez(buf, **arrays)
         path = self.path(run_id, epoch)
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(buf.getvalue())
+        tmp.write_bytes(encrypt_bytes(buf.getvalue(), self._key, path.name.encode()))
         tmp.replace(path)
         log.info("checkpoint saved: %s", path.name)
         return path
 
-    @staticmethod
-    def read_meta(path: Path) -> dict[str, Any]:
-        """The JSON metadata of a checkpoint."""
-        with np.load(path) as z:
+    def _open(self, path: Path) -> Any:
+        """The decrypted ``.npz`` archive of ``path`` (``np.load`` of an in-memory buffer).
+
+        Raises:
+            ConfigurationError: not sealed, sealed with another key, modified or renamed.
+        """
+        plain = decrypt_bytes(path.read_bytes(), self._key, path.name.encode())
+        return np.load(io.BytesIO(plain))
+
+    def read_meta(self, path: Path) -> dict[str, Any]:
+        """The JSON metadata of a checkpoint (see :meth:`_open` for what it raises)."""
+        with self._open(path) as z:
             return json.loads(bytes(z["meta"]).decode())
 
-    @staticmethod
-    def load_arrays(path: Path) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-        """Return (weights, optimizer variables, best weights or [])."""
-        with np.load(path) as z:
+    def load_arrays(
+        self, path: Path
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """Return (weights, optimizer variables, best weights or []) of a checkpoint."""
+        with self._open(path) as z:
             meta = json.loads(bytes(z["meta"]).decode())
             w = [z[f"w{i}"] for i in range(meta["n_weights"])]
             o = [z[f"o{i}"] for i in range(meta["n_optimizer_vars"])]
@@ -205,7 +238,7 @@ class CheckpointStore:
         for path in self.directory.glob(pattern) if self.directory.exists() else []:
             try:
                 meta = self.read_meta(path)
-            except (OSError, ValueError, KeyError) as e:
+            except (OSError, ValueError, KeyError, ConfigurationError) as e:
                 log.warning("unreadable checkpoint %s skipped: %s", path.name, e)
                 continue
             if meta.get("timeframe") == self.timeframe:
@@ -380,7 +413,7 @@ def train(
     resumed_from: int | None = None
     best_from_ckpt: list[np.ndarray] = []
     if resume is not None:
-        weights, opt_vars, best_from_ckpt = CheckpointStore.load_arrays(resume.path)
+        weights, opt_vars, best_from_ckpt = checkpoints.load_arrays(resume.path)
         model.set_weights(weights)
         restore_optimizer(model, opt_vars)
         meta.update(

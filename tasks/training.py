@@ -268,7 +268,7 @@ def train_and_register(
         logger.warning("GPU not available, using CPU")
     registry = ModelRegistry(store, model_dir, model_key)
     checkpoints = CheckpointStore(
-        settings.checkpoint_dir, params.model_type, params.symbol, params.timeframe
+        settings.checkpoint_dir, params.model_type, params.symbol, params.timeframe, model_key
     )
     resume_from = checkpoints.latest() if params.resume else None
     if params.resume and resume_from is None:

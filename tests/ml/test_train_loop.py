@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
-from core.exceptions import TrainingError
+from core.exceptions import ConfigurationError, TrainingError
 from ml.features import prepare_dataset
 from ml.models import build_model
 from ml.training import CheckpointStore, TrainConfig, TrainingStopped, check_free_disk, train
@@ -19,8 +20,11 @@ def dataset(signal_candles):
     return prepare_dataset(signal_candles, lookback=12, horizon_bars=1, validation_split=0.2)
 
 
-def _ckpts(tmp_path: Path, model_type: str = "lstm") -> CheckpointStore:
-    return CheckpointStore(tmp_path / "ckpt", model_type, "BTCUSDT", "1h")
+KEY = bytes(range(32))
+
+
+def _ckpts(tmp_path: Path, model_type: str = "lstm", key: bytes = KEY) -> CheckpointStore:
+    return CheckpointStore(tmp_path / "ckpt", model_type, "BTCUSDT", "1h", key)
 
 
 def test_learnable_signal_reaches_spec_accuracy_beside_baselines(dataset, tmp_path):
@@ -95,6 +99,41 @@ def test_interrupted_training_checkpoints_last_epoch_and_resumes(dataset, tmp_pa
     assert out.resumed_from_epoch == 4
     assert out.epochs_completed == 6
     assert [h["epoch"] for h in out.history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_checkpoints_are_sealed_and_only_their_key_reads_them(tmp_path, caplog):
+    """A checkpoint holds the weights, so it is encrypted like a registered model."""
+    store = _ckpts(tmp_path, "gru")
+    weights = [np.arange(12, dtype=np.float32).reshape(3, 4) * 0.25]
+    path = store.save("s1", 1, weights, [np.ones(2)], {"feature_spec": {}})
+    blob = path.read_bytes()
+    assert blob.startswith(b"BOTAIGCM1")
+    assert weights[0].tobytes() not in blob and b'"feature_spec"' not in blob
+    with pytest.raises(ValueError):  # not a readable .npz on disk
+        np.load(path)
+    w, o, b = store.load_arrays(path)
+    assert np.array_equal(w[0], weights[0]) and np.array_equal(o[0], np.ones(2)) and b == []
+    assert store.latest().path == path
+
+    other = _ckpts(tmp_path, "gru", key=bytes(32))
+    with pytest.raises(ConfigurationError, match="wrong model-store key"):
+        other.load_arrays(path)
+    with caplog.at_level("WARNING", logger="ml.training"):
+        assert other.latest() is None  # resume starts from scratch instead of crashing
+    assert "unreadable checkpoint" in caplog.text
+
+    renamed = store.path("s1", 7)  # the file name is bound in as associated data
+    renamed.write_bytes(blob)
+    with pytest.raises(ConfigurationError, match="modified"):
+        store.read_meta(renamed)
+    renamed.unlink()
+
+    plain = store.path("old", 1)  # written before checkpoints were sealed
+    np.savez(plain, w0=weights[0])
+    assert store.latest().path == path
+    assert "key=***" in repr(store) and "\\x01" not in repr(store)
+    with pytest.raises(ConfigurationError, match="32 bytes"):
+        _ckpts(tmp_path, key=b"short")
 
 
 def test_soft_time_limit_checkpoints_then_fails(dataset, tmp_path):
