@@ -7,9 +7,6 @@ One worker (``prefect worker start``, query interval 1 s) serves a test pool who
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,18 +16,15 @@ from pathlib import Path
 import pytest
 from conftest import make_candles
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.states import Cancelling
-from prefect.utilities.callables import parameter_schema
-from prefect.workers.process import ProcessWorker
 
 from core.exceptions import DuplicateRunError
 from core.schemas.training import TrainModelParams
 from core.settings import Settings
 from flows.train_model import train_model
 from integrations.store import C, Store
+from tests.peers import create_process_deployment, create_process_pool, process_worker
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FAST = dict(days_of_data=30, batch_size=32, units=8, lookback=12, learning_rate=3e-3)
 
 
@@ -39,51 +33,12 @@ def worker_pool(prefect_server: str, tmp_path: Path, monkeypatch) -> Iterator[tu
     """A process pool + ml_training queue (limit 2), a train-model deployment and a worker."""
     monkeypatch.setenv("BOTAI_MIN_FREE_DISK_GB", "0.1")
     pool = f"ml-test-{uuid.uuid4().hex[:6]}"
-    with get_client(sync_client=True) as client:
-        client.create_work_pool(
-            WorkPoolCreate(
-                name=pool,
-                type="process",
-                base_job_template=ProcessWorker.get_default_base_job_template(),
-            )
-        )
-        client.create_work_queue(name="ml_training", work_pool_name=pool, concurrency_limit=2)
-        flow_id = client.create_flow_from_name("train-model")
-        deployment_id = client.create_deployment(
-            flow_id=flow_id,
-            name=f"train-model-{pool}",
-            work_pool_name=pool,
-            work_queue_name="ml_training",
-            entrypoint="flows/train_model.py:train_model",
-            path=str(REPO_ROOT),
-            parameter_openapi_schema=parameter_schema(train_model).model_dump_for_openapi(),
-            pull_steps=[
-                {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}
-            ],
-        )
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": prefect_server,
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PYTHONPATH": str(REPO_ROOT),
-    }
-    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=REPO_ROOT,
+    create_process_pool(pool, {"ml_training": 2})
+    deployment_id = create_process_deployment(
+        train_model, f"train-model-{pool}", pool, "ml_training", "flows/train_model.py:train_model"
     )
-    try:
+    with process_worker(pool, prefect_server, tmp_path / "worker.log"):
         yield pool, str(deployment_id)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def _state_time(client, run_id, state_type: str):
