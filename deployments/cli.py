@@ -60,7 +60,12 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if info["api_healthy"] else 1
 
 
-def _require_stack(settings: Settings) -> None:
+def require_stack(settings: Settings) -> None:
+    """Return when the stack's Prefect API answers.
+
+    Raises:
+        BotAIError: no Prefect API at ``settings.prefect_api_url`` (says how to start one).
+    """
     import httpx
 
     try:
@@ -78,7 +83,7 @@ def _cmd_bootstrap(_args: argparse.Namespace, settings: Settings) -> int:
     from deployments.bootstrap import bootstrap_blocks
     from deployments.up import prefect_api
 
-    _require_stack(settings)
+    require_stack(settings)
     with prefect_api(settings):
         saved = bootstrap_blocks(settings, os.environ)
     _say("created or updated: " + ", ".join(saved))
@@ -103,7 +108,7 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     except ValidationError as e:
         _say(f"invalid parameters:\n{e}")
         return 2
-    _require_stack(settings)
+    require_stack(settings)
     from deployments.up import prefect_api
     from flows.ingest_market_data import ingest_market_data
 

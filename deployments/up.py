@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -55,6 +56,7 @@ class StackInfo:
     deployments: list[str]
     seconds_to_ready: float
     first_runs: dict[str, str] = field(default_factory=dict)  # deployment -> run id or reason
+    gateway_url: str | None = None  # None: BOTAI_API_JWT_SECRET unset, gateway not started
 
 
 @contextmanager
@@ -106,12 +108,22 @@ def start_stack(settings: Settings, environ: Mapping[str, str], say: Say) -> Sta
                 f"port {port} on {settings.host} is already in use: stop what runs there "
                 f"(`botai down`) or set {variable}"
             )
+    api_port = gateway_port(environ)
+    api_host = environ.get("BOTAI_API_HOST") or "127.0.0.1"
+    if api_port is not None and port_in_use(api_host, api_port):
+        raise ConfigurationError(
+            f"port {api_port} on {api_host} is already in use: stop what runs there "
+            "or set BOTAI_API_PORT"
+        )
     services.pid_file(settings).unlink(missing_ok=True)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     services.record_service(
         settings, services.CONTROLLER, os.getpid(), services.run_dir(settings) / "up.log"
     )
-    env = services.prefect_env(settings, environ)
+    # the gateway's signing secret goes to the gateway only, not to the server, worker or runs
+    env = services.prefect_env(
+        settings, {k: v for k, v in environ.items() if k != "BOTAI_API_JWT_SECRET"}
+    )
 
     say(f"state folder: {settings.state_dir}")
     mongodb_uri = services.start_store(settings)
@@ -140,6 +152,23 @@ def start_stack(settings: Settings, environ: Mapping[str, str], say: Say) -> Sta
         ensure_crash_detection(settings)
         services.wait_worker_online(settings, worker, settings.startup_timeout_s)
         deployments = list_deployments()
+    gateway_url = None
+    if api_port is not None:
+        gateway_url = f"http://{api_host}:{api_port}/api"
+        say(f"starting the HTTP gateway on {gateway_url}...")
+        proc = services.spawn(
+            "api-gateway",
+            [sys.executable, "-m", "api.cli", "serve"],
+            {**env, "BOTAI_API_JWT_SECRET": environ["BOTAI_API_JWT_SECRET"]},
+            settings,
+        )
+        log_path = services.run_dir(settings) / "api-gateway.log"
+        services.wait_http_ok(
+            f"{gateway_url}/health",
+            settings.startup_timeout_s,
+            proc=proc,
+            what=f"HTTP gateway (see {log_path})",
+        )
     return StackInfo(
         ui_url=settings.prefect_ui_url,
         api_url=settings.prefect_api_url,
@@ -148,7 +177,26 @@ def start_stack(settings: Settings, environ: Mapping[str, str], say: Say) -> Sta
         demo_summary=demo.summary(),
         deployments=deployments,
         seconds_to_ready=time.monotonic() - started,
+        gateway_url=gateway_url,
     )
+
+
+def gateway_port(environ: Mapping[str, str]) -> int | None:
+    """Port of the HTTP gateway (``BOTAI_API_PORT``, default 8000), or None when
+    ``BOTAI_API_JWT_SECRET`` is unset or empty (the gateway is then not started).
+
+    The gateway process (``python -m api.cli serve``, an upper layer this module does not
+    import) validates the rest of its settings itself and exits with a message if invalid.
+
+    Raises:
+        ConfigurationError: ``BOTAI_API_PORT`` is not a port number.
+    """
+    if not environ.get("BOTAI_API_JWT_SECRET"):
+        return None
+    raw = environ.get("BOTAI_API_PORT") or "8000"
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise ConfigurationError(f"BOTAI_API_PORT must be a port number 1-65535 (got {raw!r})")
+    return int(raw)
 
 
 def watch_services(settings: Settings, say: Say, poll_s: float = 2.0) -> None:
@@ -239,6 +287,12 @@ def ready_message(info: StackInfo, settings: Settings) -> str:
         " one process worker",
         f"  state folder: {settings.state_dir}  (logs in {services.run_dir(settings)})",
         f"  blocks:       {', '.join(info.blocks) or 'none'}",
+        (
+            f"  HTTP gateway: {info.gateway_url} (OpenAPI docs at "
+            f"{info.gateway_url.removesuffix('/api')}/docs; a token: botai-api token --user ID --admin)"
+            if info.gateway_url
+            else "  HTTP gateway: off (set BOTAI_API_JWT_SECRET to start it; docs/api.md)"
+        ),
         *(f"  {line}" for line in info.demo_summary.splitlines()),
         f"  deployments ({len(info.deployments)}): {', '.join(info.deployments) or 'none'}",
         "Try next (in another terminal):",

@@ -99,7 +99,10 @@ INDEXES: dict[str, list[IndexModel]] = {
     C.RETRAIN_HISTORY: [IndexModel([("task_id", ASCENDING)], name="task_id")],
     C.STRATEGY_STATE: [IndexModel([("strategy", ASCENDING)], unique=True, name="strategy")],
     C.LOCKS: [],
-    C.API_USAGE: [IndexModel([("user", ASCENDING), ("day", ASCENDING)], name="user_day")],
+    C.API_USAGE: [
+        IndexModel([("user", ASCENDING), ("day", ASCENDING)], name="user_day"),
+        IndexModel([("task_id", ASCENDING)], name="task_id"),
+    ],
 }
 
 CANDLE_FIELDS = (

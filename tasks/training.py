@@ -64,7 +64,7 @@ def find_active_trainings(
     """Queued or running ``train-model`` runs of the same model_type+symbol+timeframe.
 
     Works for runs created from the UI, the CLI or HTTP alike (it reads the Prefect API).
-    The future HTTP gateway calls it (through :func:`assert_no_active_training`) before it
+    The HTTP gateway (api/) calls it (through :func:`assert_no_active_training`) before it
     creates a run; the flow calls it at start for runs created earlier than itself.
 
     Returns:

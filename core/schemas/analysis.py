@@ -1,7 +1,7 @@
 """Parameters and results of the ``bulk-analysis`` and ``predict-price`` flows.
 
 Shared by the flows (so the Prefect UI renders a form and rejects bad input before a run
-exists) and the future HTTP gateway.
+exists) and the HTTP gateway (api/).
 
 Symbol validation in bulk-analysis: the list itself is checked up front (1-500 strings, no
 repeats); a symbol that is not well formed (see :func:`core.market.is_valid_symbol`, e.g.

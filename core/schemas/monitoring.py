@@ -3,7 +3,7 @@
 Shared by the flows (``system-health-check``, ``daily-portfolio-report``,
 ``daily-api-cost-report``, ``daily-performance-analysis``), the pure layer
 (``integrations/health.py``, ``integrations/reports.py``, ``integrations/notifications.py``)
-and the future HTTP gateway.
+and the HTTP gateway (api/).
 """
 
 from __future__ import annotations

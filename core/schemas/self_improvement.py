@@ -2,7 +2,7 @@
 
 Flows: ``llm-self-analysis``, ``adaptive-retrain``, ``emergency-strategy-disable``,
 ``strategy-enable``. Shared by the flows, the pure layer (``integrations/llm.py``) and the
-future HTTP gateway.
+HTTP gateway (api/).
 """
 
 from __future__ import annotations

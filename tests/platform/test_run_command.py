@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,7 @@ from deployments.services import read_records
 from integrations.embedded_mongo import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+GATEWAY_SECRET = "gateway-signing-secret-" + "x" * 24
 
 
 def _wait_for(predicate, timeout_s: float, what: str):
@@ -52,7 +54,7 @@ def _alive(p: psutil.Process) -> bool:
 
 def test_up_ready_serves_ui_and_deployments_then_sigint_leaves_nothing(tmp_path: Path):
     state = tmp_path / "state"
-    port, mongo_port = free_port(), free_port()
+    port, mongo_port, api_port = free_port(), free_port(), free_port()
     env = {
         k: v
         for k, v in os.environ.items()
@@ -65,6 +67,8 @@ def test_up_ready_serves_ui_and_deployments_then_sigint_leaves_nothing(tmp_path:
         BOTAI_MIN_FREE_DISK_GB="0.1",
         BOTAI_DEMO_PROBE_TIMEOUT_S="1",
         BOTAI_BINANCE_BASE_URL=f"http://127.0.0.1:{free_port()}",  # nothing listens: synthetic
+        BOTAI_API_JWT_SECRET=GATEWAY_SECRET,
+        BOTAI_API_PORT=str(api_port),
     )
     settings = Settings(state_dir=state, prefect_port=port, mongodb_port=mongo_port)
     out_path = tmp_path / "up.out"
@@ -141,6 +145,35 @@ def test_up_ready_serves_ui_and_deployments_then_sigint_leaves_nothing(tmp_path:
             (r["name"], r["flow_id"], r["deployment_id"], r["parent_task_run_id"]) for r in runs
         ]
 
+        # the HTTP gateway: started because BOTAI_API_JWT_SECRET is set, creates real runs
+        gateway = f"http://127.0.0.1:{api_port}/api"
+        assert f"HTTP gateway: {gateway}" in text
+        assert httpx.get(f"{gateway}/health", timeout=10).json()["status"] == "ok"
+        token = subprocess.run(
+            [sys.executable, "-m", "api.cli", "token", "--user", "ops", "--admin"],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.strip()
+        today = datetime.now(UTC).date()
+        body = {
+            "strategy_name": "macd",
+            "symbol": "ETHUSDT",
+            "start_date": str(today - timedelta(days=30)),
+            "end_date": str(today),
+        }
+        auth = {"Authorization": f"Bearer {token}"}
+        assert httpx.post(f"{gateway}/tasks/backtest", json=body, timeout=10).status_code == 401
+        accepted = httpx.post(f"{gateway}/tasks/backtest", json=body, headers=auth, timeout=30)
+        assert accepted.status_code == 202, accepted.text
+        run = httpx.get(f"{api}/flow_runs/{accepted.json()['task_id']}", timeout=10).json()
+        assert run["parameters"]["params"]["symbol"] == "ETHUSDT" and "user:ops" in run["tags"]
+        status = httpx.get(gateway + accepted.json()["status_url"][4:], headers=auth, timeout=10)
+        assert status.json()["job"] == "backtest" and status.json()["owner"] == "ops"
+
         def a_run_is_running() -> bool:
             for p in _tree(up.pid):
                 seen[p.pid] = p
@@ -157,6 +190,7 @@ def test_up_ready_serves_ui_and_deployments_then_sigint_leaves_nothing(tmp_path:
             "nx-27017",
             "prefect-server",
             "prefect-worker",
+            "api-gateway",
         }
         for p in _tree(up.pid):
             seen[p.pid] = p
@@ -180,3 +214,7 @@ def test_up_ready_serves_ui_and_deployments_then_sigint_leaves_nothing(tmp_path:
             by_cmdline.append(p.info)
     assert not by_cmdline
     assert not (state / "run" / "services.json").exists()
+    logs = [out_path, *sorted((state / "run").glob("*.log"))]
+    assert any("Uvicorn running" in p.read_text() for p in logs)  # the gateway's own log
+    for path in logs:  # the gateway's signing secret is in no output and no log
+        assert GATEWAY_SECRET not in path.read_text(errors="replace"), path

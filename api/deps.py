@@ -1,0 +1,104 @@
+"""Request dependencies: settings, store, the caller (401), admin (403), task ownership.
+
+Handlers declare what they need with these ``Annotated`` types instead of repeating checks.
+An ``HTTPException`` raised here ends the request before the body is validated or anything
+is queued.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import Depends, HTTPException, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api import quotas
+from api.security import AuthenticationError, Principal, decode_token
+from api.settings import ApiSettings
+from integrations.store import Store
+
+_bearer = HTTPBearer(auto_error=False, description="JWT signed with BOTAI_API_JWT_SECRET")
+_store_lock = threading.Lock()
+
+
+def get_settings(request: Request) -> ApiSettings:
+    """The app's :class:`ApiSettings`."""
+    return request.app.state.settings
+
+
+def get_store(request: Request) -> Store:
+    """The platform store, connected on first use (``app.state.store_factory``)."""
+    state = request.app.state
+    with _store_lock:
+        if state.store is None:
+            state.store = state.store_factory()
+        return state.store
+
+
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
+StoreDep = Annotated[Store, Depends(get_store)]
+
+
+def current_principal(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The verified caller.
+
+    Raises:
+        HTTPException: 401 without a bearer token or with an invalid/expired one.
+    """
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None:
+        raise HTTPException(
+            401, "Authentication required: send 'Authorization: Bearer <JWT>'", challenge
+        )
+    try:
+        return decode_token(credentials.credentials, settings)
+    except AuthenticationError as e:
+        raise HTTPException(401, f"Authentication failed: {e}", challenge) from None
+
+
+CurrentUser = Annotated[Principal, Depends(current_principal)]
+
+
+def require_admin(user: CurrentUser) -> Principal:
+    """The caller, when an admin.
+
+    Raises:
+        HTTPException: 403 "Admin privileges required".
+    """
+    if not user.is_admin:
+        raise HTTPException(403, "Admin privileges required")
+    return user
+
+
+AdminUser = Annotated[Principal, Depends(require_admin)]
+
+
+def visible_task(
+    task_id: Annotated[UUID, Path(description="The flow run id returned on creation.")],
+    user: CurrentUser,
+    store: StoreDep,
+) -> tuple[str, dict | None]:
+    """A task the caller may see: their own, or any run for an admin.
+
+    Returns:
+        (task id, its ``api_usage`` document or None for runs not started by the gateway).
+
+    Raises:
+        HTTPException: 404 for a regular user and a run they did not start through the
+            gateway; 403 for another user's task.
+    """
+    owner = quotas.owner_of(store, str(task_id))
+    if not user.is_admin:
+        if owner is None:
+            raise HTTPException(404, f"No task {task_id} was started by you")
+        if owner["user"] != user.user:
+            raise HTTPException(403, "Access denied: this task belongs to another user")
+    return str(task_id), owner
+
+
+VisibleTask = Annotated[tuple[str, dict | None], Depends(visible_task)]

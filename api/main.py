@@ -1,0 +1,120 @@
+"""The gateway app: ``create_app(settings)``; ``botai api`` serves it with uvicorn.
+
+Every error answer is ``{"error": "<what went wrong and what to change>"}``. Platform
+exceptions map to status codes here, once: invalid input 422, not found 404, duplicate
+training 409, quota 429 (with Retry-After), misconfiguration and unreachable services 503.
+Unexpected errors answer 500 with the exception type only (the log has the traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from api.quotas import QuotaExceededError
+from api.routes import router
+from api.service import TaskConflictError
+from api.settings import ApiSettings
+from core.exceptions import (
+    ConfigurationError,
+    DuplicateRunError,
+    InvalidInputError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
+from integrations.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
+    return "Invalid parameters: " + "; ".join(parts)
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, _validation_message(exc))
+
+    @app.exception_handler(InvalidInputError)
+    async def invalid_input(_: Request, exc: InvalidInputError) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @app.exception_handler(NotFoundError)
+    async def not_found(_: Request, exc: NotFoundError) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(DuplicateRunError)
+    async def duplicate(_: Request, exc: DuplicateRunError) -> JSONResponse:
+        return _error(409, str(exc))
+
+    @app.exception_handler(TaskConflictError)
+    async def conflict(_: Request, exc: TaskConflictError) -> JSONResponse:
+        return _error(409, str(exc))
+
+    @app.exception_handler(QuotaExceededError)
+    async def quota(_: Request, exc: QuotaExceededError) -> JSONResponse:
+        return _error(429, str(exc), {"Retry-After": str(exc.retry_after_s)})
+
+    @app.exception_handler(ConfigurationError)
+    @app.exception_handler(ServiceUnavailableError)
+    async def unavailable(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("request refused: %s", exc)
+        return _error(503, str(exc))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _error(500, f"Internal error ({type(exc).__name__}); see the gateway log")
+
+
+def create_app(settings: ApiSettings, store_factory: Callable[[], Store] | None = None) -> FastAPI:
+    """Build the gateway.
+
+    Args:
+        settings: see :class:`ApiSettings`.
+        store_factory: returns the platform store; default: the ``mongodb`` block
+            (``blocks.loader.load_store``), connected on the first request that needs it.
+
+    Returns:
+        the FastAPI app (OpenAPI docs at ``/docs``).
+    """
+    if store_factory is None:
+        from blocks.loader import load_store
+
+        store_factory = load_store
+    app = FastAPI(
+        title="BotAI task gateway",
+        summary="Start and follow the trading bot's AI jobs (Prefect flow runs) over HTTP.",
+        version="1.0",
+    )
+    app.state.settings = settings
+    app.state.store_factory = store_factory
+    app.state.store = None
+    _install_handlers(app)
+    app.include_router(router)
+    return app
+
+
+def serve(settings: ApiSettings) -> None:
+    """Run the gateway with uvicorn on ``settings.host:settings.port`` until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")

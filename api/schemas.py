@@ -1,0 +1,48 @@
+"""Response bodies of the gateway (requests use the flows' own parameter models)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+#: Task status as the spec names it (Celery's words), from the Prefect state type.
+TaskStatusName = Literal["PENDING", "PROGRESS", "SUCCESS", "FAILURE", "REVOKED"]
+
+
+class ErrorBody(BaseModel):
+    """Every non-2xx answer: what went wrong and what to change."""
+
+    error: str
+
+
+class TaskAccepted(BaseModel):
+    """202 answer to ``POST /api/tasks/{job}``."""
+
+    task_id: str = Field(description="The Prefect flow run id.")
+    status: TaskStatusName = "PENDING"
+    status_url: str
+    job: str
+    quota_remaining_today: int
+
+
+class TaskStatus(BaseModel):
+    """``GET /api/tasks/{task_id}``."""
+
+    task_id: str
+    job: str | None = Field(description="Gateway job name; None for runs started elsewhere.")
+    flow_name: str | None
+    status: TaskStatusName
+    state: str = Field(description="Prefect state name, e.g. Scheduled, Running, Completed.")
+    message: str | None = Field(description="Prefect state message (the error on failure).")
+    progress_pct: float | None = Field(description="Latest progress artifact value, 0-100.")
+    stage: str | None = Field(description="Latest progress stage, e.g. 'Training epoch 3/10'.")
+    created_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    owner: str | None
+    result: dict[str, Any] | None = Field(
+        description="The run's saved result document (train, backtest, optimize), when done."
+    )
+    ui_url: str | None = None
