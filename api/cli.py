@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from core.exceptions import BotAIError
-from core.settings import REPO_ROOT, Settings
+from core.settings import Settings
 
 
 def _serve(_args: argparse.Namespace) -> int:
@@ -69,17 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``botai-api``. Returns the exit code."""
-    from deployments.cli import load_dotenv
+    from deployments.cli import run_command
 
-    args = build_parser().parse_args(argv)
-    load_dotenv(REPO_ROOT / ".env")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    try:
-        return args.func(args)
-    except BotAIError as e:
-        sys.stderr.write(f"botai-api {args.command}: {e}\n")
-        return 1
+    return run_command("botai-api", build_parser(), argv, lambda args: args.func(args))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,18 @@ from integrations.store import Store
 log = logging.getLogger(__name__)
 
 
+#: Platform exceptions and their HTTP status (the first matching class wins).
+STATUS_OF_ERROR: dict[type[Exception], int] = {
+    InvalidInputError: 422,
+    NotFoundError: 404,
+    DuplicateRunError: 409,
+    TaskConflictError: 409,
+    QuotaExceededError: 429,
+    ConfigurationError: 503,
+    ServiceUnavailableError: 503,
+}
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -53,31 +65,17 @@ def _install_handlers(app: FastAPI) -> None:
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(422, _validation_message(exc))
 
-    @app.exception_handler(InvalidInputError)
-    async def invalid_input(_: Request, exc: InvalidInputError) -> JSONResponse:
-        return _error(422, str(exc))
+    async def platform_error(_: Request, exc: Exception) -> JSONResponse:
+        status = next(code for cls, code in STATUS_OF_ERROR.items() if isinstance(exc, cls))
+        if status == 503:
+            log.warning("request refused: %s", exc)
+        headers = None
+        if isinstance(exc, QuotaExceededError):
+            headers = {"Retry-After": str(exc.retry_after_s)}
+        return _error(status, str(exc), headers)
 
-    @app.exception_handler(NotFoundError)
-    async def not_found(_: Request, exc: NotFoundError) -> JSONResponse:
-        return _error(404, str(exc))
-
-    @app.exception_handler(DuplicateRunError)
-    async def duplicate(_: Request, exc: DuplicateRunError) -> JSONResponse:
-        return _error(409, str(exc))
-
-    @app.exception_handler(TaskConflictError)
-    async def conflict(_: Request, exc: TaskConflictError) -> JSONResponse:
-        return _error(409, str(exc))
-
-    @app.exception_handler(QuotaExceededError)
-    async def quota(_: Request, exc: QuotaExceededError) -> JSONResponse:
-        return _error(429, str(exc), {"Retry-After": str(exc.retry_after_s)})
-
-    @app.exception_handler(ConfigurationError)
-    @app.exception_handler(ServiceUnavailableError)
-    async def unavailable(_: Request, exc: Exception) -> JSONResponse:
-        log.warning("request refused: %s", exc)
-        return _error(503, str(exc))
+    for cls in STATUS_OF_ERROR:
+        app.add_exception_handler(cls, platform_error)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from core.exceptions import BotAIError
@@ -170,18 +170,28 @@ def load_dotenv(path: Path) -> list[str]:
     return added
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``botai`` console script. Returns the exit code."""
-    args = build_parser().parse_args(argv)
+def run_command(
+    prog: str,
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    call: Callable[[argparse.Namespace], int],
+) -> int:
+    """Parse ``argv``, read ``.env``, set up logging and run ``call``; a platform error is
+    printed as ``<prog> <command>: <message>`` with exit code 1. Returns the exit code."""
+    args = parser.parse_args(argv)
     load_dotenv(REPO_ROOT / ".env")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        settings = Settings()
-        return args.func(args, settings)
+        return call(args)
     except BotAIError as e:
-        print(f"botai {args.command}: {e}", file=sys.stderr)
+        print(f"{prog} {args.command}: {e}", file=sys.stderr)
         return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``botai`` console script. Returns the exit code."""
+    return run_command("botai", build_parser(), argv, lambda args: args.func(args, Settings()))
 
 
 if __name__ == "__main__":

@@ -65,7 +65,11 @@ def test_two_at_a_time_cancel_checkpoint_resume_and_duplicate(
     store = mongo_block
     for i, sym in enumerate(("BTCUSDT", "ETHUSDT", "SOLUSDT")):
         store.upsert_candles(sym, "1h", make_candles(760, seed=i), source="synthetic")
-    long_a = TrainModelParams(model_type="lstm", symbol="BTCUSDT", epochs=1000, **FAST)
+    # A must still be training when it is cancelled, however fast this machine trains the tiny
+    # B and C networks: a wider, longer-window network makes its 1000 epochs take minutes
+    long_a = TrainModelParams(
+        model_type="lstm", symbol="BTCUSDT", epochs=1000, **{**FAST, "units": 64, "lookback": 24}
+    )
     short_b = TrainModelParams(model_type="gru", symbol="ETHUSDT", epochs=3, **FAST)
     short_c = TrainModelParams(model_type="gru", symbol="SOLUSDT", epochs=3, **FAST)
     with get_client(sync_client=True) as client:
@@ -122,6 +126,7 @@ def test_two_at_a_time_cancel_checkpoint_resume_and_duplicate(
         job = store.col(C.TRAINING_JOBS).find_one({"task_id": str(a)})
         assert job["status"] == "cancelled"
         done = len(job["epochs"])
+        print(f"run A: cancelled after {done} of 1000 epochs")
         ckpt = Settings().checkpoint_dir
         saved = sorted(ckpt.glob(f"lstm_BTCUSDT_{a}_epoch_*.npz"))
         assert saved, "no checkpoint written on cancel"
