@@ -42,7 +42,16 @@ def used_today(store: Store, user: str, job: str, now: datetime) -> int:
     return store.col(C.API_USAGE).count_documents({"user": user, "job": job, "day": utc_day(now)})
 
 
-def reserve(store: Store, user: str, job: str, limit: int, noun: str, now: datetime) -> Any:
+def reserve(
+    store: Store,
+    user: str,
+    job: str,
+    limit: int,
+    noun: str,
+    now: datetime,
+    idempotency_key: str | None = None,
+    params_sha256: str | None = None,
+) -> Any:
     """Take one of ``user``'s ``limit`` daily slots for ``job``.
 
     Returns:
@@ -52,7 +61,15 @@ def reserve(store: Store, user: str, job: str, limit: int, noun: str, now: datet
         QuotaExceededError: "Max {limit} {noun} per day exceeded" (nothing is kept).
     """
     col = store.col(C.API_USAGE)
-    doc = {"user": user, "job": job, "day": utc_day(now), "created_at": now, "task_id": None}
+    doc = {
+        "user": user,
+        "job": job,
+        "day": utc_day(now),
+        "created_at": now,
+        "task_id": None,
+        "idempotency_key": idempotency_key,
+        "params_sha256": params_sha256,
+    }
     reservation = col.insert_one(doc).inserted_id
     if used_today(store, user, job, now) > limit:
         col.delete_one({"_id": reservation})
@@ -62,9 +79,26 @@ def reserve(store: Store, user: str, job: str, limit: int, noun: str, now: datet
     return reservation
 
 
-def confirm(store: Store, reservation: Any, task_id: str) -> None:
-    """Record the run created for ``reservation`` (its owner is then the reserving user)."""
-    store.col(C.API_USAGE).update_one({"_id": reservation}, {"$set": {"task_id": task_id}})
+def confirm(store: Store, reservation: Any, task_id: str) -> bool:
+    """Record the run created for ``reservation`` (its owner is then the reserving user).
+
+    Returns:
+        False, with the reservation released, when another reservation already holds this
+        run (two requests with one idempotency key: the run is counted once).
+    """
+    col = store.col(C.API_USAGE)
+    if col.count_documents({"task_id": task_id}) > 0:
+        col.delete_one({"_id": reservation})
+        return False
+    col.update_one({"_id": reservation}, {"$set": {"task_id": task_id}})
+    return True
+
+
+def find_by_key(store: Store, user: str, job: str, idempotency_key: str) -> dict[str, Any] | None:
+    """The ``api_usage`` document of ``user``'s earlier ``job`` request with this key, or None."""
+    return store.col(C.API_USAGE).find_one(
+        {"user": user, "job": job, "idempotency_key": idempotency_key}, {"_id": 0}
+    )
 
 
 def release(store: Store, reservation: Any) -> None:

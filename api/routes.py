@@ -8,7 +8,7 @@ FastAPI must see the job's parameter model itself, not a string naming a local v
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Header, Response
 from pydantic import BaseModel
 
 from api import quotas, service
@@ -26,6 +26,19 @@ from api.security import Principal
 
 router = APIRouter(prefix="/api")
 
+#: A retried request with the same key gets the same task instead of a second run.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Optional. Retrying with the same key (same parameters) returns the "
+        "task the first request created; no second run, no quota used.",
+    ),
+]
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "No token, or an invalid or expired one."},
     403: {"model": ErrorBody, "description": "Admin privileges required / not your task."},
@@ -42,8 +55,11 @@ def _start_route(job: Job) -> Any:
         params: params_model,  # type: ignore[valid-type]
         store: StoreDep,
         settings: SettingsDep,
+        idempotency_key: IdempotencyKey = None,
     ) -> TaskAccepted:
-        return service.start_task(job, params, user, store, settings)
+        return service.start_task(
+            job, params, user, store, settings, idempotency_key=idempotency_key
+        )
 
     start.__name__ = f"start_{job.name.replace('-', '_')}"
     return start

@@ -25,6 +25,11 @@ class TaskAccepted(BaseModel):
     status_url: str
     job: str
     quota_remaining_today: int
+    replayed: bool = Field(
+        default=False,
+        description="True when this Idempotency-Key had already created the task: same task, "
+        "no new run, no quota used.",
+    )
 
 
 class TaskStatus(BaseModel):

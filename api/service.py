@@ -7,6 +7,7 @@ HTTP answers.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +31,12 @@ from api.jobs import JOBS, Job
 from api.schemas import TaskAccepted, TaskStatus, TaskStatusName
 from api.security import Principal
 from api.settings import ApiSettings
-from core.exceptions import ConfigurationError, NotFoundError, ServiceUnavailableError
+from core.exceptions import (
+    ConfigurationError,
+    InvalidInputError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from integrations.store import Store
 
 log = logging.getLogger(__name__)
@@ -66,16 +72,20 @@ def start_task(
     store: Store,
     settings: ApiSettings,
     now: datetime | None = None,
+    idempotency_key: str | None = None,
 ) -> TaskAccepted:
     """Create a flow run of ``job``'s deployment for ``user``.
 
-    Order: the job's pre-check (train: no same model+symbol+timeframe queued or running) ->
-    one quota slot -> the run. A failure at any step leaves nothing queued and no slot used.
+    Order: a replay (same ``idempotency_key`` seen before for this user and job: the same
+    answer again, nothing new) -> the job's pre-check (train: no same model+symbol+timeframe
+    queued or running) -> one quota slot -> the run. A failure at any step leaves nothing
+    queued and no slot used.
 
     Returns:
-        the 202 body.
+        the 202 body (``replayed`` true when the key had already created the run).
 
     Raises:
+        InvalidInputError: the idempotency key was used before with other parameters.
         DuplicateRunError: a training of the same key is queued or running.
         QuotaExceededError: the user's daily limit for the job is reached.
         ConfigurationError: the deployment is not registered.
@@ -84,27 +94,77 @@ def start_task(
     now = now or datetime.now(UTC)
     if job.who_field:
         params = params.model_copy(update={job.who_field: user.user})
+    limit = daily_limit(job, settings)
+    digest = _params_digest(params)
+    if idempotency_key is not None:
+        earlier = quotas.find_by_key(store, user.user, job.name, idempotency_key)
+        if earlier is not None:
+            return _replay(earlier, digest, job, limit, store, user, now)
     if job.precheck is not None:
         _prefect_call(lambda: job.precheck(params))
-    limit = daily_limit(job, settings)
-    reservation = quotas.reserve(store, user.user, job.name, limit, job.quota_noun, now)
+    reservation = quotas.reserve(
+        store, user.user, job.name, limit, job.quota_noun, now, idempotency_key, digest
+    )
     try:
-        run = _prefect_call(lambda: _create_run(job, params, user))
+        run = _prefect_call(lambda: _create_run(job, params, user, idempotency_key))
     except BaseException:
         quotas.release(store, reservation)
         raise
-    quotas.confirm(store, reservation, str(run.id))
+    if not quotas.confirm(store, reservation, str(run.id)):
+        # a concurrent request with the same key created (and counted) this run first
+        return _replay(quotas.owner_of(store, str(run.id)), digest, job, limit, store, user, now)
     log.info("user %s started %s: run %s (%s)", user.user, job.name, run.id, run.name)
+    return _accepted(str(run.id), job, limit, store, user, now)
+
+
+def _params_digest(params: BaseModel) -> str:
+    return hashlib.sha256(params.model_dump_json().encode()).hexdigest()
+
+
+def _accepted(
+    task_id: str,
+    job: Job,
+    limit: int,
+    store: Store,
+    user: Principal,
+    now: datetime,
+    replayed: bool = False,
+) -> TaskAccepted:
     return TaskAccepted(
-        task_id=str(run.id),
+        task_id=task_id,
         status="PENDING",
-        status_url=f"/api/tasks/{run.id}",
+        status_url=f"/api/tasks/{task_id}",
         job=job.name,
         quota_remaining_today=max(0, limit - quotas.used_today(store, user.user, job.name, now)),
+        replayed=replayed,
     )
 
 
-def _create_run(job: Job, params: BaseModel, user: Principal) -> FlowRun:
+def _replay(
+    earlier: dict[str, Any] | None,
+    digest: str,
+    job: Job,
+    limit: int,
+    store: Store,
+    user: Principal,
+    now: datetime,
+) -> TaskAccepted:
+    if earlier is None or earlier.get("task_id") is None:
+        raise TaskConflictError(
+            "a request with this Idempotency-Key is still being processed; retry in a moment"
+        )
+    if earlier.get("params_sha256") != digest:
+        raise InvalidInputError(
+            "Idempotency-Key was already used with different parameters: "
+            "send a new key for a new task"
+        )
+    log.info("user %s replayed %s: run %s", user.user, job.name, earlier["task_id"])
+    return _accepted(earlier["task_id"], job, limit, store, user, now, replayed=True)
+
+
+def _create_run(
+    job: Job, params: BaseModel, user: Principal, idempotency_key: str | None
+) -> FlowRun:
     with get_client(sync_client=True) as client:
         try:
             deployment = client.read_deployment_by_name(job.deployment)
@@ -117,6 +177,10 @@ def _create_run(job: Job, params: BaseModel, user: Principal) -> FlowRun:
             deployment.id,
             parameters={"params": params.model_dump(mode="json")},
             tags=["api", f"user:{user.user}"],
+            # Prefect returns the existing run for a key it has seen (per flow, forever)
+            idempotency_key=(
+                f"api:{user.user}:{job.name}:{idempotency_key}" if idempotency_key else None
+            ),
         )
 
 

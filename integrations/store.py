@@ -102,6 +102,7 @@ INDEXES: dict[str, list[IndexModel]] = {
     C.API_USAGE: [
         IndexModel([("user", ASCENDING), ("day", ASCENDING)], name="user_day"),
         IndexModel([("task_id", ASCENDING)], name="task_id"),
+        IndexModel([("user", ASCENDING), ("idempotency_key", ASCENDING)], name="user_key"),
     ],
 }
 

@@ -235,6 +235,34 @@ def test_users_see_and_cancel_only_their_own_tasks(
     assert r.status_code == 409 and "already ended" in r.json()["error"]
 
 
+def test_a_retried_request_with_an_idempotency_key_gets_the_same_task(
+    client: TestClient, settings: ApiSettings, store: Store
+):
+    admin = bearer(settings, "ike", admin=True)
+    body = {**TRAIN, "symbol": "APIKUSDT"}
+    first = client.post("/api/tasks/train", json=body, headers={**admin, "Idempotency-Key": "k-1"})
+    assert first.status_code == 202 and first.json()["replayed"] is False
+    # the retry would be a duplicate training (409) without the key; with it, the same task
+    again = client.post("/api/tasks/train", json=body, headers={**admin, "Idempotency-Key": "k-1"})
+    assert again.status_code == 202, again.json()
+    assert again.json()["task_id"] == first.json()["task_id"] and again.json()["replayed"] is True
+    assert again.json()["quota_remaining_today"] == settings.trainings_per_day - 1
+    assert len(runs_of("ike")) == 1
+    other = {**body, "epochs": 7}
+    r = client.post("/api/tasks/train", json=other, headers={**admin, "Idempotency-Key": "k-1"})
+    assert r.status_code == 422 and "different parameters" in r.json()["error"]
+    # keys are per user: the same key from another user is a new request
+    r = client.post(
+        "/api/tasks/train",
+        json={**body, "symbol": "APILUSDT"},
+        headers={**bearer(settings, "jon", admin=True), "Idempotency-Key": "k-1"},
+    )
+    assert r.status_code == 202 and r.json()["replayed"] is False
+    r = client.post("/api/tasks/train", json=body, headers={**admin, "Idempotency-Key": "k 1"})
+    assert r.status_code == 422 and "Idempotency-Key" in r.json()["error"]
+    assert store.col(C.API_USAGE).count_documents({"user": "ike"}) == 1
+
+
 def test_unreachable_prefect_or_missing_deployment_is_503_and_uses_no_quota(
     client: TestClient, settings: ApiSettings, store: Store
 ):
