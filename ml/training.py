@@ -263,6 +263,11 @@ def _default_fit(model: keras.Model, x: np.ndarray, y: np.ndarray, **kwargs: Any
 class _Loop(keras.callbacks.Callback):
     """Per-epoch bookkeeping: snapshots, checkpoints, divergence, patience, time limit."""
 
+    #: The batch hooks only call ``check_interrupt``, so Keras may keep dispatching them on its
+    #: callback threads (without this, overriding them makes Keras wait for every batch's
+    #: logs). An exception raised there reaches ``fit`` in the main thread at the next batch.
+    async_safe = True
+
     def __init__(
         self,
         config: TrainConfig,
@@ -272,8 +277,10 @@ class _Loop(keras.callbacks.Callback):
         on_epoch: EpochHook | None,
         started: float,
         clock: Callable[[], float],
+        check_interrupt: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
+        self.check_interrupt = check_interrupt
         self.config, self.checkpoints, self.run_id = config, checkpoints, run_id
         self.meta, self.on_epoch, self.started, self.clock = meta, on_epoch, started, clock
         self.history: list[dict[str, float]] = list(meta.get("history", []))
@@ -286,6 +293,14 @@ class _Loop(keras.callbacks.Callback):
         self.diverged: dict[str, float] | None = None
         self.timed_out = False
         self.saved: list[str] = []
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.check_interrupt is not None:
+            self.check_interrupt()
+
+    def on_test_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.check_interrupt is not None:
+            self.check_interrupt()
 
     def take_snapshot(self) -> None:
         opt = self.model.optimizer
@@ -380,6 +395,7 @@ def train(
     fit: FitFn | None = None,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
     clock: Callable[[], float] = time.monotonic,
+    check_interrupt: Callable[[], None] | None = None,
 ) -> TrainOutcome:
     """Train a direction classifier on ``dataset``.
 
@@ -389,6 +405,8 @@ def train(
         on_epoch: called after each kept epoch with (epoch, epochs, metrics).
         fit: ``fit(model, x, y, **kwargs)``; default ``model.fit`` (fault injection point).
         extra_callbacks: Keras callbacks run before the loop's own (fault injection point).
+        check_interrupt: called after every training and validation batch; it raises to stop
+            training (handled like any interruption: checkpoint of the last epoch, re-raise).
 
     Returns:
         the outcome; the model holds the weights of the best validation epoch.
@@ -428,7 +446,7 @@ def train(
     elif initial_weights is not None:
         model.set_weights(initial_weights)
     started = clock()
-    loop = _Loop(config, checkpoints, run_id, meta, on_epoch, started, clock)
+    loop = _Loop(config, checkpoints, run_id, meta, on_epoch, started, clock, check_interrupt)
     loop.set_model(model)
     if best_from_ckpt:
         loop.best_weights = best_from_ckpt

@@ -101,6 +101,61 @@ def test_interrupted_training_checkpoints_last_epoch_and_resumes(dataset, tmp_pa
     assert [h["epoch"] for h in out.history] == [1, 2, 3, 4, 5, 6]
 
 
+def test_cancel_intent_without_its_signal_stops_training_at_a_batch_with_a_checkpoint(
+    dataset, tmp_path
+):
+    """The runner recorded "cancel" but no TerminationSignal came (seen with Prefect 3.9.1):
+    after the grace the watch raises it itself, between two batches, and the loop keeps the
+    last completed epoch."""
+    from prefect.exceptions import TerminationSignal
+
+    from tasks.training import CancelWatch
+
+    store = _ckpts(tmp_path, "gru")
+    intent: dict[str, str | None] = {"now": None}
+    ticks = iter(range(10**6))  # every clock read is one second later
+
+    class _CancelDuringEpoch3(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                intent["now"] = "cancel"
+
+    watch = CancelWatch(grace_s=3, intent=lambda: intent["now"], clock=lambda: next(ticks))
+    cfg = TrainConfig("gru", epochs=6, batch_size=64, checkpoint_interval=100, units=8)
+    with pytest.raises(TerminationSignal):
+        train(
+            dataset,
+            cfg,
+            checkpoints=store,
+            run_id="lost",
+            extra_callbacks=[_CancelDuringEpoch3()],
+            check_interrupt=watch,
+        )
+    latest = store.latest()
+    assert latest is not None and latest.epoch == 2  # epoch 3 was cut short, not saved
+
+
+def test_cancel_watch_waits_for_the_signal_before_raising():
+    from prefect.exceptions import TerminationSignal
+
+    from tasks.training import CancelWatch
+
+    now = {"t": 0.0, "intent": None}
+    watch = CancelWatch(grace_s=2, intent=lambda: now["intent"], clock=lambda: now["t"])
+    watch()  # no intent: nothing
+    now["intent"] = "cancel"
+    watch()  # intent seen at t=0
+    now["t"] = 1.9
+    watch()  # still within the grace: the real SIGTERM may be on its way
+    now["intent"], now["t"] = None, 5.0
+    watch()  # intent cleared (the engine handled it): the clock restarts
+    now["intent"] = "cancel"
+    watch()
+    now["t"] = 7.0
+    with pytest.raises(TerminationSignal):
+        watch()
+
+
 def test_checkpoints_are_sealed_and_only_their_key_reads_them(tmp_path, caplog):
     """A checkpoint holds the weights, so it is encrypted like a registered model."""
     store = _ckpts(tmp_path, "gru")

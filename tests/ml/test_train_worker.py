@@ -63,12 +63,16 @@ def test_two_at_a_time_cancel_checkpoint_resume_and_duplicate(
 ):
     _, deployment_id = worker_pool
     store = mongo_block
-    for i, sym in enumerate(("BTCUSDT", "ETHUSDT", "SOLUSDT")):
-        store.upsert_candles(sym, "1h", make_candles(760, seed=i), source="synthetic")
-    # A must still be training when it is cancelled, however fast this machine trains the tiny
-    # B and C networks: a wider, longer-window network makes its 1000 epochs take minutes
+    # A must still be training when the test cancels it, however fast this machine is: it
+    # trains the same tiny network as B and C on 4x the samples in batches of 16, so its
+    # 1000 epochs take minutes (the tiny network answers SIGTERM within a batch)
+    for i, (sym, bars) in enumerate((("BTCUSDT", 2900), ("ETHUSDT", 760), ("SOLUSDT", 760))):
+        store.upsert_candles(sym, "1h", make_candles(bars, seed=i), source="synthetic")
     long_a = TrainModelParams(
-        model_type="lstm", symbol="BTCUSDT", epochs=1000, **{**FAST, "units": 64, "lookback": 24}
+        model_type="lstm",
+        symbol="BTCUSDT",
+        epochs=1000,
+        **{**FAST, "days_of_data": 120, "batch_size": 16},
     )
     short_b = TrainModelParams(model_type="gru", symbol="ETHUSDT", epochs=3, **FAST)
     short_c = TrainModelParams(model_type="gru", symbol="SOLUSDT", epochs=3, **FAST)
