@@ -30,7 +30,8 @@ def env(monkeypatch, mongo_block: Store, model_store_block):
 
 def _poll_artifact(key: str, stop: threading.Event, seen: list[tuple[float, str]]) -> None:
     with get_client(sync_client=True) as client:
-        while not stop.is_set():
+        while True:
+            last_read = stop.is_set()  # one more read after the flow returned: its final update
             arts = client.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
             )
@@ -38,6 +39,8 @@ def _poll_artifact(key: str, stop: threading.Event, seen: list[tuple[float, str]
                 item = (float(a.data), a.description or "")
                 if not seen or seen[-1] != item:
                     seen.append(item)
+            if last_read:
+                return
             stop.wait(0.1)
 
 
