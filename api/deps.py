@@ -75,9 +75,6 @@ def require_admin(user: CurrentUser) -> Principal:
     return user
 
 
-AdminUser = Annotated[Principal, Depends(require_admin)]
-
-
 def visible_task(
     task_id: Annotated[UUID, Path(description="The flow run id returned on creation.")],
     user: CurrentUser,

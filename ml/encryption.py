@@ -21,11 +21,6 @@ MAGIC = b"BOTAIGCM1"
 _NONCE_BYTES = 12
 
 
-def is_sealed(blob: bytes) -> bool:
-    """Return True when ``blob`` starts with the sealed-file header."""
-    return blob.startswith(MAGIC)
-
-
 def encrypt_bytes(plain: bytes, key: bytes, associated: bytes) -> bytes:
     """AES-256-GCM encrypt. Returns ``MAGIC | nonce | ciphertext+tag``."""
     nonce = os.urandom(_NONCE_BYTES)
@@ -41,7 +36,7 @@ def decrypt_bytes(blob: bytes, key: bytes, associated: bytes) -> bytes:
     Raises:
         ConfigurationError: not a sealed file, or wrong key / tampered or renamed file.
     """
-    if not is_sealed(blob):
+    if not blob.startswith(MAGIC):
         raise ConfigurationError("file is not an encrypted BotAI model file (bad header)")
     nonce = blob[len(MAGIC) : len(MAGIC) + _NONCE_BYTES]
     try:
