@@ -28,6 +28,14 @@ class ServiceUnavailableError(RetryableError):
     """A peer (MongoDB, an HTTP API, the Prefect API) did not answer or answered 5xx."""
 
 
+class StoreUnavailableError(ServiceUnavailableError):
+    """The MongoDB store did not answer in time or dropped the connection (it may be restarting)."""
+
+
+class PrefectUnavailableError(ServiceUnavailableError):
+    """The Prefect API did not answer in time, refused the connection or answered 5xx."""
+
+
 class RateLimitedError(RetryableError):
     """The peer asked us to slow down (HTTP 429/418).
 
@@ -75,6 +83,14 @@ class PeerRejectedError(OperationalError):
 
 class LLMDisabledError(OperationalError):
     """The LLM kill switch is on (set by the cost report); callers take their fallback."""
+
+
+class StoreError(OperationalError):
+    """The store refused an operation permanently (bad query, duplicate key, document too large)."""
+
+
+class DeadLetteredError(OperationalError):
+    """A run exhausted its recovery attempts and was moved to the dead-letter collection."""
 
 
 class TrainingError(OperationalError):

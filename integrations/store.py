@@ -57,6 +57,8 @@ class C:
     STRATEGY_STATE = "strategy_state"
     LOCKS = "locks"
     API_USAGE = "api_usage"
+    TASK_RESULTS = "task_results"  # every job's result, one document per task (flow run) id
+    DEAD_LETTERS = "dead_letters"  # runs that exhausted their recovery attempts
 
 
 #: Indexes of every collection: unique keys and TTLs. Applied by :meth:`Store.ensure_indexes`.
@@ -104,6 +106,8 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("task_id", ASCENDING)], name="task_id"),
         IndexModel([("user", ASCENDING), ("idempotency_key", ASCENDING)], name="user_key"),
     ],
+    C.TASK_RESULTS: [IndexModel([("task_id", ASCENDING)], unique=True, name="task_id")],
+    C.DEAD_LETTERS: [IndexModel([("task_id", ASCENDING)], unique=True, name="task_id")],
 }
 
 CANDLE_FIELDS = (
