@@ -86,6 +86,7 @@ def runs_of(user: str) -> list:
         )
 
 
+@pytest.mark.tc("TC-ASYNC-099")
 def test_settings_reject_missing_placeholder_and_short_secrets_without_echoing_them(
     monkeypatch,
 ):
@@ -104,6 +105,7 @@ def test_settings_reject_missing_placeholder_and_short_secrets_without_echoing_t
     assert SECRET not in repr(load_api_settings(jwt_secret=SECRET))
 
 
+@pytest.mark.tc("TC-ASYNC-094", "TC-ASYNC-029")
 def test_unauthenticated_and_regular_users_cannot_train_and_nothing_is_queued(
     client: TestClient, settings: ApiSettings, store: Store, caplog
 ):
@@ -126,6 +128,7 @@ def test_unauthenticated_and_regular_users_cannot_train_and_nothing_is_queued(
     assert SECRET not in caplog.text
 
 
+@pytest.mark.tc("TC-ASYNC-002")
 def test_invalid_parameters_are_named_and_nothing_is_queued(
     client: TestClient, settings: ApiSettings, store: Store
 ):
@@ -145,6 +148,7 @@ def test_invalid_parameters_are_named_and_nothing_is_queued(
     assert store.col(C.API_USAGE).count_documents({}) == 0
 
 
+@pytest.mark.tc("TC-ASYNC-010")
 def test_admin_starts_a_training_reads_its_status_and_cannot_queue_a_duplicate(
     client: TestClient, settings: ApiSettings, store: Store
 ):
@@ -172,6 +176,7 @@ def test_admin_starts_a_training_reads_its_status_and_cannot_queue_a_duplicate(
     assert quotas.used_today(store, "alice", "train", datetime.now(UTC)) == 1
 
 
+@pytest.mark.tc("TC-ASYNC-095", "TC-ASYNC-028")
 def test_eleventh_training_of_the_day_is_refused_until_the_next_utc_day(
     client: TestClient, settings: ApiSettings, store: Store
 ):
@@ -204,6 +209,7 @@ def test_eleventh_training_of_the_day_is_refused_until_the_next_utc_day(
     assert quotas.used_today(store, "quinn", "train", tomorrow) == 1
 
 
+@pytest.mark.tc("TC-ASYNC-098")
 def test_users_see_and_cancel_only_their_own_tasks(
     client: TestClient, settings: ApiSettings, store: Store
 ):
@@ -237,6 +243,7 @@ def test_users_see_and_cancel_only_their_own_tasks(
     assert r.status_code == 409 and "already ended" in r.json()["error"]
 
 
+@pytest.mark.tc("TC-ASYNC-010")
 def test_a_retried_request_with_an_idempotency_key_gets_the_same_task(
     client: TestClient, settings: ApiSettings, store: Store
 ):
@@ -265,6 +272,7 @@ def test_a_retried_request_with_an_idempotency_key_gets_the_same_task(
     assert store.col(C.API_USAGE).count_documents({"user": "ike"}) == 1
 
 
+@pytest.mark.tc("TC-ASYNC-076")
 def test_unreachable_prefect_or_missing_deployment_is_503_and_uses_no_quota(
     client: TestClient, settings: ApiSettings, store: Store
 ):
@@ -283,6 +291,7 @@ def test_unreachable_prefect_or_missing_deployment_is_503_and_uses_no_quota(
     assert store.col(C.API_USAGE).count_documents({}) == 0
 
 
+@pytest.mark.tc("TC-ASYNC-066")
 def test_a_backtest_runs_end_to_end_through_a_worker(
     pools,
     settings: ApiSettings,
@@ -324,6 +333,7 @@ def test_a_backtest_runs_end_to_end_through_a_worker(
     assert len(result["equity_curve"]) == 31  # one point per day of August
 
 
+@pytest.mark.tc("TC-ASYNC-031")
 def test_health_reports_both_backends(client: TestClient):
     r = client.get("/api/health")
     assert r.status_code == 200 and r.json()["status"] == "ok"

@@ -38,6 +38,7 @@ def _artifacts(flow_run_id: str) -> list:
         )
 
 
+@pytest.mark.tc("TC-ASYNC-066", "TC-ASYNC-069", "TC-ASYNC-074")
 @pytest.mark.parametrize("strategy", ["rsi", "bollinger"])  # all four: test_engine.py
 def test_backtest_flow_saves_result_artifacts_and_chart(btc_store: Store, strategy: str) -> None:
     params = BacktestParameters(
@@ -76,6 +77,7 @@ def test_backtest_flow_saves_result_artifacts_and_chart(btc_store: Store, strate
     assert base64.b64decode(embedded) == png
 
 
+@pytest.mark.tc("TC-ASYNC-083")
 def test_flow_rejects_bad_parameters_before_writing(btc_store: Store) -> None:
     bad = {
         "strategy_name": "rsi",
@@ -92,6 +94,7 @@ def test_flow_rejects_bad_parameters_before_writing(btc_store: Store) -> None:
     assert btc_store.col("backtest_results").count_documents({}) == 0
 
 
+@pytest.mark.tc("TC-ASYNC-066")
 def test_backtest_flow_names_missing_range(btc_store: Store) -> None:
     params = BacktestParameters(
         strategy_name="rsi",
@@ -108,6 +111,7 @@ def test_backtest_flow_names_missing_range(btc_store: Store) -> None:
     assert btc_store.col("backtest_results").count_documents({}) == 0
 
 
+@pytest.mark.tc("TC-ASYNC-067")
 def test_optimize_grid_flow_ranks_50_variations_on_dask(
     btc_store: Store, dask_address: str
 ) -> None:
@@ -133,6 +137,7 @@ def test_optimize_grid_flow_ranks_50_variations_on_dask(
     assert len(saved["result"]["all_results"]) == 50
 
 
+@pytest.mark.tc("TC-ASYNC-075")
 def test_optimize_genetic_flow_reports_comparison_with_exhaustive_grid(
     btc_store: Store, dask_address: str
 ) -> None:

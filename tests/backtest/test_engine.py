@@ -25,6 +25,7 @@ def candles(btc_hours: pd.DataFrame) -> Candles:
     return Candles.from_frame(btc_hours)
 
 
+@pytest.mark.tc("TC-ASYNC-066")
 def test_same_signals_match_backtesting_py(btc_hours: pd.DataFrame, candles: Candles) -> None:
     """RSI(14) 30/70 signals through our engine and backtesting.py: same trades, same return."""
     from backtesting import Backtest, Strategy
@@ -52,6 +53,7 @@ def test_same_signals_match_backtesting_py(btc_hours: pd.DataFrame, candles: Can
     assert ours.total_return_pct == pytest.approx(stats["Return [%]"], abs=0.5)
 
 
+@pytest.mark.tc("TC-ASYNC-066")
 def test_fills_fees_and_slippage_by_hand() -> None:
     """Buy at bar 1's open, sell at bar 3's open: return computed by hand."""
     t = np.arange(5).astype("datetime64[h]").astype("datetime64[ns]")
@@ -112,6 +114,7 @@ def _bar_by_bar(
     return held, curve, pnl
 
 
+@pytest.mark.tc("TC-ASYNC-066")
 @pytest.mark.parametrize("allow_short", [False, True])
 def test_engine_equals_a_bar_by_bar_loop(candles: Candles, allow_short: bool) -> None:
     """Random signals on 3,000 real hours: positions, equity and trade profits as the loop's."""
@@ -128,6 +131,7 @@ def test_engine_equals_a_bar_by_bar_loop(candles: Candles, allow_short: bool) ->
     np.testing.assert_allclose(run.trade_pnl, pnl, rtol=1e-9)
 
 
+@pytest.mark.tc("TC-ASYNC-066")
 def test_metrics_conventions(candles: Candles) -> None:
     strategy = get_strategy("rsi")
     run = run_backtest(candles, *strategy.signals(candles, strategy.params({})))
@@ -148,12 +152,14 @@ def test_metrics_conventions(candles: Candles) -> None:
     assert m.max_drawdown_pct <= min(p.drawdown_pct for p in curve) + 1e-9
 
 
+@pytest.mark.tc("TC-ASYNC-066")
 def test_every_metric_and_convention_is_documented() -> None:
     text = DOCS.read_text()
     for name in [*BacktestMetrics.model_fields, *CONVENTIONS]:
         assert re.search(rf"`{name}`", text), f"{name} is not documented in {DOCS.name}"
 
 
+@pytest.mark.tc("TC-ASYNC-066", "TC-ASYNC-068", "TC-ASYNC-069", "TC-ASYNC-070")
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_strategies_trade_on_real_data(btc_six_months: pd.DataFrame, name: str) -> None:
     result = backtest_candles(btc_six_months, name, {}, symbol="BTCUSD", timeframe="1h")
@@ -163,6 +169,7 @@ def test_strategies_trade_on_real_data(btc_six_months: pd.DataFrame, name: str) 
     assert get_strategy(name).space_size() >= 48
 
 
+@pytest.mark.tc("TC-ASYNC-083")
 def test_bad_parameters_and_data_are_rejected(btc_six_months: pd.DataFrame) -> None:
     with pytest.raises(InvalidInputError, match=r"oversold \(80.0\) must be below overbought"):
         get_strategy("rsi").params({"oversold": 80, "overbought": 70})
@@ -185,6 +192,7 @@ def test_bad_parameters_and_data_are_rejected(btc_six_months: pd.DataFrame) -> N
         check_range(btc_six_months, "BTCUSD", "1h", start, end)
 
 
+@pytest.mark.tc("TC-ASYNC-072")
 @pytest.mark.parametrize(("timeframe", "rule"), [("4h", "4h"), ("1d", "1D")])
 def test_coarser_timeframes_from_real_hours(
     btc_six_months: pd.DataFrame, timeframe: str, rule: str
@@ -201,6 +209,7 @@ def test_coarser_timeframes_from_real_hours(
     assert result.metrics.total_trades > 0
 
 
+@pytest.mark.tc("TC-ASYNC-072", "TC-ASYNC-068")
 @pytest.mark.parametrize(
     ("timeframe", "freq", "per_day"), [("5m", "5min", 288), ("15m", "15min", 96)]
 )

@@ -21,6 +21,7 @@ def ohlcv(btc_hours: pd.DataFrame) -> dict[str, np.ndarray]:
     return {c: btc_hours[c].to_numpy(float) for c in ("open", "high", "low", "close", "volume")}
 
 
+@pytest.mark.tc("TC-ASYNC-068", "TC-ASYNC-069")
 @pytest.mark.parametrize("n", [5, 20, 50])
 def test_sma_ema_match_talib(ohlcv: dict[str, np.ndarray], n: int) -> None:
     close = ohlcv["close"]
@@ -28,6 +29,7 @@ def test_sma_ema_match_talib(ohlcv: dict[str, np.ndarray], n: int) -> None:
     _same(ind.ema(close, n), talib.EMA(close, n), n - 1)
 
 
+@pytest.mark.tc("TC-ASYNC-066", "TC-ASYNC-068")
 @pytest.mark.parametrize("alpha", [1 / 14, 2 / 27, 2 / 2001, 0.5, 1.0])
 def test_block_filter_equals_the_plain_recursion(alpha: float) -> None:
     """The matrix-product filter behind EMA/Wilder equals the loop, at every block edge,
@@ -43,6 +45,7 @@ def test_block_filter_equals_the_plain_recursion(alpha: float) -> None:
         np.testing.assert_allclose(ind._smooth(x, 3.0, alpha, out=x), expected, rtol=1e-12)
 
 
+@pytest.mark.tc("TC-ASYNC-066")
 @pytest.mark.parametrize("period", [7, 14, 21])
 def test_rsi_matches_talib_with_n_leading_nans(ohlcv: dict[str, np.ndarray], period: int) -> None:
     close = ohlcv["close"]
@@ -51,6 +54,7 @@ def test_rsi_matches_talib_with_n_leading_nans(ohlcv: dict[str, np.ndarray], per
     assert np.nanmin(ours) >= 0 and np.nanmax(ours) <= 100
 
 
+@pytest.mark.tc("TC-ASYNC-068")
 def test_macd_matches_talib_and_starts_at_33(ohlcv: dict[str, np.ndarray]) -> None:
     close = ohlcv["close"]
     ours = ind.macd(close, 12, 26, 9)
@@ -60,6 +64,7 @@ def test_macd_matches_talib_and_starts_at_33(ohlcv: dict[str, np.ndarray]) -> No
     assert not np.isnan(ours[0][33])
 
 
+@pytest.mark.tc("TC-ASYNC-069")
 def test_bollinger_matches_talib_population_std(ohlcv: dict[str, np.ndarray]) -> None:
     close = ohlcv["close"]
     ours = ind.bollinger(close, 20, 2.0)
@@ -68,6 +73,7 @@ def test_bollinger_matches_talib_population_std(ohlcv: dict[str, np.ndarray]) ->
         _same(a, b, 19)
 
 
+@pytest.mark.tc("TC-ASYNC-070")
 def test_obv_matches_talib(ohlcv: dict[str, np.ndarray]) -> None:
     np.testing.assert_allclose(
         ind.obv(ohlcv["close"], ohlcv["volume"]),
@@ -77,6 +83,7 @@ def test_obv_matches_talib(ohlcv: dict[str, np.ndarray]) -> None:
     )
 
 
+@pytest.mark.tc("TC-ASYNC-070")
 def test_volume_spike_and_vwap(ohlcv: dict[str, np.ndarray]) -> None:
     vol = ohlcv["volume"]
     spike = ind.volume_spike(vol, 20)
@@ -92,6 +99,7 @@ def test_volume_spike_and_vwap(ohlcv: dict[str, np.ndarray]) -> None:
     assert np.nanmin(rolling[23:] - talib.MIN(lo, 24)[23:]) >= -1e-9
 
 
+@pytest.mark.tc("TC-ASYNC-066", "TC-ASYNC-068")
 def test_bad_input_is_rejected() -> None:
     with pytest.raises(ValueError, match="period must be an integer >= 2"):
         ind.rsi(np.arange(50.0), 1)

@@ -21,6 +21,7 @@ def candles(btc_six_months: pd.DataFrame) -> Candles:
     return Candles.from_frame(btc_six_months)
 
 
+@pytest.mark.tc("TC-ASYNC-075")
 def test_genetic_reaches_95pct_of_exhaustive_grid_with_30pct_of_evaluations(
     candles: Candles,
 ) -> None:
@@ -39,6 +40,7 @@ def test_genetic_reaches_95pct_of_exhaustive_grid_with_30pct_of_evaluations(
     assert [e.parameters for e in other] != [e.parameters for e in entries]
 
 
+@pytest.mark.tc("TC-ASYNC-067")
 def test_grid_draws_evenly_and_ranks_by_sharpe(candles: Candles) -> None:
     entries, size = grid_search(candles, "rsi", 50, local_evaluator("rsi"))
     assert len(entries) == 50
@@ -50,6 +52,7 @@ def test_grid_draws_evenly_and_ranks_by_sharpe(candles: Candles) -> None:
         grid_search(candles, "rsi", 5, local_evaluator("rsi"), {"foo": [1]})
 
 
+@pytest.mark.tc("TC-ASYNC-073")
 def test_walk_forward_reports_out_of_sample_windows_and_stability(candles: Candles) -> None:
     report, last = walk_forward(
         candles, "macd", local_evaluator("macd"), n_windows=3, train_ratio=2.0, n_variations=20

@@ -90,6 +90,7 @@ def _use_blocks() -> dict[str, object]:
     return out
 
 
+@pytest.mark.tc("TC-ASYNC-099")
 def test_bootstrap_creates_blocks_from_environment_and_a_flow_loads_them(
     restore_blocks: None, prefect_server: str, mongo_uri: str, mongo_db_name: str, tmp_path: Path
 ) -> None:
@@ -153,6 +154,7 @@ def test_bootstrap_creates_blocks_from_environment_and_a_flow_loads_them(
     assert not any(s in repr(shown) for s in SECRETS)
 
 
+@pytest.mark.tc("TC-ASYNC-099")
 def test_secrets_masked_in_repr_str_and_describe() -> None:
     block = MongoDBBlock(uri=f"mongodb://bot:{MONGO_PASSWORD}@db.example.org:27017/", database="x")
     llm = LLMBlock(api_key=LLM_KEY)
@@ -167,6 +169,7 @@ def test_secrets_masked_in_repr_str_and_describe() -> None:
     }
 
 
+@pytest.mark.tc("none")
 def test_missing_block_error_names_block_and_variable(prefect_server: str) -> None:
     with pytest.raises(ConfigurationError) as e:
         load_block(LLMBlock, "absent-llm")
@@ -176,6 +179,7 @@ def test_missing_block_error_names_block_and_variable(prefect_server: str) -> No
         load_store("absent-mongodb")
 
 
+@pytest.mark.tc("none")
 @pytest.mark.parametrize("placeholder", ["changeme", "your-api-key", "xxx", "<your token>"])
 def test_placeholder_secrets_rejected_and_nothing_saved(
     restore_blocks: None, prefect_server: str, mongo_uri: str, tmp_path: Path, placeholder: str
@@ -197,6 +201,7 @@ def test_placeholder_secrets_rejected_and_nothing_saved(
         pass  # never created: also nothing saved
 
 
+@pytest.mark.tc("none")
 def test_settings_reject_placeholder_mongodb_password(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MONGODB_URI", "mongodb://bot:changeme@db.example.org/")
     with pytest.raises(ValueError, match="placeholder"):
@@ -204,6 +209,7 @@ def test_settings_reject_placeholder_mongodb_password(monkeypatch: pytest.Monkey
     assert not is_placeholder("sk-live-3f9a8b7c") and not is_placeholder("")
 
 
+@pytest.mark.tc("none")
 def test_optional_blocks_skipped_without_their_variables(
     restore_blocks: None, prefect_server: str, mongo_uri: str, tmp_path: Path
 ) -> None:

@@ -64,6 +64,7 @@ def _client(server: HTTPServer, sleeps: list[float], **kw) -> BinanceClient:
     )
 
 
+@pytest.mark.tc("none")
 def test_binance_paginates_beyond_1000_bars(httpserver: HTTPServer) -> None:
     httpserver.expect_request("/api/v3/klines").respond_with_handler(_klines_handler)
     sleeps: list[float] = []
@@ -77,6 +78,7 @@ def test_binance_paginates_beyond_1000_bars(httpserver: HTTPServer) -> None:
     assert got.frame["trades_count"].iloc[0] == 42 and sleeps == []
 
 
+@pytest.mark.tc("TC-ASYNC-082")
 def test_binance_honours_429_retry_after_then_succeeds(httpserver: HTTPServer) -> None:
     httpserver.expect_ordered_request("/api/v3/klines").respond_with_response(
         Response(
@@ -99,6 +101,7 @@ def _errors_handler(request: Request) -> Response:
     return Response("oops", status=503)
 
 
+@pytest.mark.tc("TC-ASYNC-082")
 def test_binance_errors_are_classified(httpserver: HTTPServer) -> None:
     httpserver.expect_request("/api/v3/klines").respond_with_handler(_errors_handler)
     sleeps: list[float] = []
@@ -114,6 +117,7 @@ def test_binance_errors_are_classified(httpserver: HTTPServer) -> None:
     assert e.value.retry_after_s == 3600.0 and sleeps == [0.5, 1.0, 2.0]  # not waited here
 
 
+@pytest.mark.tc("TC-ASYNC-082")
 def test_binance_unreachable_is_retried_then_service_unavailable() -> None:
     sleeps: list[float] = []
     dead = BinanceClient(
@@ -125,6 +129,7 @@ def test_binance_unreachable_is_retried_then_service_unavailable() -> None:
     assert dead.ping(0.5) is False
 
 
+@pytest.mark.tc("TC-ASYNC-027")
 def test_binance_malformed_rows_rejected_and_reported(httpserver: HTTPServer, store: Store) -> None:
     t = int(T0.timestamp() * 1000)
     rows = [
@@ -155,6 +160,7 @@ def test_binance_malformed_rows_rejected_and_reported(httpserver: HTTPServer, st
     assert res.rejected == 4
 
 
+@pytest.mark.tc("none")
 def test_import_real_coinbase_hourly_csv_is_clean_and_idempotent(
     store: Store, shared_data_dir: Path
 ) -> None:
@@ -189,6 +195,7 @@ def test_import_real_coinbase_hourly_csv_is_clean_and_idempotent(
     ]
 
 
+@pytest.mark.tc("TC-ASYNC-027")
 def test_corrupt_csv_rows_rejected_and_rest_stored(store: Store, tmp_path: Path) -> None:
     lines = [
         "Timestamps are UTC timezone,https://www.CryptoDataDownload.com",
@@ -223,6 +230,7 @@ def test_corrupt_csv_rows_rejected_and_rest_stored(store: Store, tmp_path: Path)
     assert [t.hour for t in stored.index] == [4, 5, 9, 10]
 
 
+@pytest.mark.tc("none")
 def test_plain_ohlcv_csv_with_epoch_ms(tmp_path: Path) -> None:
     t = int(T0.timestamp() * 1000)
     rows = ["timestamp,open,high,low,close,volume"] + [
@@ -236,6 +244,7 @@ def test_plain_ohlcv_csv_with_epoch_ms(tmp_path: Path) -> None:
     assert report.rows_kept == 8 and clean.index[0] == pd.Timestamp(T0)
 
 
+@pytest.mark.tc("none")
 def test_resample_matches_hand_computation() -> None:
     idx = pd.date_range(
         "2024-01-01 01:00", periods=47, freq="h", tz="UTC"
@@ -258,6 +267,7 @@ def test_resample_matches_hand_computation() -> None:
     assert day2.tolist() == [123.0, 156.0, 44.0, 147.0, float(sum(range(24, 48)))]
 
 
+@pytest.mark.tc("none")
 def test_resampled_real_hours_match_the_real_daily_file(shared_data_dir: Path) -> None:
     hourly = read_candles_csv(shared_data_dir / "Coinbase_BTCUSD_1h.csv")
     daily = read_candles_csv(shared_data_dir / "Coinbase_BTCUSD_d.csv")
@@ -271,6 +281,7 @@ def test_resampled_real_hours_match_the_real_daily_file(shared_data_dir: Path) -
     assert same_close > 0.9  # same exchange, same days: the closes agree
 
 
+@pytest.mark.tc("none")
 def test_synthetic_generator_is_deterministic_per_seed() -> None:
     a = generate_candles("BTCUSDT", "1h", T0, 24 * 60, seed=7)
     b = generate_candles("BTCUSDT", "1h", T0, 24 * 60, seed=7)
@@ -288,6 +299,7 @@ def test_synthetic_generator_is_deterministic_per_seed() -> None:
     pd.testing.assert_frame_equal(longer.iloc[: len(a)], a)
 
 
+@pytest.mark.tc("none")
 def test_ingest_flow_synthetic_then_binance(
     mongo_block: Store, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -321,6 +333,7 @@ def test_ingest_flow_synthetic_then_binance(
     assert len(httpserver.log) == 2
 
 
+@pytest.mark.tc("TC-ASYNC-027")
 def test_ingest_flow_csv_source_reports_rejections(mongo_block: Store, tmp_path: Path) -> None:
     from flows.ingest_market_data import ingest_market_data
 
@@ -339,6 +352,7 @@ def test_ingest_flow_csv_source_reports_rejections(mongo_block: Store, tmp_path:
     assert (four.timeframe, four.inserted) == ("4h", 1)  # 00:00 lacks 02:00 and is at the edge
 
 
+@pytest.mark.tc("TC-ASYNC-083")
 def test_ingest_parameters_reject_bad_input() -> None:
     with pytest.raises(ValueError, match="Invalid trading symbol"):
         IngestParameters(symbols=["btc-usd"])
@@ -348,6 +362,7 @@ def test_ingest_parameters_reject_bad_input() -> None:
         IngestParameters(timeframe="1d", resample_to=["4h"])
 
 
+@pytest.mark.tc("none")
 def test_demo_data_falls_back_to_synthetic_and_imports_real_csv(
     store: Store, shared_data_dir: Path, tmp_path: Path
 ) -> None:
@@ -368,6 +383,7 @@ def test_demo_data_falls_back_to_synthetic_and_imports_real_csv(
     assert all(r.updated == 0 and r.inserted == 5 for r in again.results)
 
 
+@pytest.mark.tc("none")
 def test_demo_data_from_binance_when_reachable(
     store: Store, httpserver: HTTPServer, tmp_path: Path
 ) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from prefect import flow, task
+
+pytestmark = pytest.mark.tc("none")
 
 
 @task

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from integrations.store import C, Store
+
+pytestmark = pytest.mark.tc("none")
 
 
 def _candles(n: int, start: str = "2024-01-01") -> pd.DataFrame:

@@ -43,6 +43,7 @@ def _ramp(n: int, step: float) -> pd.DataFrame:
     )
 
 
+@pytest.mark.tc("TC-ASYNC-011")
 def test_indicator_signal_follows_data_and_names_its_inputs() -> None:
     up = analyze_candles("AAAUSDT", _ramp(200, 0.003))
     down = analyze_candles("BBBUSDT", _ramp(200, -0.003))
@@ -63,6 +64,7 @@ def test_indicator_signal_follows_data_and_names_its_inputs() -> None:
     assert sig.signal == next((k for k, v in expected.items() if v), "HOLD")
 
 
+@pytest.mark.tc("TC-ASYNC-012")
 def test_failures_carry_reasons() -> None:
     assert analyze_candles("AAAUSDT", _ramp(59, 0.001)).reason.startswith("too little data")
     assert analyze_candles("AAAUSDT", _ramp(0, 0.001)).reason.startswith("no data")
@@ -75,6 +77,7 @@ def test_failures_carry_reasons() -> None:
     assert all(f.reason.startswith("invalid symbol") for f in failed)
 
 
+@pytest.mark.tc("TC-ASYNC-011")
 def test_batches_are_coarse_and_cover_every_symbol() -> None:
     symbols = [f"S{i:03d}USDT" for i in range(500)]
     batches = batch_symbols(symbols, n_workers=2, max_batch=50)
@@ -86,6 +89,7 @@ def test_batches_are_coarse_and_cover_every_symbol() -> None:
     assert [b[0] for b in batch_symbols(symbols[:100], 2)] == symbols[:2]
 
 
+@pytest.mark.tc("TC-ASYNC-011", "TC-ASYNC-083")
 def test_parameters_are_validated_before_a_run() -> None:
     with pytest.raises(ValidationError, match="At most 500 symbols"):
         BulkAnalysisParams(symbols=[f"S{i}USDT" for i in range(501)])
@@ -99,6 +103,7 @@ def test_parameters_are_validated_before_a_run() -> None:
         BulkAnalysisParams(symbols=["BTCUSDT"], timeframe="2h")
 
 
+@pytest.mark.tc("TC-ASYNC-011")
 def test_summary_sorts_and_filters_by_confidence() -> None:
     outcomes = [analyze_candles(f"A{i}USDT", make_candles(200, seed=i)) for i in range(6)]
     outcomes.append(FailedSymbol(symbol="XUSDT", reason="no data: no candles stored"))
@@ -116,6 +121,7 @@ def test_summary_sorts_and_filters_by_confidence() -> None:
     assert [f.symbol for f in res2.failed_symbols] == ["XUSDT"]
 
 
+@pytest.mark.tc("TC-ASYNC-012")
 def test_batch_reads_the_store_and_reports_short_and_missing_data(
     store: Store, mongo_uri: str, mongo_db_name: str
 ) -> None:
@@ -143,6 +149,7 @@ def test_batch_reads_the_store_and_reports_short_and_missing_data(
     assert missing.reason.startswith("no data")
 
 
+@pytest.mark.tc("TC-ASYNC-011", "TC-ASYNC-012")
 def test_bulk_analysis_flow_on_dask_with_invalid_symbols_and_a_model(
     mongo_block: Store, model_store_block, prefect_server: str
 ) -> None:

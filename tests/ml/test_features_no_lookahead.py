@@ -9,6 +9,7 @@ from core.exceptions import DataQualityError
 from ml.features import compute_features, make_labels, prepare_dataset
 
 
+@pytest.mark.tc("TC-ASYNC-001")
 def test_feature_at_t_ignores_every_later_candle(signal_candles):
     t = 600
     base = compute_features(signal_candles)
@@ -26,6 +27,7 @@ def test_feature_at_t_ignores_every_later_candle(signal_candles):
     )
 
 
+@pytest.mark.tc("TC-ASYNC-001")
 def test_labels_are_forward_direction_and_unknown_at_the_end():
     close = np.array([1.0, 2.0, 1.5, 1.5, 3.0])
     y = make_labels(close, 2)
@@ -33,6 +35,7 @@ def test_labels_are_forward_direction_and_unknown_at_the_end():
     assert np.isnan(y[3:]).all()
 
 
+@pytest.mark.tc("TC-ASYNC-025")
 def test_split_is_chronological_with_gap_and_scaler_from_train_only(signal_candles):
     ds = prepare_dataset(signal_candles, lookback=12, horizon_bars=3, validation_split=0.25)
     step = signal_candles.index[1] - signal_candles.index[0]
@@ -46,6 +49,7 @@ def test_split_is_chronological_with_gap_and_scaler_from_train_only(signal_candl
     assert ds.x_train.shape[1:] == (12, ds.spec.n_features)
 
 
+@pytest.mark.tc("TC-ASYNC-027")
 def test_corrupt_candles_are_rejected(signal_candles):
     bad = signal_candles.copy()
     bad.iloc[500, bad.columns.get_loc("close")] = np.inf

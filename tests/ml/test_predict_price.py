@@ -27,6 +27,7 @@ def btc(shared_data_dir: Path) -> pd.DataFrame:
     return read_cryptodatadownload(shared_data_dir / "Coinbase_BTCUSD_1h.csv")
 
 
+@pytest.mark.tc("TC-ASYNC-013")
 def test_80pct_interval_covers_70_to_90pct_of_held_out_btc_hours(btc: pd.DataFrame) -> None:
     close = btc["close"].to_numpy()
     origins = np.where(btc.index >= pd.Timestamp(TEST_FROM, tz="UTC"))[0][::7]
@@ -47,6 +48,7 @@ def test_80pct_interval_covers_70_to_90pct_of_held_out_btc_hours(btc: pd.DataFra
     assert abs(np.mean(hits) - 0.8) > abs(rep.coverage - 0.8)
 
 
+@pytest.mark.tc("TC-ASYNC-013")
 def test_forecast_path_structure_tilt_and_decreasing_confidence(btc: pd.DataFrame) -> None:
     close = btc["close"].to_numpy()[:12000]
     flat = forecast_path(close, 168)
@@ -68,6 +70,7 @@ def test_forecast_path_structure_tilt_and_decreasing_confidence(btc: pd.DataFram
         ForecastConfig(interval_level=1.2)
 
 
+@pytest.mark.tc("TC-ASYNC-013", "TC-ASYNC-083")
 def test_parameters_are_validated() -> None:
     with pytest.raises(ValidationError, match="horizon_hours must be between 1 and 168"):
         PredictPriceParams(symbol="BTCUSDT", horizon_hours=169)
@@ -77,6 +80,7 @@ def test_parameters_are_validated() -> None:
         PredictPriceParams(symbol="btc")
 
 
+@pytest.mark.tc("TC-ASYNC-013")
 def test_predict_price_flow_on_real_btc_hours(
     mongo_block: Store, model_store_block, btc: pd.DataFrame
 ) -> None:

@@ -15,6 +15,8 @@ from ml.features import prepare_dataset
 from ml.models import build_model
 from ml.registry import ModelRegistry
 
+pytestmark = pytest.mark.tc("TC-ASYNC-030", "TC-ASYNC-020")
+
 
 @pytest.fixture
 def key() -> bytes:

@@ -44,6 +44,15 @@ def _poll_artifact(key: str, stop: threading.Event, seen: list[tuple[float, str]
             stop.wait(0.1)
 
 
+@pytest.mark.tc(
+    "TC-ASYNC-001",
+    "TC-ASYNC-007",
+    "TC-ASYNC-016",
+    "TC-ASYNC-019",
+    "TC-ASYNC-020",
+    "TC-ASYNC-021",
+    "TC-ASYNC-024",
+)
 def test_train_model_happy_path(env: Store, model_store_block, caplog):
     env.upsert_candles("BTCUSDT", "1h", make_candles(800), source="synthetic")
     params = TrainModelParams(model_type="gru", symbol="BTCUSDT", **FAST)
@@ -85,6 +94,7 @@ def test_train_model_happy_path(env: Store, model_store_block, caplog):
     assert jobs[again.task_id]["epochs"][0]["loss"] < jobs[result.task_id]["epochs"][0]["loss"]
 
 
+@pytest.mark.tc("TC-ASYNC-008")
 def test_insufficient_data_fails_before_training(env: Store):
     env.upsert_candles("ETHUSDT", "1h", make_candles(120), source="synthetic")
     params = TrainModelParams(model_type="lstm", symbol="ETHUSDT", days_of_data=30)
@@ -100,6 +110,7 @@ def test_insufficient_data_fails_before_training(env: Store):
     assert env.col(C.MODELS).count_documents({}) == 0
 
 
+@pytest.mark.tc("TC-ASYNC-010")
 def test_duplicate_training_is_rejected_and_first_left_alone(env: Store):
     raw = TrainModelParams(model_type="lstm", symbol="SOLUSDT", **FAST).model_dump()
     with get_client(sync_client=True) as client:
@@ -119,6 +130,7 @@ def test_duplicate_training_is_rejected_and_first_left_alone(env: Store):
     assert env.col(C.TRAINING_JOBS).count_documents({}) == 0
 
 
+@pytest.mark.tc("TC-ASYNC-023", "TC-ASYNC-080")
 def test_hard_time_limit_fails_the_run_and_registers_nothing(env: Store):
     """The hard limit is the flow's timeout_seconds (9000 s in production; 10 s here).
 

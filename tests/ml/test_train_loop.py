@@ -27,6 +27,7 @@ def _ckpts(tmp_path: Path, model_type: str = "lstm", key: bytes = KEY) -> Checkp
     return CheckpointStore(tmp_path / "ckpt", model_type, "BTCUSDT", "1h", key)
 
 
+@pytest.mark.tc("TC-ASYNC-001")
 def test_learnable_signal_reaches_spec_accuracy_beside_baselines(dataset, tmp_path):
     cfg = TrainConfig("lstm", epochs=12, batch_size=32, learning_rate=3e-3, units=16)
     out = train(dataset, cfg, checkpoints=_ckpts(tmp_path), run_id="acc")
@@ -38,6 +39,7 @@ def test_learnable_signal_reaches_spec_accuracy_beside_baselines(dataset, tmp_pa
     assert 1 <= out.best_epoch <= out.epochs_completed == 12
 
 
+@pytest.mark.tc("TC-ASYNC-003")
 def test_out_of_memory_halves_batch_size_until_it_fits(dataset, tmp_path):
     sizes: list[int] = []
 
@@ -53,6 +55,7 @@ def test_out_of_memory_halves_batch_size_until_it_fits(dataset, tmp_path):
     assert out.batch_size == 256 and out.epochs_completed == 2
 
 
+@pytest.mark.tc("TC-ASYNC-003")
 def test_out_of_memory_below_minimum_batch_fails_clearly(dataset, tmp_path):
     def fit(model, x, y, **kw):
         raise MemoryError("out of memory")
@@ -70,6 +73,7 @@ class _Diverge(keras.callbacks.Callback):
             logs["loss"] = logs["loss"] * 50
 
 
+@pytest.mark.tc("TC-ASYNC-009")
 def test_divergence_stops_and_keeps_last_good_checkpoint(dataset, tmp_path):
     store = _ckpts(tmp_path, "gru")
     cfg = TrainConfig("gru", epochs=10, batch_size=64, checkpoint_interval=100, units=8)
@@ -81,6 +85,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(dataset, tmp_path):
     )
 
 
+@pytest.mark.tc("TC-ASYNC-006")
 def test_interrupted_training_checkpoints_last_epoch_and_resumes(dataset, tmp_path):
     store = _ckpts(tmp_path, "gru")
 
@@ -101,6 +106,7 @@ def test_interrupted_training_checkpoints_last_epoch_and_resumes(dataset, tmp_pa
     assert [h["epoch"] for h in out.history] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.tc("TC-ASYNC-005")
 def test_cancel_intent_without_its_signal_stops_training_at_a_batch_with_a_checkpoint(
     dataset, tmp_path
 ):
@@ -135,6 +141,7 @@ def test_cancel_intent_without_its_signal_stops_training_at_a_batch_with_a_check
     assert latest is not None and latest.epoch == 2  # epoch 3 was cut short, not saved
 
 
+@pytest.mark.tc("TC-ASYNC-005")
 def test_cancel_watch_waits_for_the_signal_before_raising():
     from prefect.exceptions import TerminationSignal
 
@@ -156,6 +163,7 @@ def test_cancel_watch_waits_for_the_signal_before_raising():
         watch()
 
 
+@pytest.mark.tc("TC-ASYNC-030", "TC-ASYNC-006")
 def test_checkpoints_are_sealed_and_only_their_key_reads_them(tmp_path, caplog):
     """A checkpoint holds the weights, so it is encrypted like a registered model."""
     store = _ckpts(tmp_path, "gru")
@@ -191,6 +199,7 @@ def test_checkpoints_are_sealed_and_only_their_key_reads_them(tmp_path, caplog):
         _ckpts(tmp_path, key=b"short")
 
 
+@pytest.mark.tc("TC-ASYNC-023", "TC-ASYNC-080")
 def test_soft_time_limit_checkpoints_then_fails(dataset, tmp_path):
     ticks = iter(range(0, 10_000, 100))  # every clock read is 100 s later
     store = _ckpts(tmp_path, "gru")
@@ -202,12 +211,14 @@ def test_soft_time_limit_checkpoints_then_fails(dataset, tmp_path):
     assert "resume=true" in str(info.value)
 
 
+@pytest.mark.tc("TC-ASYNC-026")
 def test_free_disk_check_names_the_setting(tmp_path):
     assert check_free_disk(tmp_path, 0.0) > 0
     with pytest.raises(TrainingError, match="Insufficient disk space.*BOTAI_MIN_FREE_DISK_GB"):
         check_free_disk(tmp_path, 1e12)
 
 
+@pytest.mark.tc("TC-ASYNC-016", "TC-ASYNC-017")
 def test_three_architectures_are_different_networks():
     layers = {
         t: {type(layer).__name__ for layer in build_model(t, 12, 10, units=8).layers}

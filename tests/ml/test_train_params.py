@@ -7,6 +7,8 @@ from pydantic import ValidationError
 
 from core.schemas.training import TrainModelParams
 
+pytestmark = pytest.mark.tc("TC-ASYNC-002")
+
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),

@@ -25,6 +25,8 @@ from flows.train_model import train_model
 from integrations.store import C, Store
 from tests.peers import create_process_deployment, create_process_pool, process_worker
 
+pytestmark = pytest.mark.tc("TC-ASYNC-004", "TC-ASYNC-005", "TC-ASYNC-006", "TC-ASYNC-010")
+
 FAST = dict(days_of_data=30, batch_size=32, units=8, lookback=12, learning_rate=3e-3)
 
 

@@ -36,6 +36,7 @@ def _probes(disk: float = 40.0, mem: float = 50.0) -> Probes:
     return Probes(disk_usage_pct=lambda _p: disk, memory_usage_pct=lambda: mem)
 
 
+@pytest.mark.tc("TC-ASYNC-031")
 def test_default_config_loads_and_skips_unconfigured(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path)
     specs = load_checks(settings.health_checks_path)
@@ -60,6 +61,7 @@ def test_default_config_loads_and_skips_unconfigured(tmp_path: Path) -> None:
     assert report.overall_status == "healthy"
 
 
+@pytest.mark.tc("TC-ASYNC-031")
 def test_all_healthy_with_real_redis_and_rabbitmq(
     peer: HTTPServer, mailbox: Mailbox, store: Store, tmp_path: Path
 ) -> None:
@@ -85,6 +87,7 @@ def test_all_healthy_with_real_redis_and_rabbitmq(
     assert report.saved_to == "mongodb" and store.col(C.HEALTH_REPORTS).count_documents({}) == 1
 
 
+@pytest.mark.tc("TC-ASYNC-032", "TC-ASYNC-042")
 def test_down_only_after_two_consecutive_failures(
     peer: HTTPServer, mailbox: Mailbox, store: Store, tmp_path: Path
 ) -> None:
@@ -120,6 +123,7 @@ def test_down_only_after_two_consecutive_failures(
     assert store.health_state_all()["Redis"]["consecutive_failures"] == 0
 
 
+@pytest.mark.tc("TC-ASYNC-033", "TC-ASYNC-034", "TC-ASYNC-035")
 def test_slow_service_and_disk_thresholds(
     peer: HTTPServer, mailbox: Mailbox, store: Store, tmp_path: Path
 ) -> None:
@@ -148,6 +152,7 @@ def test_slow_service_and_disk_thresholds(
     assert "Disk usage critical: 95%" in mailbox.messages[0]["Subject"]
 
 
+@pytest.mark.tc("TC-ASYNC-043", "TC-ASYNC-044", "TC-ASYNC-045")
 def test_everything_hanging_or_down_mongodb_too(hanging_address: str, tmp_path: Path) -> None:
     dead = Store(connect(f"mongodb://127.0.0.1:{free_port()}/", timeout_ms=500), "x")
     settings = Settings(state_dir=tmp_path, health_deadline_s=1.5)
@@ -187,6 +192,7 @@ def test_everything_hanging_or_down_mongodb_too(hanging_address: str, tmp_path: 
     assert all(r.startswith("no answer within") for r in sent.failed.values())
 
 
+@pytest.mark.tc("TC-ASYNC-031")
 @pytest.mark.parametrize("bad", ["checks: [{name: x, kind: ftp}]", "checks: [", "nothing: 1"])
 def test_bad_config_is_a_clear_error(tmp_path: Path, bad: str) -> None:
     from core.exceptions import ConfigurationError

@@ -19,6 +19,7 @@ from tests.monitoring.conftest import Mailbox, envelope, free_port, slack_messag
 pytestmark = pytest.mark.usefixtures("channel_blocks")
 
 
+@pytest.mark.tc("TC-ASYNC-100", "TC-ASYNC-101")
 def test_deployments_schedules_and_queues() -> None:
     deps = {
         d["name"]: d
@@ -40,6 +41,7 @@ def test_deployments_schedules_and_queues() -> None:
         assert getattr(mod, func).name == name
 
 
+@pytest.mark.tc("TC-ASYNC-043", "TC-ASYNC-044", "TC-ASYNC-102")
 def test_health_flow_everything_down_finishes_in_time(
     hanging_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -149,6 +151,7 @@ PORTFOLIO = {
 }
 
 
+@pytest.mark.tc("TC-ASYNC-036")
 def test_portfolio_report_saved_and_sent(
     peer: HTTPServer, mailbox: Mailbox, mongo_block: Store
 ) -> None:
@@ -171,6 +174,7 @@ def test_portfolio_report_saved_and_sent(
     assert "68.09%" in slack_messages(peer)[0]["text"]
 
 
+@pytest.mark.tc("TC-ASYNC-046", "TC-ASYNC-047")
 def test_portfolio_without_trades_and_email_down(peer: HTTPServer, mongo_block: Store) -> None:
     from blocks import SMTPBlock
     from flows.daily_portfolio_report import daily_portfolio_report
@@ -195,6 +199,7 @@ def test_portfolio_without_trades_and_email_down(peer: HTTPServer, mongo_block: 
     assert alert["failed"]["email"].startswith("SMTP 127.0.0.1")
 
 
+@pytest.mark.tc("TC-ASYNC-039")
 def test_cost_report_critical_switches_llm_off(
     peer: HTTPServer, mailbox: Mailbox, mongo_block: Store
 ) -> None:
@@ -239,6 +244,7 @@ def test_cost_report_critical_switches_llm_off(
     assert "URGENT" in mailbox.messages[0]["Subject"]
 
 
+@pytest.mark.tc("TC-ASYNC-037", "TC-ASYNC-049")
 def test_cost_report_within_budget(peer: HTTPServer, mailbox: Mailbox, mongo_block: Store) -> None:
     from flows.daily_api_cost_report import daily_api_cost_report
 
@@ -272,6 +278,7 @@ def self_analysis_deployment(prefect_server: str, monkeypatch: pytest.MonkeyPatc
         client.delete_deployment(dep_id)
 
 
+@pytest.mark.tc("TC-ASYNC-041")
 def test_performance_critical_triggers_self_analysis(
     peer: HTTPServer, mailbox: Mailbox, mongo_block: Store, self_analysis_deployment
 ) -> None:
@@ -298,6 +305,7 @@ def test_performance_critical_triggers_self_analysis(
     assert "win rate 52.00% below 55%" in mailbox.messages[0]["Subject"]
 
 
+@pytest.mark.tc("TC-ASYNC-041", "TC-ASYNC-050")
 def test_performance_not_deployed_and_insufficient_data(
     peer: HTTPServer, mongo_block: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

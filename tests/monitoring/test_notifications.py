@@ -22,6 +22,7 @@ def _senders(peer: HTTPServer, mailbox: Mailbox) -> tuple[SlackSender, EmailSend
     return slack, email
 
 
+@pytest.mark.tc("TC-ASYNC-032", "TC-ASYNC-034")
 def test_routing_by_level_and_cooldown(peer: HTTPServer, mailbox: Mailbox, store: Store) -> None:
     slack, email = _senders(peer, mailbox)
     notifier = Notifier(slack, email, store, cooldown_s=3600)
@@ -56,6 +57,7 @@ def test_routing_by_level_and_cooldown(peer: HTTPServer, mailbox: Mailbox, store
     )
 
 
+@pytest.mark.tc("TC-ASYNC-047", "TC-ASYNC-099")
 def test_delivery_failures_are_recorded_not_raised(
     peer: HTTPServer, store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -83,6 +85,7 @@ def test_delivery_failures_are_recorded_not_raised(
     assert "hook-secret-value" not in text and SMTP_PASSWORD not in text
 
 
+@pytest.mark.tc("TC-ASYNC-045")
 def test_unconfigured_channel_and_dead_store(peer: HTTPServer, mailbox: Mailbox) -> None:
     slack, _ = _senders(peer, mailbox)
     from integrations.store import connect

@@ -32,6 +32,7 @@ PERF = dict(
 )
 
 
+@pytest.mark.tc("TC-ASYNC-036", "TC-ASYNC-046")
 def test_portfolio_win_rate_and_return() -> None:
     r = portfolio_report(
         {
@@ -74,6 +75,7 @@ def _ledger(per_day: float, days: int, month: int = 11) -> list[dict]:
     ]
 
 
+@pytest.mark.tc("TC-ASYNC-049")
 def test_monthly_projection_arithmetic() -> None:
     # $1.87 every day to the 15th of a 30-day month: 28.05 / 15 * 30 = 56.10
     assert monthly_projection(28.05, date(2026, 11, 15)) == (56.10, 15, 30)
@@ -83,6 +85,7 @@ def test_monthly_projection_arithmetic() -> None:
     assert monthly_projection(5.8, date(2028, 2, 29))[0] == 5.8
 
 
+@pytest.mark.tc("TC-ASYNC-037", "TC-ASYNC-038", "TC-ASYNC-039", "TC-ASYNC-048")
 def test_cost_thresholds_and_texts() -> None:
     ok = cost_report(_ledger(1.87, 1), _ledger(1.87, 15), date(2026, 11, 15), **THRESHOLDS)
     assert (ok.daily_cost_usd, ok.monthly_projection_usd, ok.alerts, ok.level) == (
@@ -113,6 +116,7 @@ def test_cost_thresholds_and_texts() -> None:
     assert bad.invalid_entries == 2 and bad.calls == 1 and bad.daily_cost_usd == 0.5
 
 
+@pytest.mark.tc("TC-ASYNC-040")
 def test_performance_metrics_by_hand() -> None:
     r = [2.0, -1.0, 3.0, -2.0]
     m = performance_metrics(r)
@@ -125,6 +129,7 @@ def test_performance_metrics_by_hand() -> None:
     assert performance_metrics([]).win_rate is None
 
 
+@pytest.mark.tc("TC-ASYNC-040", "TC-ASYNC-041", "TC-ASYNC-050")
 def test_performance_status_thresholds() -> None:
     good = performance_metrics(
         [2.5, 3.1, -1.0, 2.8, 3.5, 2.0, 3.0, 2.2, -0.5, 2.9, 3.3, 2.6, 3.0, 2.4]
@@ -143,6 +148,7 @@ def test_performance_status_thresholds() -> None:
     )
 
 
+@pytest.mark.tc("TC-ASYNC-040")
 def test_closed_trades_from_the_store(store) -> None:  # noqa: ANN001
     from datetime import UTC, datetime, timedelta
 

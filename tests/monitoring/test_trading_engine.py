@@ -14,6 +14,7 @@ from integrations.trading_engine import EngineEndpoints, TradingEngineClient
 from tests.monitoring.conftest import envelope
 
 
+@pytest.mark.tc("TC-ASYNC-036", "TC-ASYNC-099")
 def test_envelope_token_and_paths(peer: HTTPServer) -> None:
     peer.expect_request(
         "/api/portfolio", headers={"Authorization": "Bearer tok-123"}
@@ -33,6 +34,7 @@ def test_envelope_token_and_paths(peer: HTTPServer) -> None:
     assert "tok-123" not in repr(client)
 
 
+@pytest.mark.tc("TC-ASYNC-082")
 def test_rejections_name_the_endpoint(peer: HTTPServer) -> None:
     peer.expect_request("/api/portfolio").respond_with_json(
         {"success": False, "data": None, "error": "portfolio not initialised"}
@@ -47,6 +49,7 @@ def test_rejections_name_the_endpoint(peer: HTTPServer) -> None:
         client.list_strategies()
 
 
+@pytest.mark.tc("TC-ASYNC-082")
 def test_retries_5xx_with_backoff_then_succeeds(peer: HTTPServer) -> None:
     calls = []
 
@@ -67,6 +70,7 @@ def test_retries_5xx_with_backoff_then_succeeds(peer: HTTPServer) -> None:
     assert calls[2] - calls[1] >= 0.09  # the wait doubled
 
 
+@pytest.mark.tc("TC-ASYNC-082")
 def test_timeouts_and_persistent_5xx_are_retryable(peer: HTTPServer, hanging_address: str) -> None:
     peer.expect_request("/api/strategies").respond_with_data("boom", status=500)
     with pytest.raises(ServiceUnavailableError, match="GET /api/strategies answered HTTP 500"):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from prefect.client.orchestration import get_client
 
 from core.settings import Settings
 from deployments.automations import CRASH_DETECTION, ensure_crash_detection
+
+pytestmark = pytest.mark.tc("TC-ASYNC-077")
 
 
 def test_crash_detection_is_created_once_and_updated(prefect_server: str):

@@ -11,6 +11,7 @@ import pytest
 from deployments.cli import build_parser, load_dotenv, main
 
 
+@pytest.mark.tc("none")
 def test_dotenv_adds_only_unset_non_empty_variables(tmp_path: Path, monkeypatch):
     env_file = tmp_path / ".env"
     env_file.write_text(
@@ -32,6 +33,7 @@ def test_dotenv_adds_only_unset_non_empty_variables(tmp_path: Path, monkeypatch)
     assert load_dotenv(tmp_path / "missing.env") == []
 
 
+@pytest.mark.tc("TC-ASYNC-083")
 def test_ingest_rejects_bad_parameters_before_touching_the_stack(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("BOTAI_STATE_DIR", str(tmp_path))
     assert main(["ingest", "--source", "synthetic", "--symbols", "btc-usdt"]) == 2
@@ -40,6 +42,7 @@ def test_ingest_rejects_bad_parameters_before_touching_the_stack(capsys, monkeyp
         build_parser().parse_args(["ingest", "--source", "ftp"])
 
 
+@pytest.mark.tc("none")
 def test_down_and_status_on_an_empty_state_folder(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("BOTAI_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("BOTAI_PREFECT_PORT", "1")  # nothing answers there

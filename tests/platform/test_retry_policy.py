@@ -20,6 +20,7 @@ def _flaky_task(error: Exception, failures: int, calls: list[int]):
     return flaky
 
 
+@pytest.mark.tc("TC-ASYNC-079", "TC-ASYNC-082")
 def test_retryable_error_is_retried_until_success(prefect_server: str) -> None:
     calls: list[int] = []
     flaky = _flaky_task(ServiceUnavailableError("peer restarting"), 2, calls)
@@ -32,6 +33,7 @@ def test_retryable_error_is_retried_until_success(prefect_server: str) -> None:
     assert len(calls) == 3
 
 
+@pytest.mark.tc("TC-ASYNC-083")
 def test_operational_error_is_not_retried(prefect_server: str) -> None:
     calls: list[int] = []
     flaky = _flaky_task(InvalidInputError("bad symbol"), 5, calls)

@@ -16,6 +16,8 @@ from core.settings import Settings
 from deployments import services
 from integrations.embedded_mongo import free_port
 
+pytestmark = pytest.mark.tc("none")
+
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 

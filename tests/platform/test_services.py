@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from core.settings import Settings
 from deployments import services
@@ -32,6 +33,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.tc("none")
 def test_stop_all_kills_group_and_descendants_even_when_sigterm_is_ignored(tmp_path: Path):
     settings = Settings(state_dir=tmp_path / "state")
     env = services.prefect_env(settings)
@@ -51,6 +53,7 @@ def test_stop_all_kills_group_and_descendants_even_when_sigterm_is_ignored(tmp_p
     assert services.stop_all(settings) == []  # idempotent
 
 
+@pytest.mark.tc("TC-ASYNC-077")
 def test_watch_returns_when_a_service_exits_and_stop_spares_other_owners(tmp_path: Path):
     settings = Settings(state_dir=tmp_path / "state")
     env = services.prefect_env(settings)
@@ -77,6 +80,7 @@ def test_watch_returns_when_a_service_exits_and_stop_spares_other_owners(tmp_pat
         other.kill()
 
 
+@pytest.mark.tc("none")
 def test_apply_deployments_is_skipped_only_when_inputs_and_deployments_are_unchanged(
     tmp_path: Path,
 ):

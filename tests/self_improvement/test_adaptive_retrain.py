@@ -82,6 +82,7 @@ def env(blocks_env: Store, model_store_block, monkeypatch: pytest.MonkeyPatch) -
     return blocks_env
 
 
+@pytest.mark.tc("TC-ASYNC-056", "TC-ASYNC-057", "TC-ASYNC-063")
 def test_better_deploys_second_rejected_worse_stays_candidate(
     env: Store, model_store_block, peer: HTTPServer
 ) -> None:
@@ -136,6 +137,7 @@ def test_better_deploys_second_rejected_worse_stays_candidate(
     assert registry.get(m.model_id).status == "deployed"
 
 
+@pytest.mark.tc("TC-ASYNC-062")
 def test_stale_data_and_nothing_to_retrain_fail_clearly(env: Store) -> None:
     from flows.adaptive_retrain import adaptive_retrain
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from core.settings import REPO_ROOT, Settings
+
+pytestmark = pytest.mark.tc("TC-ASYNC-100", "TC-ASYNC-101")
 
 
 def test_self_improvement_deployments() -> None:

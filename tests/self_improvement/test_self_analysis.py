@@ -123,6 +123,7 @@ def deployment_runs(dep_id) -> list:  # noqa: ANN001
         )
 
 
+@pytest.mark.tc("TC-ASYNC-054", "TC-ASYNC-055")
 def test_parse_recommendation_strict() -> None:
     fenced = "```json\n" + json.dumps(NO_RETRAIN) + "\n```"
     assert parse_recommendation(fenced).recommendation == "NO_RETRAINING"
@@ -138,6 +139,7 @@ def test_parse_recommendation_strict() -> None:
     assert cost_usd(500, 200, 30.0, 60.0) == pytest.approx(0.027)
 
 
+@pytest.mark.tc("TC-ASYNC-051", "TC-ASYNC-055", "TC-ASYNC-060", "TC-ASYNC-061", "TC-ASYNC-099")
 def test_skip_then_forced_no_retraining(
     blocks_env: Store, peer: HTTPServer, retrain_deployment, llm_log: list[str]
 ) -> None:
@@ -175,6 +177,7 @@ def test_skip_then_forced_no_retraining(
     assert hist[0]["decision"]["recommendation"] == "NO_RETRAINING"
 
 
+@pytest.mark.tc("TC-ASYNC-052")
 def test_retrain_recommendation_starts_deployment(
     blocks_env: Store, peer: HTTPServer, retrain_deployment
 ) -> None:
@@ -202,6 +205,7 @@ def test_retrain_recommendation_starts_deployment(
     ]
 
 
+@pytest.mark.tc("TC-ASYNC-053", "TC-ASYNC-082")
 def test_timeouts_then_fallback_retrains(
     blocks_env: Store, peer: HTTPServer, mailbox, retrain_deployment
 ) -> None:
@@ -227,6 +231,7 @@ def test_timeouts_then_fallback_retrains(
     assert any("fallback" in json.dumps(m) for m in slack_messages(peer))
 
 
+@pytest.mark.tc("TC-ASYNC-054", "TC-ASYNC-055", "TC-ASYNC-099")
 def test_malformed_json_retried_then_fallback_and_kill_switch(
     blocks_env: Store, peer: HTTPServer, llm_log: list[str]
 ) -> None:
@@ -254,6 +259,7 @@ def test_malformed_json_retried_then_fallback_and_kill_switch(
     assert "daily cost $6.00" in off.llm_error
 
 
+@pytest.mark.tc("TC-ASYNC-053", "TC-ASYNC-082")
 def test_client_retries_5xx_with_backoff_and_not_4xx(store: Store, peer: HTTPServer) -> None:
     import openai
 

@@ -49,6 +49,7 @@ class Engine:
         return handle
 
 
+@pytest.mark.tc("TC-ASYNC-059", "TC-ASYNC-064", "TC-ASYNC-065")
 def test_disable_two_then_reenable_after_review(
     blocks_env: Store, peer: HTTPServer, mailbox
 ) -> None:
@@ -97,6 +98,7 @@ def test_disable_two_then_reenable_after_review(
     assert blocks_env.strategy_state_get("macd")["enabled"] is False
 
 
+@pytest.mark.tc("TC-ASYNC-065")
 def test_unknown_strategy_reported_others_disabled(blocks_env: Store, peer: HTTPServer) -> None:
     from flows.emergency_strategy_disable import emergency_strategy_disable
 
@@ -111,6 +113,7 @@ def test_unknown_strategy_reported_others_disabled(blocks_env: Store, peer: HTTP
         StrategyDisableParams(strategies=["rsi"], reason="  ")
 
 
+@pytest.mark.tc("TC-ASYNC-040", "TC-ASYNC-059")
 def test_performance_analysis_starts_disable_of_critical_strategy(
     blocks_env: Store, peer: HTTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
