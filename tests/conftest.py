@@ -6,7 +6,9 @@ temporary folder (never ~/.prefect) and Keras uses the JAX backend.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -32,6 +34,66 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+#: (node id, tc marker arguments) of every test this session collected (tests/test_traceability.py)
+TC_ITEMS = pytest.StashKey[list[tuple[str, list[object]]]]()
+
+
+def traceability_module():  # noqa: ANN201 - the scripts/traceability.py module
+    """scripts/traceability.py, imported once (scripts/ is not a package)."""
+    name = "botai_traceability"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, REPO_ROOT / "scripts" / "traceability.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _tc_args(item: pytest.Item) -> list[object]:
+    return [a for m in item.iter_markers("tc") for a in m.args]
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Record each collected test's spec markers (for the traceability check)."""
+    item.config.stash.setdefault(TC_ITEMS, []).append((item.nodeid, _tc_args(item)))
+
+
+@pytest.fixture(scope="session")
+def traceability():  # noqa: ANN201 - the scripts/traceability.py module
+    """The traceability generator module (scripts/traceability.py)."""
+    return traceability_module()
+
+
+@pytest.fixture
+def collected_tc_markers(request: pytest.FixtureRequest) -> list[tuple[str, list[object]]]:
+    """(node id, tc marker arguments) of every test this session collected."""
+    return request.config.stash.get(TC_ITEMS, [])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test names the spec case(s) it covers, and those cases exist.
+
+    The case ids are read from the spec (../shared/spec/TC-ASYNC.md or $BOTAI_SPEC_PATH);
+    without it only the form of each id is checked.
+
+    Raises:
+        pytest.UsageError: a test has no tc marker or names an unknown case (collection fails).
+    """
+    tr = traceability_module()
+    spec = tr.spec_path()
+    known = {c.case_id for c in tr.read_cases(spec)} if spec.exists() else None
+    problems = [p for item in items for p in tr.marker_problems(item.nodeid, _tc_args(item), known)]
+    if problems:
+        shown = "\n  ".join(problems[:40])
+        more = f"\n  ... and {len(problems) - 40} more" if len(problems) > 40 else ""
+        raise pytest.UsageError(
+            "every test is marked with the spec case(s) it covers, "
+            '@pytest.mark.tc("TC-ASYNC-NNN", ...), or tc("none") for platform behaviour the spec '
+            f"does not describe (docs/traceability.md):\n  {shown}{more}"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,9 @@ from core.settings import Settings
 from deployments.services import read_records
 from integrations.embedded_mongo import free_port
 
-pytestmark = pytest.mark.tc("TC-ASYNC-094", "TC-ASYNC-099", "TC-ASYNC-100", "TC-ASYNC-101")
+pytestmark = pytest.mark.tc(
+    "TC-ASYNC-094", "TC-ASYNC-099", "TC-ASYNC-100", "TC-ASYNC-101", "TC-ASYNC-105"
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_SECRET = "gateway-signing-secret-" + "x" * 24
