@@ -19,6 +19,7 @@ from api.quotas import QuotaExceededError
 from api.routes import router
 from api.service import TaskConflictError
 from api.settings import ApiSettings
+from core.echo import ECHO_LIMIT, echo, shorten
 from core.exceptions import (
     ConfigurationError,
     DuplicateRunError,
@@ -43,16 +44,32 @@ STATUS_OF_ERROR: dict[type[Exception], int] = {
 }
 
 
+#: Invalid fields named in one 422 answer (a body can hold thousands of bad items).
+MAX_ERRORS_SHOWN = 10
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
+    """Returns one line naming each invalid field and what to change.
+
+    Inputs are never echoed whole: a quoted input (and a field name, which the sender also
+    chooses) is cut to ``ECHO_LIMIT`` characters with its length; so is each message.
+    """
     parts = []
-    for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    for err in exc.errors()[:MAX_ERRORS_SHOWN]:
+        loc = shorten(".".join(str(p) for p in err.get("loc", ()) if p != "body"))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
+        value = err.get("input")
+        if isinstance(value, str) and len(value) > ECHO_LIMIT:
+            msg = msg.replace(repr(value), echo(value)).replace(value, shorten(value))
+        msg = shorten(msg, 4 * ECHO_LIMIT)
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    more = len(exc.errors()) - MAX_ERRORS_SHOWN
+    if more > 0:
+        parts.append(f"... and {more} more")
     return "Invalid parameters: " + "; ".join(parts)
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from backtest import indicators as ind
+from core.echo import echo
 from core.exceptions import InvalidInputError
 from core.schemas.backtest import (
     BollingerParams,
@@ -222,5 +223,5 @@ def get_strategy(name: str) -> Strategy:
         return STRATEGIES[name]
     except KeyError:
         raise InvalidInputError(
-            f"Unknown strategy {name!r}: use one of {', '.join(STRATEGIES)}"
+            f"Unknown strategy {echo(name)}: use one of {', '.join(STRATEGIES)}"
         ) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+from core.echo import echo
 from core.exceptions import InvalidInputError
 
 #: Supported candle timeframes and their bar length.
@@ -32,7 +33,7 @@ def bar_length(timeframe: str) -> timedelta:
         return TIMEFRAMES[timeframe]
     except KeyError:
         raise InvalidInputError(
-            f"timeframe must be one of: {', '.join(TIMEFRAMES)} (got {timeframe!r})"
+            f"timeframe must be one of: {', '.join(TIMEFRAMES)} (got {echo(timeframe)})"
         ) from None
 
 
@@ -56,7 +57,7 @@ def check_symbol(symbol: str) -> str:
     """
     if not is_valid_symbol(symbol):
         raise InvalidInputError(
-            f"Invalid trading symbol {symbol!r}: use upper-case BASE+QUOTE such as BTCUSDT "
+            f"Invalid trading symbol {echo(symbol)}: use upper-case BASE+QUOTE such as BTCUSDT "
             f"(quote one of {', '.join(QUOTE_ASSETS)})"
         )
     return symbol

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.echo import echo
 from core.market import TIMEFRAMES
 from core.schemas.common import ModelType, TradingSymbol
 
@@ -60,7 +61,7 @@ class BulkAnalysisParams(BaseModel):
     @classmethod
     def _timeframe(cls, v: str) -> str:
         if v not in TIMEFRAMES:
-            raise ValueError(f"timeframe must be one of: {', '.join(TIMEFRAMES)} (got {v!r})")
+            raise ValueError(f"timeframe must be one of: {', '.join(TIMEFRAMES)} (got {echo(v)})")
         return v
 
     @field_validator("min_confidence")

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from core.echo import echo
 from core.exceptions import InvalidInputError
 from core.market import check_symbol
 
@@ -125,7 +126,7 @@ def validate_strategy_params(name: str, values: dict[str, Any] | None) -> Strate
     model = STRATEGY_PARAMS.get(name)
     if model is None:
         raise InvalidInputError(
-            f"Unknown strategy {name!r}: use one of {', '.join(STRATEGY_PARAMS)}"
+            f"Unknown strategy {echo(name)}: use one of {', '.join(STRATEGY_PARAMS)}"
         )
     try:
         return model(**dict(values or {}))
@@ -138,7 +139,7 @@ def validate_strategy_params(name: str, values: dict[str, Any] | None) -> Strate
                 msg = f"unknown parameter; allowed: {', '.join(model.model_fields)}"
             problems.append(f"{loc}: {msg}")
         raise InvalidInputError(
-            f"Invalid parameters for strategy {name!r}: " + "; ".join(problems)
+            f"Invalid parameters for strategy {echo(name)}: " + "; ".join(problems)
         ) from None
 
 
@@ -232,7 +233,7 @@ class OptimizeParameters(_RangeParams):
             if unknown:
                 raise ValueError(
                     f"space has unknown parameters {sorted(unknown)} for strategy "
-                    f"{self.strategy_name!r}; allowed: {', '.join(fields)}"
+                    f"{echo(self.strategy_name)}; allowed: {', '.join(fields)}"
                 )
             empty = [k for k, v in self.space.items() if not v]
             if empty:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
+from core.echo import echo
 from core.market import check_symbol
 
 MODEL_TYPES = ("lstm", "gru", "transformer")
@@ -13,7 +14,7 @@ MODEL_TYPES = ("lstm", "gru", "transformer")
 
 def _model_type(v: str) -> str:
     if v not in MODEL_TYPES:
-        raise ValueError(f"model_type must be one of: {', '.join(MODEL_TYPES)} (got {v!r})")
+        raise ValueError(f"model_type must be one of: {', '.join(MODEL_TYPES)} (got {echo(v)})")
     return v
 
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.echo import echo
 from core.market import TIMEFRAMES, bar_length, check_symbol
 
 Timeframe = Literal["5m", "15m", "1h", "4h", "1d"]
@@ -140,7 +141,7 @@ class IngestParameters(BaseModel):
             raise ValueError("start must be before end")
         for tf in self.resample_to:
             if tf not in ("4h", "1d"):
-                raise ValueError(f"resample_to supports 4h and 1d (got {tf})")
+                raise ValueError(f"resample_to supports 4h and 1d (got {echo(tf)})")
             if bar_length(tf) <= bar_length(self.timeframe):
                 raise ValueError(
                     f"resample_to {tf} must be coarser than timeframe {self.timeframe}"

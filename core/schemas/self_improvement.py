@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.echo import echo
 from core.schemas.common import MODEL_TYPES
 from core.schemas.monitoring import NotificationResult, PerformanceMetrics
 
@@ -137,7 +138,9 @@ class AdaptiveRetrainParams(BaseModel):
             raise ValueError("model_types must name at least one of: lstm, gru, transformer")
         bad = [t for t in v if t not in MODEL_TYPES]
         if bad:
-            raise ValueError(f"model_types must be among: {', '.join(MODEL_TYPES)} (got {bad})")
+            raise ValueError(
+                f"model_types must be among: {', '.join(MODEL_TYPES)} (got {echo(bad)})"
+            )
         return list(dict.fromkeys(v))
 
 

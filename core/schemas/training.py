@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.echo import echo
 from core.schemas.common import ModelType, TradingSymbol
 
 TRAINING_TIMEFRAMES = ("5m", "15m", "1h", "4h")
@@ -62,7 +63,7 @@ class TrainModelParams(BaseModel):
     def _timeframe(cls, v: str) -> str:
         if v not in TRAINING_TIMEFRAMES:
             raise ValueError(
-                f"timeframe must be one of: {', '.join(TRAINING_TIMEFRAMES)} (got {v!r})"
+                f"timeframe must be one of: {', '.join(TRAINING_TIMEFRAMES)} (got {echo(v)})"
             )
         return v
 
