@@ -216,6 +216,13 @@ class PerformanceResult(BaseModel):
     gpt4_analysis_triggered: bool = False
     analysis_flow_run_id: str | None = None
     analysis_note: str | None = None
+    strategies_to_disable: dict[str, str] = Field(
+        default_factory=dict, description="Strategies whose win rate is critical -> reason."
+    )
+    strategy_disable_run_id: str | None = Field(
+        default=None, description="The emergency-strategy-disable run started for them."
+    )
+    strategy_disable_note: str | None = None
     window_start: datetime
     window_end: datetime
     notifications: list[NotificationResult] = Field(default_factory=list)
