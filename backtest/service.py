@@ -105,8 +105,9 @@ def backtest_candles(
     )
 
 
-def render_equity_chart(result: BacktestResult) -> bytes:
-    """Draw the daily equity (with buy-and-hold) and drawdown curves.
+def render_equity_chart(result: BacktestResult, label: str = "") -> bytes:
+    """Draw the daily equity (with buy-and-hold) and drawdown curves; ``label`` (e.g.
+    "IN-SAMPLE") starts the title.
 
     Returns:
         PNG bytes (matplotlib, Agg backend).
@@ -126,7 +127,7 @@ def render_equity_chart(result: BacktestResult) -> bytes:
     ax1.axhline(result.config.initial_capital, color="grey", lw=0.8, ls="--")
     ax1.set_ylabel("equity")
     ax1.set_title(
-        f"{result.strategy_name} on {result.symbol} {result.timeframe}: "
+        f"{label + ': ' if label else ''}{result.strategy_name} on {result.symbol} {result.timeframe}: "
         f"return {m.total_return_pct:.1f}% (buy & hold {m.buy_and_hold_return_pct:.1f}%), "
         f"Sharpe {m.sharpe_ratio:.2f}, {m.total_trades} trades"
     )

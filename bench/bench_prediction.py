@@ -1,10 +1,15 @@
-"""predict-price latency (run: ``.venv/bin/python bench/bench_prediction.py``).
+"""predict-price latency and interval calibration.
+
+Run: ``.venv/bin/python bench/bench_prediction.py`` (latency) or
+``.venv/bin/python bench/bench_prediction.py calibration`` (coverage of the 80 % interval on
+real hours: calibration frozen at a date vs re-calibrated at every origin, with and without
+the regime scale; standard errors from weekly blocks of origins; machine load printed).
 
 Real Coinbase BTC/USD hours from ``../shared/data``: the newest 3,000 stored as BTCUSD 1h in
 an embedded nx-27017 store; a small GRU trained (2 epochs) on the 6,000 hours before them and
 deployed. Measured in one run:
 
-* pure: ``ml.forecast.predict_prices`` on in-memory candles with the model already loaded
+* pure: ``ml.prediction.predict_prices`` on in-memory candles with the model already loaded
   (24 h and 168 h; median of 5 after one warm-up);
 * flow: the ``predict-price`` flow on a temporary Prefect server (24 h), cold (first run:
   Keras compiles the model's predict) and warm (median of 3), against TC-ASYNC-013's < 10 s.
@@ -45,8 +50,8 @@ def main() -> None:
     from integrations.embedded_mongo import start_embedded_mongo
     from integrations.store import Store, connect
     from ml.features import prepare_dataset
-    from ml.forecast import predict_prices
     from ml.models import build_model
+    from ml.prediction import predict_prices
     from ml.registry import ModelRegistry
 
     tmp = Path(tempfile.mkdtemp())
@@ -94,7 +99,8 @@ def main() -> None:
             warm = _median_s(lambda: predict_price(params), 3)
     finally:
         mongo.stop()
-    cov = result.coverage
+    cov = result.recent_calibration_fit
+    after = result.coverage_after_training
     print(
         f"predict-price on real BTC/USD hours (model val_accuracy {acc:.3f}):\n"
         f"  pure predict_prices (model in memory, 3,000 candles): 24 h {pure_24 * 1000:.0f} ms, "
@@ -102,10 +108,56 @@ def main() -> None:
         f"  predict-price flow, 24 h: cold {cold:.2f} s, warm {warm:.2f} s "
         f"(TC-ASYNC-013 < 10 s: {'met' if max(cold, warm) < 10 else 'NOT met'}); "
         f"flow / pure (warm) {warm / pure_24:.1f}x\n"
-        f"  result coverage of the 80% interval on the last 720 h: "
-        f"{cov.coverage if cov else float('nan'):.3f} {cov.coverage_by_hour if cov else ''}"
+        f"  recent calibration fit of the 80% interval on the last 720 h: "
+        f"{cov.coverage if cov else float('nan'):.3f} {cov.coverage_by_hour if cov else ''}\n"
+        f"  coverage after the model's training window: "
+        f"{f'{after.coverage:.3f} +- {after.standard_error}' if after else 'n/a'} "
+        f"({result.coverage_after_training_note})"
     )
 
 
+def calibration() -> None:
+    """Coverage of the 80 % interval on the real hours (see the module docstring)."""
+    import numpy as np
+    import pandas as pd
+
+    from core.settings import Settings
+    from ml.forecast import ForecastConfig, interval_coverage
+
+    btc = load_btc_hours(Settings().data_dir)
+    close = btc["close"].to_numpy(float)
+
+    def at(day: str) -> int:
+        return int(np.searchsorted(btc.index, pd.Timestamp(day, tz="UTC")))
+
+    print(f"load average before: {os.getloadavg()}")
+    hours = list(range(1, 25))
+    periods = [("2018-01-01", "2018-07-01"), ("2018-07-01", "2019-01-01"), ("2019-04-01", None)]
+    for rb in (0, 168, 336, 720):
+        cfg = ForecastConfig(regime_bars=rb)
+        for start, end in periods:
+            a, b = at(start), (at(end) if end else len(close))
+            r = interval_coverage(
+                close, np.arange(a, b), hours, config=cfg, calibration_frozen_at=a
+            )
+            print(
+                f"regime_bars {rb:3d}  frozen at {start}, hours 1-24 until {end or 'the end'}: "
+                f"{r.coverage:.3f} +- {r.standard_error:.3f} ({r.pairs} pairs)"
+            )
+        t0 = at("2019-04-01")
+        r = interval_coverage(close, np.arange(t0, len(close)), hours, config=cfg)
+        print(
+            f"regime_bars {rb:3d}  online, every origin from 2019-04-01, hours 1-24: "
+            f"{r.coverage:.3f} +- {r.standard_error:.3f}"
+        )
+        r = interval_coverage(close, np.arange(t0, len(close), 7), [1, 6, 24, 72, 168], config=cfg)
+        by_hour = " / ".join(f"{v:.3f}" for v in r.coverage_by_hour.values())
+        print(
+            f"regime_bars {rb:3d}  online, origins every 7 h, hours 1/6/24/72/168: "
+            f"{r.coverage:.3f} +- {r.standard_error:.3f} ({by_hour})"
+        )
+    print(f"load average after: {os.getloadavg()}")
+
+
 if __name__ == "__main__":
-    main()
+    calibration() if sys.argv[1:] == ["calibration"] else main()

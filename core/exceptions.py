@@ -95,3 +95,15 @@ class DeadLetteredError(OperationalError):
 
 class TrainingError(OperationalError):
     """Training could not finish (diverged, out of memory at the minimum batch size, time limit)."""
+
+
+class JobFailedError(OperationalError):
+    """A job could not do (all of) its work; the run ends Failed with this message.
+
+    Raised after what was done has been recorded; ``result`` holds the job's result model
+    with the per-item outcomes (what succeeded, what did not and why).
+    """
+
+    def __init__(self, message: str, result: object | None = None) -> None:
+        super().__init__(message)
+        self.result = result

@@ -3,7 +3,9 @@
 Steps: closed trades (engine API or ``trades``; tasks.monitoring.fetch_closed_trades) ->
 integrations.reports.performance_metrics / performance_status (overall and per strategy) ->
 CRITICAL: start the ``llm-self-analysis`` deployment (tasks.monitoring.trigger_self_analysis)
-and notify; WARNING: notify.
+and notify; WARNING: notify. A strategy whose win rate is critical: start
+``emergency-strategy-disable``; when that cannot be started the run notifies, then ends
+Failed saying which strategies stay enabled.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from prefect import flow, get_run_logger
 
+from core.exceptions import BotAIError, JobFailedError
 from core.schemas.monitoring import PerformanceParameters, PerformanceResult
 from core.settings import Settings
 from integrations.reports import (
@@ -31,7 +34,12 @@ def daily_performance_analysis(
 ) -> PerformanceResult:
     """Judge recent trading. Returns metrics, status, per-strategy metrics and
     ``gpt4_analysis_triggered``; fewer than ``Settings.perf_min_trades`` trades give
-    ``INSUFFICIENT_DATA`` (no trigger, no alert)."""
+    ``INSUFFICIENT_DATA`` (no trigger, no alert).
+
+    Raises:
+        JobFailedError: a strategy's win rate is critical but the emergency disable could
+            not be started (after the notification; ``.result`` holds the analysis).
+    """
     from blocks.loader import load_store
 
     logger = get_run_logger()
@@ -80,11 +88,18 @@ def daily_performance_analysis(
     failing = critical_strategies(
         result.per_strategy, settings.strategy_critical_win_rate_pct, settings.perf_min_trades
     )
-    if failing:  # issue 6: disable a strategy whose win rate is critical
-        result.reasons.append(
-            trigger_strategy_disable(settings.emergency_disable_deployment, failing)[1]
-        )
-    if params.notify and status in ("CRITICAL", "WARNING"):
+    disable_error: str | None = None
+    if failing:  # TC-ASYNC-059: disable a strategy whose win rate is critical
+        result.strategies_to_disable = failing
+        try:
+            run_id, note = trigger_strategy_disable(settings.emergency_disable_deployment, failing)
+            result.strategy_disable_run_id = run_id
+        except BotAIError as e:  # recorded and announced below, then the run fails
+            disable_error = note = f"Emergency disable NOT started: {e}"
+            logger.error(note)
+        result.strategy_disable_note = note
+        result.reasons.append(note)
+    if params.notify and (status in ("CRITICAL", "WARNING") or disable_error):
         per = "\n".join(
             f"  {k}: {m.trades} trades, win rate {m.win_rate}%"
             for k, m in result.per_strategy.items()
@@ -93,15 +108,19 @@ def daily_performance_analysis(
             f"Last {(end - start).days} days: {metrics.trades} trades, win rate "
             f"{metrics.win_rate}%, avg {metrics.avg_profit_pct}%, Sharpe {metrics.sharpe_ratio}, "
             f"profit factor {metrics.profit_factor}, max drawdown {metrics.max_drawdown_pct}%\n"
-            f"{'; '.join(reasons)}\n{per}\n{result.analysis_note or ''}"
+            f"{'; '.join(result.reasons)}\n{per}\n{result.analysis_note or ''}"
         )
         result.notifications.append(
             send_notification(
                 build_notifier(store, settings),
-                "critical" if status == "CRITICAL" else "warning",
-                f"Trading performance {status}: {'; '.join(reasons)}",
+                "critical" if status == "CRITICAL" or disable_error else "warning",
+                f"Trading performance {status}: {'; '.join(result.reasons)}",
                 message,
                 dedupe_key=f"performance:{status}:{end.date()}",
             )
+        )
+    if disable_error:
+        raise JobFailedError(
+            f"Performance analysis done ({status}), but {disable_error}", result=result
         )
     return result

@@ -1,8 +1,11 @@
 """``optimize-strategy``: search a strategy's parameters (grid, genetic or walk-forward).
 
-Steps: load candles (as backtest-strategy) -> search (backtest.optimize) with every batch
-of parameter sets fanned out as one Prefect task on the Dask task runner -> backtest the
-best parameters on the whole range -> save to ``optimization_results``.
+Steps: load candles (as backtest-strategy) -> hold out the newest ``holdout_pct`` % of the
+bars (grid/genetic) -> search (backtest.optimize) on the rest, every batch of parameter sets
+fanned out as one Prefect task on the Dask task runner -> backtest the best parameters on the
+search bars (in-sample) and, when bars were held out, on them (out-of-sample; walk-forward:
+its stitched test windows) -> markdown artifact labelling each figure's sample -> save to
+``optimization_results``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import time
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from backtest.metrics import to_datetime
 from backtest.optimize import genetic_search, grid_search, walk_forward
+from backtest.samples import holdout_start, label_samples
 from backtest.strategies import Candles
 from blocks.loader import load_store
 from core.schemas.backtest import BacktestParameters, OptimizationResult, OptimizeParameters
@@ -21,6 +26,7 @@ from tasks.backtest import (
     expected_evaluations,
     fan_out_evaluator,
     load_backtest_candles,
+    publish_optimization_artifact,
     run_backtest_task,
     save_optimization_result,
 )
@@ -52,7 +58,10 @@ def optimize_strategy(params: OptimizeParameters) -> OptimizationResult:
     frame = load_backtest_candles(
         store, params.symbol, params.timeframe, params.start_date, params.end_date
     )
-    candles = Candles.from_frame(frame)
+    all_candles = Candles.from_frame(frame)
+    n = len(all_candles)
+    split = n if params.method == "walk_forward" else holdout_start(n, params.holdout_pct)
+    candles = all_candles.slice(0, split) if split < n else all_candles
     expected = expected_evaluations(params)
 
     def on_evaluated(done: int) -> None:  # 20% -> 80% as the search evaluates
@@ -103,7 +112,7 @@ def optimize_strategy(params: OptimizeParameters) -> OptimizationResult:
     progress.update(80, "Backtesting the best parameters")
     best_parameters = entries[0].parameters
     best = run_backtest_task(
-        frame,
+        frame.iloc[:split],
         BacktestParameters(
             strategy_name=params.strategy_name,
             symbol=params.symbol,
@@ -114,15 +123,23 @@ def optimize_strategy(params: OptimizeParameters) -> OptimizationResult:
             config=params.config,
         ),
     )
+    in_sample, out_of_sample, headline, headline_note = label_samples(
+        all_candles, split, best, walk, evaluations, params
+    )
     result = OptimizationResult(
         method=params.method,
         strategy_name=params.strategy_name,
         symbol=params.symbol,
         timeframe=params.timeframe,
-        start=best.start,
-        end=best.end,
+        start=to_datetime(all_candles.time[0]),
+        end=to_datetime(all_candles.time[-1]),
         space_size=space_size,
         evaluations=evaluations,
+        headline=headline,
+        headline_metrics=(out_of_sample or in_sample).metrics,
+        headline_note=headline_note,
+        in_sample=in_sample,
+        out_of_sample=out_of_sample,
         all_results=entries,
         best_parameters=best_parameters,
         best_result=best,
@@ -132,14 +149,18 @@ def optimize_strategy(params: OptimizeParameters) -> OptimizationResult:
         elapsed_s=time.perf_counter() - started,
     )
     progress.update(90, "Saving result")
+    publish_optimization_artifact(result, task_id, Settings())
     save_optimization_result(store, result)
     progress.update(100, "Complete")
     logger.info(
-        "%s %s: %d evaluations, best %s Sharpe %.2f",
+        "%s %s: %d evaluations, best %s; %s Sharpe %.2f, return %.2f%% (in-sample Sharpe %.2f)",
         params.method,
         params.strategy_name,
         evaluations,
         best_parameters,
-        entries[0].sharpe_ratio,
+        headline.replace("_", "-"),
+        result.headline_metrics.sharpe_ratio,
+        result.headline_metrics.total_return_pct,
+        in_sample.metrics.sharpe_ratio,
     )
     return result

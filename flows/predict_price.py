@@ -3,8 +3,9 @@
 Steps: the deployed model of model_type for the symbol (1h; fails clearly when none) ->
 the newest candles (calibration window + horizon + coverage window) -> forecast
 (ml.forecast: the model's up-probability tilts the drift, the interval comes from
-volatility-scaled empirical quantiles of h-hour returns before the origin) -> result with
-the interval's coverage measured on the symbol's recent history.
+volatility-scaled empirical quantiles of h-hour returns before the origin, rescaled to the
+recent regime) -> result with the interval's coverage measured only on hours after the
+model's training window, and the recent calibration fit, labelled as such.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def predict_price(params: PredictPriceParams) -> PredictPriceResult:
         result.predictions[-1].predicted_price,
         result.predictions[-1].lower,
         result.predictions[-1].upper,
-        f"{result.coverage.coverage:.3f}" if result.coverage else "n/a",
+        f"{result.coverage_after_training.coverage:.3f} after the model's training window"
+        if result.coverage_after_training
+        else result.coverage_after_training_note,
     )
     return result

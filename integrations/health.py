@@ -3,8 +3,10 @@
 Flow: :func:`load_checks` reads ``config/health_checks.yaml`` -> :func:`run_checks` runs every
 check in parallel threads, each with its own timeout and all within one deadline ->
 :func:`apply_failure_state` turns a first failure into ``failing`` and a second consecutive
-one into ``down`` -> :func:`build_report` computes the overall status (the worst:
-critical > degraded > healthy) and the alert texts.
+one into ``down`` -> :func:`build_report` computes the overall status (the worst of the
+services actually checked: critical > degraded > healthy; ``unknown`` when none was checked),
+a summary of how many were checked, and the alert texts. A service that was not checked
+(no target configured) is ``unknown``, never healthy.
 
 Disk, memory and the MongoDB ping go through :class:`Probes`, so tests inject readings
 (85 %, 95 %) or a dead store at this boundary.
@@ -332,7 +334,7 @@ def apply_failure_state(
         s = o.spec
         if o.skipped_note:
             services[s.name] = ServiceHealth(
-                name=s.name, kind=s.kind, status="skipped", note=o.skipped_note
+                name=s.name, kind=s.kind, status="unknown", note=o.skipped_note
             )
             continue
         if s.kind in ("disk", "memory"):
@@ -412,10 +414,18 @@ _RANK = {"healthy": 0, "degraded": 1, "critical": 2}
 
 
 def overall_status(services: Mapping[str, ServiceHealth]) -> str:
-    """The worst status: critical (a service down / a resource critical) > degraded (slow,
-    failing once, resource warning) > healthy. Skipped services do not count."""
+    """The worst status of the checked services: critical (a service down / a resource
+    critical) > degraded (slow, failing once, resource warning) > healthy.
+
+    Returns:
+        that status; ``"unknown"`` when no service was checked (all ``unknown``), since
+        nothing is then known to be healthy.
+    """
+    checked = [svc for svc in services.values() if svc.status != "unknown"]
+    if not checked:
+        return "unknown"
     worst = "healthy"
-    for svc in services.values():
+    for svc in checked:
         if svc.severity == "critical":
             level = "critical"
         elif svc.severity == "warning" or svc.status == "failing":
@@ -427,10 +437,36 @@ def overall_status(services: Mapping[str, ServiceHealth]) -> str:
     return worst
 
 
+def summarize(services: Mapping[str, ServiceHealth]) -> str:
+    """One line saying how many services were checked and what they showed.
+
+    Returns:
+        e.g. ``"5 of 11 checked: 4 healthy, 1 down; 6 not checked (not configured)"``;
+        ``"0 of 3 checked; 3 not checked (not configured)"`` when none was.
+    """
+    counts: dict[str, int] = {}
+    unchecked = 0
+    for svc in services.values():
+        if svc.status == "unknown":
+            unchecked += 1
+        else:
+            counts[svc.status] = counts.get(svc.status, 0) + 1
+    checked = len(services) - unchecked
+    order = ["healthy", "slow", "warning", "failing", "down", "critical"]
+    parts = [f"{counts[k]} {k}" for k in order if counts.get(k)]
+    text = f"{checked} of {len(services)} checked"
+    if parts:
+        text += ": " + ", ".join(parts)
+    if unchecked:
+        text += f"; {unchecked} not checked (not configured)"
+    return text
+
+
 def build_report(
     services: dict[str, ServiceHealth], started: datetime, duration_ms: float
 ) -> HealthReport:
-    """Assemble the report: overall status and alerts (critical ones listed separately)."""
+    """Assemble the report: overall status, the checked/unchecked summary and alerts
+    (critical ones listed separately). Returns the :class:`HealthReport`."""
     alerts, critical = [], []
     for svc in services.values():
         text = alert_text(svc)
@@ -441,6 +477,9 @@ def build_report(
     return HealthReport(
         created_at=started,
         overall_status=overall_status(services),  # type: ignore[arg-type]
+        summary=summarize(services),
+        checked_count=sum(1 for s in services.values() if s.status != "unknown"),
+        unchecked=[n for n, s in services.items() if s.status == "unknown"],
         services=services,
         alerts=alerts,
         critical_alerts=critical,

@@ -80,12 +80,18 @@ class TradingEngineClient:
         *,
         params: dict[str, Any] | None = None,
         json: Any = None,
+        deadline: float | None = None,
     ) -> Any:
         """Call ``method path`` and return the envelope's ``data``.
 
+        Args:
+            deadline: ``time.monotonic()`` value by which the call must be over, retries
+                included: each attempt's timeout is cut to the time left and no retry starts
+                (or waits) past it. None: only ``timeout_s`` and ``max_retries`` bound the call.
+
         Raises:
             ServiceUnavailableError: timeouts/connection errors/5xx after ``max_retries``
-                retries, or an answer that is not the engine envelope.
+                retries or at the deadline, or an answer that is not the engine envelope.
             RateLimitedError: 429 after the retries.
             PeerRejectedError: HTTP 4xx or ``success: false`` (message names the endpoint).
         """
@@ -95,16 +101,28 @@ class TradingEngineClient:
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         last: Exception | None = None
+        attempts, cut = 0, False
         for attempt in range(self.max_retries + 1):
+            timeout = self.timeout_s
             if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+                wait = self.backoff_s * 2 ** (attempt - 1)
+                if deadline is not None and time.monotonic() + wait >= deadline:
+                    cut = True
+                    break
+                time.sleep(wait)
+            if deadline is not None:
+                timeout = min(timeout, deadline - time.monotonic())
+                if timeout <= 0.05:
+                    cut = True
+                    break
+            attempts += 1
             try:
                 resp = requests.request(
-                    method, url, params=params, json=json, headers=headers, timeout=self.timeout_s
+                    method, url, params=params, json=json, headers=headers, timeout=timeout
                 )
             except requests.Timeout:
                 last = ServiceUnavailableError(
-                    f"Trading engine {where} timed out after {self.timeout_s:g}s"
+                    f"Trading engine {where} timed out after {round(timeout, 1):g}s"
                 )
                 log.warning("%s (attempt %d)", last, attempt + 1)
                 continue
@@ -139,7 +157,10 @@ class TradingEngineClient:
                     f"Trading engine {where} refused: {error or 'success=false without error'}"
                 )
             return body.get("data")
-        assert last is not None
+        if last is None:  # the deadline passed before the first attempt
+            raise ServiceUnavailableError(f"Trading engine {where}: deadline passed, not sent")
+        if cut:
+            raise type(last)(f"{last}; deadline reached after {attempts} attempt(s)")
         raise last
 
     # ------------------------------------------------------------ typed calls

@@ -21,6 +21,7 @@ from prefect.futures import PrefectFuture
 from prefect.tasks import exponential_backoff
 
 from backtest.optimize import Evaluate, evaluate_params, resolve_space, valid_combinations
+from backtest.samples import optimization_markdown
 from backtest.service import (
     backtest_candles,
     check_range,
@@ -170,6 +171,33 @@ def publish_backtest_artifacts(
         description=f"{result.strategy_name} backtest summary and equity/drawdown chart",
     )
     get_run_logger().info("chart written to %s (%d bytes)", path, len(png))
+    return str(path)
+
+
+@task(name="publish-optimization-artifact", cache_policy=NONE)
+def publish_optimization_artifact(
+    result: OptimizationResult, task_id: str, settings: Settings
+) -> str:
+    """Markdown artifact of an optimisation: the headline with its sample named, in-sample vs
+    out-of-sample metrics, the top (in-sample) sets and the best set's equity chart titled
+    IN-SAMPLE; the PNG also on disk.
+
+    Returns:
+        the path of the PNG written under ``<state_dir>/backtests/``.
+    """
+    png = render_equity_chart(result.best_result, label="IN-SAMPLE")
+    path = _chart_path(settings, task_id)
+    path.write_bytes(png)
+    image = base64.b64encode(png).decode("ascii")
+    key = f"optimize-{result.method}-{result.strategy_name}-{result.symbol}".lower()
+    create_markdown_artifact(
+        optimization_markdown(result)
+        + "\n## Best parameters, IN-SAMPLE equity and drawdown\n\n"
+        + f"![in-sample equity and drawdown](data:image/png;base64,{image})\n",
+        key=key.replace("_", "-"),
+        description=f"{result.method} optimisation of {result.strategy_name}: headline "
+        f"{result.headline.replace('_', '-')}",
+    )
     return str(path)
 
 

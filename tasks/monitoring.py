@@ -138,7 +138,12 @@ def perform_health_check(
             f" {svc.response_time_ms:.0f}ms" if svc.response_time_ms is not None else "",
             f" ({svc.error or svc.note})" if (svc.error or svc.note) else "",
         )
-    logger.info("overall %s; alerts: %s", report.overall_status, report.alerts or "none")
+    logger.info(
+        "overall %s (%s); alerts: %s",
+        report.overall_status,
+        report.summary,
+        report.alerts or "none",
+    )
     if notify and notifier is not None and report.alerts:
         if store is not None and not mongo_ok:
             notifier.store = None  # no cool-down lookups against a dead store
@@ -149,7 +154,7 @@ def perform_health_check(
             for n, a in ((n, health.alert_text(s)) for n, s in services.items())
             if a
         )
-        message = f"Overall status: {report.overall_status.upper()}\n{details}"
+        message = f"Overall status: {report.overall_status.upper()} ({report.summary})\n{details}"
         report.notifications.append(
             _notify_within(
                 notifier,

@@ -13,7 +13,8 @@ from pydantic import SecretBytes
 from core.exceptions import InsufficientDataError, NotFoundError
 from core.schemas.analysis import PredictPriceParams, PredictPriceResult
 from integrations.store import Store
-from ml.forecast import ForecastConfig, predict_prices
+from ml.forecast import ForecastConfig
+from ml.prediction import predict_prices
 from ml.registry import ModelRecord, ModelRegistry
 from tasks.retry import retry_only_retryable
 
@@ -94,7 +95,7 @@ def forecast_prices_task(
     config: ForecastConfig,
     coverage_bars: int = 720,
 ) -> PredictPriceResult:
-    """Decrypt the model in memory and forecast (:func:`ml.forecast.predict_prices`).
+    """Decrypt the model in memory and forecast (:func:`ml.prediction.predict_prices`).
 
     Returns:
         the forecast (``task_id``/``elapsed_s`` left for the flow).

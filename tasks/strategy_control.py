@@ -12,6 +12,7 @@ Settings (``engine_strategy_disable_path``, ``engine_cancel_signals_path``,
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +20,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.tasks import exponential_backoff
 
-from core.exceptions import ServiceUnavailableError
+from core.exceptions import BotAIError, NotFoundError, ServiceUnavailableError
 from core.schemas.self_improvement import StrategyOutcome
 from core.settings import Settings
 from integrations.store import Store
@@ -33,38 +34,63 @@ def _path(template: str, name: str) -> str:
     return template.format(name=quote(name, safe=""))
 
 
-@task(
-    name="disable-strategy",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(1),
-    retry_condition_fn=retry_only_retryable,
-    cache_policy=NONE,
-)
+@task(name="disable-strategy", cache_policy=NONE)
 def disable_strategy(
-    client: TradingEngineClient, strategy: str, reason: str, by: str, settings: Settings
+    client: TradingEngineClient,
+    strategy: str,
+    reason: str,
+    by: str,
+    settings: Settings,
+    deadline: float | None = None,
 ) -> StrategyOutcome:
-    """Disable ``strategy`` on the engine, then cancel its pending signals.
+    """Disable ``strategy`` on the engine, then cancel its pending signals, all by ``deadline``.
 
-    Returns the outcome (``enabled`` False, ``signals_cancelled``).
+    Args:
+        deadline: ``time.monotonic()`` value bounding both engine calls with their retries
+            (the client's own retries, no task retries: the deadline is the bound).
 
-    Raises:
-        ServiceUnavailableError: the engine did not answer (retried by this task).
-        PeerRejectedError: the engine refused (unknown strategy...).
+    Returns:
+        the outcome, never raising for the engine's trouble: ``disabled`` (signals
+        cancelled), ``disabled_signals_not_cancelled`` or ``not_disabled``, with the error.
     """
-    data = client._request(
-        "POST",
-        _path(settings.engine_strategy_disable_path, strategy),
-        json={"reason": reason, "by": by},
-    )
-    enabled = bool(data.get("enabled", False)) if isinstance(data, dict) else False
-    if enabled:
-        raise ServiceUnavailableError(f"Trading engine still reports {strategy!r} enabled")
-    cancelled = client._request(
-        "POST", _path(settings.engine_cancel_signals_path, strategy), json={"reason": reason}
-    )
-    n = int(cancelled.get("cancelled", 0)) if isinstance(cancelled, dict) else 0
-    get_run_logger().warning("strategy %s disabled, %d pending signals cancelled", strategy, n)
-    return StrategyOutcome(strategy=strategy, enabled=False, signals_cancelled=n)
+    logger = get_run_logger()
+    t0 = time.monotonic()
+    out = StrategyOutcome(strategy=strategy, outcome="not_disabled")
+    try:
+        data = client._request(
+            "POST",
+            _path(settings.engine_strategy_disable_path, strategy),
+            json={"reason": reason, "by": by},
+            deadline=deadline,
+        )
+        if isinstance(data, dict) and bool(data.get("enabled", False)):
+            raise ServiceUnavailableError(f"Trading engine still reports {strategy!r} enabled")
+    except BotAIError as e:
+        out.error = f"disable: {e}"
+        out.elapsed_s = round(time.monotonic() - t0, 2)
+        logger.error("strategy %s NOT disabled: %s", strategy, e)
+        return out
+    out.enabled, out.outcome = False, "disabled_signals_not_cancelled"
+    try:
+        cancelled = client._request(
+            "POST",
+            _path(settings.engine_cancel_signals_path, strategy),
+            json={"reason": reason},
+            deadline=deadline,
+        )
+    except BotAIError as e:
+        out.error = f"cancel pending signals: {e}"
+        logger.error("strategy %s disabled, pending signals NOT cancelled: %s", strategy, e)
+    else:
+        out.signals_cancelled = (
+            int(cancelled.get("cancelled", 0)) if isinstance(cancelled, dict) else 0
+        )
+        out.outcome = "disabled"
+        logger.warning(
+            "strategy %s disabled, %d pending signals cancelled", strategy, out.signals_cancelled
+        )
+    out.elapsed_s = round(time.monotonic() - t0, 2)
+    return out
 
 
 @task(
@@ -108,6 +134,7 @@ def record_disabled(
         "disabled_at": now,
         "by": by,
         "signals_cancelled": outcome.signals_cancelled,
+        "signals_cancel_error": outcome.error,
         "task_id": run_id,
         "history": [
             *previous.get("history", []),
@@ -162,11 +189,15 @@ def critical_strategies(
 
 
 @task(name="trigger-strategy-disable", cache_policy=NONE)
-def trigger_strategy_disable(deployment: str, reasons: dict[str, str]) -> tuple[str | None, str]:
+def trigger_strategy_disable(deployment: str, reasons: dict[str, str]) -> tuple[str, str]:
     """Start ``emergency-strategy-disable`` for the strategies in ``reasons`` without waiting.
 
     Returns:
-        (flow-run id or None when the deployment does not exist, a note saying what happened).
+        (flow-run id, a note saying what was started).
+
+    Raises:
+        NotFoundError: the deployment does not exist (nothing started; the message names
+            the strategies left enabled and the deployment to create).
     """
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
@@ -181,9 +212,10 @@ def trigger_strategy_disable(deployment: str, reasons: dict[str, str]) -> tuple[
             name=deployment, parameters={"params": params}, timeout=0, tags=["win-rate-critical"]
         )
     except ObjectNotFound:
-        note = f"Deployment {deployment!r} is not deployed: {', '.join(names)} NOT disabled"
-        get_run_logger().error(note)
-        return None, note
+        raise NotFoundError(
+            f"Deployment {deployment!r} is not deployed: {', '.join(names)} NOT disabled "
+            f"({reason}); deploy it (prefect.yaml) or set BOTAI_EMERGENCY_DISABLE_DEPLOYMENT"
+        ) from None
     note = f"emergency-strategy-disable started for {', '.join(names)} ({reason}): run {run.id}"
     get_run_logger().warning(note)
     return str(run.id), note

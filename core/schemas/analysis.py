@@ -154,14 +154,23 @@ class PricePoint(BaseModel):
 
 
 class CoverageCheck(BaseModel):
-    """How often the interval method contained the realised price on the symbol's own
-    recent history (every origin's interval built only from data before it)."""
+    """How often the interval method contained the realised price over a set of past
+    forecast origins (every origin's interval built only from data before it)."""
 
     interval_level: float
     origins: int
+    origins_from: datetime | None = Field(default=None, description="Open time of the first.")
+    origins_to: datetime | None = Field(default=None, description="Open time of the last.")
     horizons: list[int]
+    pairs: int = Field(default=0, description="(origin, hour) pairs with a known outcome.")
     coverage: float = Field(description="Share of (origin, hour) pairs inside the interval.")
+    standard_error: float | None = Field(
+        default=None,
+        description="Of the coverage, from the spread of weekly blocks of origins (nearby "
+        "origins overlap); None with a single block.",
+    )
     coverage_by_hour: dict[str, float]
+    description: str = ""
 
 
 class PredictPriceResult(BaseModel):
@@ -179,8 +188,23 @@ class PredictPriceResult(BaseModel):
     interval_level: float
     calibration_bars: int = Field(description="Hours of history the interval quantiles used.")
     predictions: list[PricePoint]
-    coverage: CoverageCheck | None = Field(
-        default=None, description="Measured coverage on recent history (None: too little data)."
+    model_data_end: datetime | None = Field(
+        default=None,
+        description="Newest hour the model's training or validation used (its record).",
+    )
+    coverage_after_training: CoverageCheck | None = Field(
+        default=None,
+        description="Coverage measured only at origins after model_data_end: forecasts of "
+        "hours neither the model nor its selection saw. None: no such hour has a known "
+        "outcome yet (coverage_after_training_note says why).",
+    )
+    coverage_after_training_note: str = ""
+    recent_calibration_fit: CoverageCheck | None = Field(
+        default=None,
+        description="The interval method replayed on the last hours of the candles, "
+        "including hours the model trained on: how well it fits recent history, not a "
+        "measured forecast coverage (a review found its correlation with the next month's "
+        "realised coverage, over nine monthly retrains, to be 0.003).",
     )
     task_id: str | None = None
     elapsed_s: float

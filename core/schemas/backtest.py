@@ -224,6 +224,14 @@ class OptimizeParameters(_RangeParams):
     wf_train_ratio: float = Field(
         3.0, gt=0, le=20, description="Walk-forward: train window length / test window length."
     )
+    holdout_pct: float = Field(
+        0.0,
+        ge=0,
+        le=50,
+        description="Grid/genetic: newest share of the bars held out of the search; the best "
+        "set is then traded on them (out-of-sample headline). 0: no holdout, every figure is "
+        "in-sample (chosen on the same bars it is measured on).",
+    )
 
     @model_validator(mode="after")
     def _space(self) -> OptimizeParameters:
@@ -302,10 +310,29 @@ class BacktestResult(BaseModel):
     task_id: str | None = None
 
 
+Sample = Literal["in_sample", "out_of_sample"]
+
+
 class OptimizationEntry(BacktestMetrics):
-    """Metrics of one evaluated parameter set."""
+    """IN-SAMPLE metrics of one evaluated parameter set, on the bars the search ranked it on."""
 
     parameters: dict[str, Any]
+    sample: Sample = "in_sample"
+
+
+class SampleReport(BaseModel):
+    """Metrics of the chosen parameters on one sample of bars, labelled in- or out-of-sample.
+
+    In-sample: measured on the bars the parameters were chosen on (the best of many sets
+    there, so optimistic). Out-of-sample: on bars the choice never saw.
+    """
+
+    sample: Sample
+    start: datetime = Field(description="Open time of the first bar.")
+    end: datetime = Field(description="Open time of the last bar.")
+    bars: int
+    metrics: BacktestMetrics
+    description: str
 
 
 class WalkForwardWindow(BaseModel):
@@ -317,15 +344,18 @@ class WalkForwardWindow(BaseModel):
     test_start: datetime
     test_end: datetime
     best_parameters: dict[str, Any]
-    train_sharpe: float
-    test: BacktestMetrics
+    train_sharpe: float = Field(description="IN-SAMPLE: the chosen set's Sharpe on its train bars.")
+    test: BacktestMetrics = Field(description="Out-of-sample: the chosen set on the test bars.")
 
 
 class WalkForwardReport(BaseModel):
     """Out-of-sample statistics per window and over all test windows, and parameter stability."""
 
     windows: list[WalkForwardWindow]
-    overall_out_of_sample: BacktestMetrics
+    overall_out_of_sample: BacktestMetrics = Field(
+        description="Out-of-sample: the test windows stitched, each traded with the set chosen "
+        "on the train bars before it."
+    )
     parameter_stability: dict[str, dict[str, Any]]
 
 
@@ -338,13 +368,20 @@ class GeneticReport(BaseModel):
     evaluations: int
     space_size: int
     evaluated_pct: float
-    best_sharpe: float
+    best_sharpe: float = Field(description="IN-SAMPLE: best Sharpe found on the search bars.")
     exhaustive_best_sharpe: float | None = None
     ratio_to_exhaustive_pct: float | None = None
 
 
 class OptimizationResult(BaseModel):
-    """Result of the optimize-strategy flow (saved to ``optimization_results``)."""
+    """Result of the optimize-strategy flow (saved to ``optimization_results``).
+
+    ``headline`` says which sample ``headline_metrics`` come from: out-of-sample for
+    walk-forward (the stitched test windows) and for a grid/genetic search with a holdout;
+    in-sample otherwise, i.e. the best of ``evaluations`` sets measured on the very bars it
+    was chosen on (expect worse on new data). ``all_results``, ``best_result`` and
+    ``in_sample`` are always in-sample.
+    """
 
     status: Literal["success"] = "success"
     method: str
@@ -355,9 +392,21 @@ class OptimizationResult(BaseModel):
     end: datetime
     space_size: int
     evaluations: int
-    all_results: list[OptimizationEntry] = Field(description="Ranked by Sharpe, best first.")
+    headline: Sample = Field(description="Sample of headline_metrics.")
+    headline_metrics: BacktestMetrics
+    headline_note: str = Field(description="What the headline figures are, in words.")
+    in_sample: SampleReport
+    out_of_sample: SampleReport | None = Field(
+        None, description="None: no bars were held out (grid/genetic with holdout_pct 0)."
+    )
+    all_results: list[OptimizationEntry] = Field(
+        description="IN-SAMPLE: every evaluated set on the search bars, ranked by Sharpe."
+    )
     best_parameters: dict[str, Any]
-    best_result: BacktestResult
+    best_result: BacktestResult = Field(
+        description="IN-SAMPLE: full backtest of best_parameters on bars they were chosen on "
+        "(walk-forward: the last window's choice over the whole range, its train bars included)."
+    )
     genetic: GeneticReport | None = None
     walk_forward: WalkForwardReport | None = None
     elapsed_s: float = 0.0

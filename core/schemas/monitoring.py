@@ -14,8 +14,10 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 Level = Literal["info", "warning", "critical"]
-ServiceStatus = Literal["healthy", "slow", "failing", "down", "skipped", "warning", "critical"]
-OverallStatus = Literal["healthy", "degraded", "critical"]
+# "unknown": the service was not checked (no target configured); never counted as healthy.
+ServiceStatus = Literal["healthy", "slow", "failing", "down", "unknown", "warning", "critical"]
+# "unknown": no service was checked at all, so nothing is known to be healthy.
+OverallStatus = Literal["healthy", "degraded", "critical", "unknown"]
 PerformanceStatus = Literal["GOOD", "WARNING", "CRITICAL", "INSUFFICIENT_DATA"]
 
 
@@ -72,10 +74,21 @@ class ServiceHealth(BaseModel):
 
 
 class HealthReport(BaseModel):
-    """The whole health check: every service, the overall status (the worst) and alerts."""
+    """The whole health check: every service, the overall status and alerts.
+
+    ``overall_status`` is the worst status of the services actually checked; services that
+    were not checked (``unknown``) never count as healthy, and when none was checked the
+    overall status is ``unknown``. ``summary`` says how many were checked, e.g.
+    ``"5 of 11 checked: 5 healthy; 6 not checked (not configured)"``.
+    """
 
     created_at: datetime
     overall_status: OverallStatus
+    summary: str = Field(default="", description="How many services were checked, and with what.")
+    checked_count: int = Field(default=0, description="Services actually checked.")
+    unchecked: list[str] = Field(
+        default_factory=list, description="Services not checked (status unknown), by name."
+    )
     services: dict[str, ServiceHealth]
     alerts: list[str] = Field(default_factory=list)
     critical_alerts: list[str] = Field(default_factory=list)
@@ -203,6 +216,13 @@ class PerformanceResult(BaseModel):
     gpt4_analysis_triggered: bool = False
     analysis_flow_run_id: str | None = None
     analysis_note: str | None = None
+    strategies_to_disable: dict[str, str] = Field(
+        default_factory=dict, description="Strategies whose win rate is critical -> reason."
+    )
+    strategy_disable_run_id: str | None = Field(
+        default=None, description="The emergency-strategy-disable run started for them."
+    )
+    strategy_disable_note: str | None = None
     window_start: datetime
     window_end: datetime
     notifications: list[NotificationResult] = Field(default_factory=list)

@@ -180,6 +180,15 @@ class StrategyDisableParams(BaseModel):
     strategies: list[str] = Field(description="Strategy names to disable now.")
     reason: str = Field(description="Why, e.g. 'Win rate 40% (critical threshold 45%)'.")
     by: str = Field(default="prefect", description="Who or what disabled them.")
+    deadline_s: float = Field(
+        default=90.0,
+        ge=5.0,
+        le=240.0,
+        description="Total time for the engine calls of all strategies (they run in parallel, "
+        "each engine call also bounded by the engine block's timeout). The URGENT alert goes "
+        "out before any engine call; whatever is not done by the deadline is reported as not "
+        "done and the run ends Failed.",
+    )
 
     @field_validator("strategies")
     @classmethod
@@ -197,25 +206,54 @@ class StrategyDisableParams(BaseModel):
         return v.strip()
 
 
+DisableOutcome = Literal["disabled", "disabled_signals_not_cancelled", "not_disabled"]
+
+
 class StrategyOutcome(BaseModel):
-    """One strategy's disable/enable outcome."""
+    """One strategy's disable/enable outcome: what was done, and what was not and why."""
 
     strategy: str
-    enabled: bool | None = None
+    outcome: DisableOutcome | None = Field(
+        default=None,
+        description="Disable only: disabled (and its pending signals cancelled), "
+        "disabled_signals_not_cancelled, or not_disabled.",
+    )
+    enabled: bool | None = Field(
+        default=None, description="The engine's state after the call; None: unknown."
+    )
     signals_cancelled: int = 0
+    recorded: bool = Field(default=False, description="Written to strategy_state.")
     error: str | None = None
+    elapsed_s: float | None = None
 
 
 class StrategyDisableResult(BaseModel):
-    """Result of ``emergency-strategy-disable``."""
+    """Result of ``emergency-strategy-disable``.
+
+    ``status``: success (every strategy disabled, its signals cancelled and recorded),
+    partial (some), failed (none). A run whose status is not success ends Failed with this
+    result's summary as its message (``core.exceptions.JobFailedError``).
+    """
 
     status: Literal["success", "partial", "failed"]
     task_id: str
     reason: str
     strategies_disabled: list[str] = Field(default_factory=list)
     pending_signals_cancelled: int = 0
-    outcomes: dict[str, StrategyOutcome] = Field(default_factory=dict)
-    notification: NotificationResult | None = None
+    outcomes: dict[str, StrategyOutcome] = Field(
+        default_factory=dict, description="Per strategy, in the order asked."
+    )
+    alert: NotificationResult | None = Field(
+        default=None, description="The URGENT alert sent before any engine call."
+    )
+    notification: NotificationResult | None = Field(
+        default=None, description="The follow-up message with the per-strategy outcomes."
+    )
+    alert_after_s: float | None = Field(
+        default=None, description="Seconds from the run's start to the alert's delivery."
+    )
+    elapsed_s: float | None = None
+    summary: str = ""
 
 
 class StrategyEnableParams(BaseModel):

@@ -132,9 +132,44 @@ def test_optimize_grid_flow_ranks_50_variations_on_dask(
     assert result.best_parameters == result.all_results[0].parameters
     assert result.best_result.metrics.sharpe_ratio == pytest.approx(sharpes[0])
     assert {"rsi_period", "oversold", "overbought"} <= set(result.best_parameters)
+    # no holdout: every figure is in-sample, and labelled so
+    assert result.headline == "in_sample" and result.out_of_sample is None
+    assert result.headline_note.startswith("In-sample: the best of 50 parameter sets")
+    assert result.in_sample.metrics == result.best_result.metrics == result.headline_metrics
+    assert {r.sample for r in result.all_results} == {"in_sample"}
+    (art,) = [a for a in _artifacts(result.task_id) if a.type == "markdown"]
+    assert "**Headline (IN-SAMPLE)**" in art.data and "OUT-OF-SAMPLE" not in art.data
+    assert "Top parameter sets (IN-SAMPLE" in art.data
     saved = btc_store.optimization_result_get(result.task_id)
     assert saved is not None and saved["method"] == "grid"
     assert len(saved["result"]["all_results"]) == 50
+    assert saved["result"]["headline"] == "in_sample"
+
+
+@pytest.mark.tc("TC-ASYNC-073")
+def test_optimize_walk_forward_flow_headline_is_out_of_sample(
+    btc_store: Store, dask_address: str
+) -> None:
+    params = OptimizeParameters(
+        strategy_name="rsi",
+        symbol="BTCUSD",
+        timeframe="1h",
+        start_date=SIX_MONTHS[0],
+        end_date=SIX_MONTHS[1],
+        method="walk_forward",
+        parameter_variations=20,
+        wf_windows=3,
+        wf_train_ratio=2.0,
+    )
+    result = _optimize(params, dask_address)
+    walk = result.walk_forward
+    assert result.headline == "out_of_sample"
+    assert result.headline_metrics == walk.overall_out_of_sample == result.out_of_sample.metrics
+    assert result.out_of_sample.start == walk.windows[0].test_start
+    assert result.in_sample.sample == "in_sample"
+    assert result.in_sample.metrics == result.best_result.metrics
+    (art,) = [a for a in _artifacts(result.task_id) if a.type == "markdown"]
+    assert "**Headline (OUT-OF-SAMPLE)**" in art.data and "| metric | IN-SAMPLE (" in art.data
 
 
 @pytest.mark.tc("TC-ASYNC-075")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import pandas as pd
 import pytest
 
@@ -12,8 +14,11 @@ from backtest.optimize import (
     parameter_stability,
     walk_forward,
 )
+from backtest.samples import holdout_start, label_samples
+from backtest.service import backtest_candles
 from backtest.strategies import Candles, get_strategy
 from core.exceptions import InvalidInputError
+from core.schemas.backtest import OptimizeParameters
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +99,71 @@ def test_walk_forward_reports_out_of_sample_windows_and_stability(candles: Candl
         200 / 3
     )
     assert stability["b"]["distinct"] == 2 and "relative_std_pct" not in stability["b"]
+
+
+@pytest.mark.tc("TC-ASYNC-067", "TC-ASYNC-073")
+def test_holdout_labels_in_and_out_of_sample(
+    btc_six_months: pd.DataFrame, candles: Candles
+) -> None:
+    """Grid with 25 % held out: the search never sees the held-out bars, the headline is
+    the best set traded on them, and the in-sample figure is labelled as such. On these real
+    hours the best of 546 RSI sets has an in-sample Sharpe far above its out-of-sample one."""
+    n = len(candles)
+    split = holdout_start(n, 25)
+    assert split == n - round(n * 0.25)
+    entries, _ = grid_search(candles.slice(0, split), "rsi", 10**6, local_evaluator("rsi"))
+    best = backtest_candles(
+        btc_six_months.iloc[:split], "rsi", entries[0].parameters, symbol="BTCUSD", timeframe="1h"
+    )
+    params = OptimizeParameters(
+        strategy_name="rsi",
+        symbol="BTCUSD",
+        start_date=date(2019, 3, 22),
+        end_date=date(2019, 9, 22),
+        holdout_pct=25,
+    )
+    ins, oos, headline, note = label_samples(candles, split, best, None, len(entries), params)
+    assert (ins.sample, oos.sample, headline) == ("in_sample", "out_of_sample", "out_of_sample")
+    assert ins.bars == split and ins.metrics == best.metrics
+    assert oos.bars == n - split and oos.start == btc_six_months.index[split].to_pydatetime()
+    assert "best of 546 parameter sets" in ins.description and note.startswith("Out-of-sample")
+    # the out-of-sample baseline is buy-and-hold over the held-out bars alone
+    assert oos.metrics.buy_and_hold_return_pct == pytest.approx(
+        (btc_six_months["close"].iloc[-1] / btc_six_months["open"].iloc[split] - 1) * 100
+    )
+    assert ins.metrics.sharpe_ratio > 5 and oos.metrics.sharpe_ratio < 0  # selection bias
+    # no holdout: the headline is the in-sample figure and says so
+    whole = backtest_candles(
+        btc_six_months, "rsi", entries[0].parameters, symbol="BTCUSD", timeframe="1h"
+    )
+    ins0, oos0, head0, note0 = label_samples(candles, n, whole, None, 546, params)
+    assert oos0 is None and head0 == "in_sample" and note0.startswith("In-sample")
+    assert "no bars were held out" in note0
+    with pytest.raises(InvalidInputError, match="holdout_pct 50 of 150 bars"):
+        holdout_start(150, 50)
+
+
+@pytest.mark.tc("TC-ASYNC-073")
+def test_walk_forward_headline_is_the_stitched_out_of_sample(
+    btc_six_months: pd.DataFrame, candles: Candles
+) -> None:
+    report, last = walk_forward(
+        candles, "rsi", local_evaluator("rsi"), n_windows=3, train_ratio=2.0, n_variations=20
+    )
+    whole = backtest_candles(
+        btc_six_months, "rsi", last[0].parameters, symbol="BTCUSD", timeframe="1h"
+    )
+    params = OptimizeParameters(
+        strategy_name="rsi",
+        symbol="BTCUSD",
+        start_date=date(2019, 3, 22),
+        end_date=date(2019, 9, 22),
+        method="walk_forward",
+        wf_windows=3,
+        wf_train_ratio=2.0,
+    )
+    ins, oos, headline, _ = label_samples(candles, len(candles), whole, report, 60, params)
+    assert headline == "out_of_sample" and oos.metrics == report.overall_out_of_sample
+    assert oos.start == report.windows[0].test_start and oos.end == report.windows[-1].test_end
+    assert oos.bars == len(candles) - 2 * (len(candles) // 5)
+    assert ins.sample == "in_sample" and "train windows' bars included" in ins.description

@@ -49,6 +49,27 @@ def test_80pct_interval_covers_70_to_90pct_of_held_out_btc_hours(btc: pd.DataFra
 
 
 @pytest.mark.tc("TC-ASYNC-013")
+def test_regime_scale_brings_frozen_calibration_back_toward_80pct(btc: pd.DataFrame) -> None:
+    """Quantiles frozen on the 2,160 hours before the test window, then applied to every hour
+    after it (hours 1-24): without the regime scale the 80 % interval covered ~0.74; scaling
+    it by the recent interquantile range of the 1-hour standardised moves relative to the
+    calibration window's (regime_bars 720) brings it to ~0.77."""
+    close = btc["close"].to_numpy()
+    frozen = int(np.searchsorted(btc.index, pd.Timestamp(TEST_FROM, tz="UTC")))
+    origins = np.arange(frozen, len(close), 3)
+    hours = list(range(1, 25))
+    kw = {"calibration_frozen_at": frozen}
+    plain = interval_coverage(close, origins, hours, config=ForecastConfig(regime_bars=0), **kw)
+    scaled = interval_coverage(close, origins, hours, config=ForecastConfig(), **kw)
+    assert plain.pairs == scaled.pairs > 30_000 and plain.blocks > 25
+    assert plain.standard_error < 0.02 and scaled.standard_error < 0.02
+    assert plain.coverage < 0.75, plain  # the stale calibration is too narrow
+    assert 0.76 < scaled.coverage < 0.82, scaled
+    assert scaled.coverage - plain.coverage > 2 * max(plain.standard_error, scaled.standard_error)
+    with pytest.raises(ValueError, match="regime_bars must be 0"):
+        ForecastConfig(regime_bars=5)
+
+
 def test_forecast_path_structure_tilt_and_decreasing_confidence(btc: pd.DataFrame) -> None:
     close = btc["close"].to_numpy()[:12000]
     flat = forecast_path(close, 168)
@@ -113,7 +134,33 @@ def test_predict_price_flow_on_real_btc_hours(
     assert all(a > b for a, b in zip(conf, conf[1:], strict=False))
     assert (preds[0].predicted_price > result.last_price) == (result.up_probability > 0.5)
     assert result.calibration_bars >= 2000
-    cov = result.coverage
-    assert cov is not None and cov.horizons == [1, 6, 24] and 0.6 <= cov.coverage <= 0.95
+    fit = result.recent_calibration_fit
+    assert fit is not None and fit.horizons == [1, 6, 24] and 0.6 <= fit.coverage <= 0.95
+    assert "recent calibration fit" in fit.description and fit.standard_error is not None
+    # the record has no training window: only its creation time (now) bounds what it saw,
+    # so no stored hour is after it and the coverage after training is not claimed
+    assert result.coverage_after_training is None
+    assert result.coverage_after_training_note.startswith("not measured: none of the last 720")
+    assert "created_at" in result.coverage_after_training_note
+
+    # a model whose validation ended inside the replayed hours: only later origins count
+    doc = mongo_block.col("models").find_one({"model_id": record.model_id})
+    cut = recent.index[-300]
+    doc["metrics"] = {**doc["metrics"], "validation_end": cut.isoformat()}
+    mongo_block.col("models").replace_one({"_id": doc["_id"]}, doc)
+    later = predict_price(PredictPriceParams(symbol="BTCUSD", model_type="gru", horizon_hours=24))
+    after = later.coverage_after_training
+    assert later.model_data_end == cut + step  # validation_end + the model's 1-bar horizon
+    assert after is not None and after.origins_from > cut + step
+    assert after.origins < later.recent_calibration_fit.origins and after.pairs > 100
+    assert after.origins_to == later.recent_calibration_fit.origins_to
+    assert "after the model's training window" in later.coverage_after_training_note
+
+    # trained before all stored hours: every replayed origin is after its training window
+    doc["metrics"] = {**doc["metrics"], "validation_end": btc.index[-3001].isoformat()}
+    mongo_block.col("models").replace_one({"_id": doc["_id"]}, doc)
+    before = predict_price(PredictPriceParams(symbol="BTCUSD", model_type="gru", horizon_hours=24))
+    assert before.coverage_after_training.coverage == before.recent_calibration_fit.coverage
+    assert before.coverage_after_training.pairs == before.recent_calibration_fit.pairs
     with pytest.raises(NotFoundError, match="No deployed lstm model for BTCUSD"):
         predict_price(PredictPriceParams(symbol="BTCUSD", model_type="lstm", horizon_hours=24))

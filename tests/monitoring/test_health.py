@@ -36,8 +36,8 @@ def _probes(disk: float = 40.0, mem: float = 50.0) -> Probes:
     return Probes(disk_usage_pct=lambda _p: disk, memory_usage_pct=lambda: mem)
 
 
-@pytest.mark.tc("TC-ASYNC-031")
-def test_default_config_loads_and_skips_unconfigured(tmp_path: Path) -> None:
+@pytest.mark.tc("TC-ASYNC-031", "TC-ASYNC-044")
+def test_default_config_loads_and_unconfigured_is_unknown_not_healthy(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path)
     specs = load_checks(settings.health_checks_path)
     names = [s.name for s in specs]
@@ -54,11 +54,48 @@ def test_default_config_loads_and_skips_unconfigured(tmp_path: Path) -> None:
         assert name in names
     http_only = [s for s in specs if s.kind == "http"]
     report = perform_health_check(http_only, settings, None, None, probes=_probes())
-    assert {s.status for s in report.services.values()} == {"skipped"}
+    assert {s.status for s in report.services.values()} == {"unknown"}
     assert report.services["Rust Core Engine"].note == (
         "not configured: set BOTAI_RUST_ENGINE_URL to check Rust Core Engine"
     )
-    assert report.overall_status == "healthy"
+    # nothing was checked, so nothing is known to be healthy
+    assert report.overall_status == "unknown"
+    assert report.checked_count == 0 and len(report.unchecked) == len(http_only)
+    assert (
+        report.summary
+        == f"0 of {len(http_only)} checked; {len(http_only)} not checked (not configured)"
+    )
+
+
+@pytest.mark.tc("TC-ASYNC-031")
+def test_stock_install_counts_only_checked_services(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default config with only MongoDB, disk and memory reachable: the unconfigured
+    services are ``unknown`` and named in the summary, not counted as healthy."""
+    for var in (
+        "BOTAI_RUST_ENGINE_URL",
+        "BOTAI_PYTHON_AI_URL",
+        "BOTAI_FRONTEND_URL",
+        "BOTAI_REDIS_ADDRESS",
+        "BOTAI_RABBITMQ_ADDRESS",
+        "BOTAI_DASK_ADDRESS",
+        "DASK_ADDRESS",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    settings = Settings(state_dir=tmp_path)
+    specs = [
+        s for s in load_checks(settings.health_checks_path) if not s.kind.startswith("prefect")
+    ]
+    report = perform_health_check(specs, settings, store, None, probes=_probes())
+    unknown = {n for n, s in report.services.items() if s.status == "unknown"}
+    checked = {n for n, s in report.services.items() if s.status != "unknown"}
+    assert checked == {"MongoDB", "Disk", "Memory"}, report.services
+    assert unknown == set(report.unchecked) and len(unknown) == len(specs) - 3
+    assert report.overall_status == "healthy" and report.checked_count == 3
+    assert report.summary == (
+        f"3 of {len(specs)} checked: 3 healthy; {len(unknown)} not checked (not configured)"
+    )
 
 
 @pytest.mark.tc("TC-ASYNC-031")
