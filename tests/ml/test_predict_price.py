@@ -70,6 +70,7 @@ def test_regime_scale_brings_frozen_calibration_back_toward_80pct(btc: pd.DataFr
         ForecastConfig(regime_bars=5)
 
 
+@pytest.mark.tc("TC-ASYNC-013")
 def test_forecast_path_structure_tilt_and_decreasing_confidence(btc: pd.DataFrame) -> None:
     close = btc["close"].to_numpy()[:12000]
     flat = forecast_path(close, 168)
