@@ -199,6 +199,10 @@ def test_up_ready_serves_ui_and_deployments_then_sigint_leaves_nothing(tmp_path:
             "prefect-worker",
             "api-gateway",
         }
+        for r in records:  # the gateway's secret is in the gateway's environment only
+            environ = Path(f"/proc/{r.pid}/environ").read_bytes()
+            expected = r.name in ("botai-up", "api-gateway")
+            assert (GATEWAY_SECRET.encode() in environ) is expected, r.name
         for p in _tree(up.pid):
             seen[p.pid] = p
         for r in records:
