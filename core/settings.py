@@ -8,10 +8,12 @@ Prefect blocks (``blocks/``), created from the environment by the bootstrap step
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,6 +31,27 @@ class Settings(BaseSettings):
         default=REPO_ROOT.parent / "shared" / "data",
         description="Folder of the real market-data CSV files.",
     )
+    data_dirs: Annotated[list[Path] | None, NoDecode] = Field(
+        default=None,
+        description="Folders a CSV import may read from, separated by ':' (BOTAI_DATA_DIRS); "
+        "unset: data_dir and <state_dir>/data. A path outside them is refused.",
+    )
+
+    @field_validator("data_dirs", mode="before")
+    @classmethod
+    def _split_data_dirs(cls, v: object) -> object:
+        """``BOTAI_DATA_DIRS=/a:/b`` -> [/a, /b] (a list is taken as it is)."""
+        if isinstance(v, str):
+            return [p for p in v.split(os.pathsep) if p.strip()] or None
+        return v
+
+    @property
+    def allowed_data_dirs(self) -> list[Path]:
+        """The folders CSV imports may read (``data_dirs``, or ``data_dir`` and
+        ``<state_dir>/data``), absolute, symbolic links resolved."""
+        dirs = self.data_dirs or [self.data_dir, self.state_dir / "data"]
+        return [Path(d).expanduser().resolve() for d in dirs]
+
     host: str = Field(default="127.0.0.1", description="Interface embedded services bind to.")
     prefect_port: int = Field(default=4200, description="Port of the Prefect server (UI and API).")
     mongodb_port: int = Field(default=27017, description="Port of the embedded nx-27017 store.")

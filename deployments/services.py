@@ -28,6 +28,7 @@ import yaml
 
 from core.exceptions import ConfigurationError, ServiceUnavailableError
 from core.settings import REPO_ROOT, Settings
+from deployments import secrets
 from integrations.embedded_mongo import port_in_use, start_embedded_mongo
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,11 @@ def record_alive(rec: ServiceRecord) -> bool:
 def prefect_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of every child: Prefect home/API in the state folder, BOTAI_* settings.
 
-    Returns a new dict: ``base`` (default ``os.environ``) plus the Prefect and platform
-    variables the server, the worker and the flow runs need.
+    Returns a new dict: ``base`` (default ``os.environ``) without its secrets
+    (:func:`deployments.secrets.without_secrets`) plus the Prefect and platform variables the
+    server, the worker and the flow runs need, the Prefect API auth string included.
     """
-    env = dict(os.environ if base is None else base)
+    env = secrets.without_secrets(os.environ if base is None else base)
     env.update(
         {
             "PREFECT_HOME": str(settings.prefect_home),
@@ -143,6 +145,7 @@ def prefect_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
     if settings.dask_address:
         env["DASK_ADDRESS"] = settings.dask_address
     env.setdefault("KERAS_BACKEND", "jax")
+    env.update(secrets.client_env(settings))
     return env
 
 
@@ -226,7 +229,8 @@ def start_prefect_server(settings: Settings, env: Mapping[str, str]) -> subproce
     cmd = _prefect_cmd(
         "server", "start", "--host", settings.host, "--port", str(settings.prefect_port)
     )
-    proc = spawn("prefect-server", cmd, env, settings)
+    server_env = {**env, **secrets.server_env(settings, prefect_database_url(settings))}
+    proc = spawn("prefect-server", cmd, server_env, settings)
     try:
         waited = wait_http_ok(
             f"{settings.prefect_api_url}/health",
@@ -258,6 +262,7 @@ def start_store(settings: Settings) -> str:
         host=settings.host,
         port=settings.mongodb_port,
         timeout_s=settings.startup_timeout_s,
+        env=secrets.store_env(os.environ),
     )
     record_service(settings, "nx-27017", server.process.pid, server.log_path)
     return server.uri

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from core.exceptions import ConfigurationError, ServiceUnavailableError
 from core.redact import redact_uri
 from core.settings import Settings
-from deployments import services
+from deployments import secrets, services
 from integrations.embedded_mongo import port_in_use
 
 log = logging.getLogger(__name__)
@@ -61,12 +61,20 @@ class StackInfo:
 
 @contextmanager
 def prefect_api(settings: Settings) -> Iterator[None]:
-    """Point this process's Prefect client at the stack's API (and its home) while inside."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+    """Point this process's Prefect client at the stack's API (and its home) while inside,
+    with the stack's API auth string when the state folder has one."""
+    from prefect.settings import (
+        PREFECT_API_AUTH_STRING,
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        temporary_settings,
+    )
 
-    with temporary_settings(
-        updates={PREFECT_API_URL: settings.prefect_api_url, PREFECT_HOME: settings.prefect_home}
-    ):
+    updates = {PREFECT_API_URL: settings.prefect_api_url, PREFECT_HOME: settings.prefect_home}
+    auth = secrets.existing_auth_string(settings)
+    if auth is not None:
+        updates[PREFECT_API_AUTH_STRING] = auth
+    with temporary_settings(updates=updates):
         yield
 
 
@@ -297,6 +305,8 @@ def ready_message(info: StackInfo, settings: Settings) -> str:
         f"  deployments ({len(info.deployments)}): {', '.join(info.deployments) or 'none'}",
         "Try next (in another terminal):",
         f"  export PREFECT_API_URL={info.api_url}",
+        f'  export PREFECT_API_AUTH_STRING="$(cat {secrets.auth_string_path(settings)})"'
+        "  # the UI asks for it too",
     ]
     if "ingest-market-data/ingest-market-data" in info.deployments:
         lines.append(

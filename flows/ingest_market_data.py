@@ -36,7 +36,12 @@ def ingest_market_data(params: IngestParameters) -> IngestResult:
         progress.update(10, f"Importing {params.csv_path}")
         symbol = params.symbols[0] if params.symbols else None
         results = import_csv_task(
-            store, params.csv_path, symbol, params.timeframe, list(params.resample_to)
+            store,
+            params.csv_path,
+            symbol,
+            params.timeframe,
+            list(params.resample_to),
+            settings.allowed_data_dirs,  # checked again where the file is opened
         )
     else:
         start, end = params.time_range()

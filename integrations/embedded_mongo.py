@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,12 +75,19 @@ def _executable() -> str:
 
 
 def start_embedded_mongo(
-    data_dir: Path, *, host: str = "127.0.0.1", port: int | None = None, timeout_s: float = 30.0
+    data_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    timeout_s: float = 30.0,
+    env: Mapping[str, str] | None = None,
 ) -> EmbeddedMongo:
     """Start nx-27017 on ``data_dir/databases/<db>.db`` and wait until it answers ``ping``.
 
     Args:
         port: TCP port; None picks a free one.
+        env: the process environment; None inherits this process's (pass a reduced one so
+            that no secret reaches the store).
 
     Returns:
         the running :class:`EmbeddedMongo`.
@@ -110,7 +118,13 @@ def start_embedded_mongo(
         str(data_dir / "nx-27017.pid"),
     ]
     with open(data_dir / "nx-27017.out", "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=None if env is None else dict(env),
+        )
     uri = f"mongodb://{host}:{port}/"
     server = EmbeddedMongo(proc, uri, db_path, log_path)
     deadline = time.monotonic() + timeout_s

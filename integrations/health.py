@@ -199,16 +199,19 @@ def check_tcp(address: str, default_port: int, timeout_s: float) -> tuple[float,
 
 
 def check_prefect_worker(
-    api_url: str, work_pool: str, timeout_s: float
+    api_url: str, work_pool: str, timeout_s: float, auth_string: str | None = None
 ) -> tuple[float, str | None]:
     """Ask the Prefect API for the pool's workers; healthy when one is ONLINE.
+
+    ``auth_string``: the API's ``user:password`` when it requires basic authentication.
 
     Returns (ms, error or None); never raises.
     """
     start = time.perf_counter()
     url = f"{api_url.rstrip('/')}/work_pools/{work_pool}/workers/filter"
+    auth = tuple(auth_string.split(":", 1)) if auth_string else None
     try:
-        resp = requests.post(url, json={}, timeout=timeout_s)
+        resp = requests.post(url, json={}, timeout=timeout_s, auth=auth)
     except requests.RequestException as e:
         return (time.perf_counter() - start) * 1000, f"Prefect API unreachable: {type(e).__name__}"
     ms = (time.perf_counter() - start) * 1000
@@ -262,7 +265,8 @@ def _run_one(
             pool = spec.work_pool or overrides.get(
                 spec.work_pool_setting or "work_pool", settings.work_pool
             )
-            ms, err = check_prefect_worker(str(target), str(pool), timeout)
+            auth = overrides.get("prefect_api_auth_string")
+            ms, err = check_prefect_worker(str(target), str(pool), timeout, auth)
         elif spec.kind == "mongodb":
             if probes.mongo_ping is None:
                 return CheckOutcome(spec, ok=True, skipped_note="not configured: no mongodb block")

@@ -270,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if current != text:
         DOC_PATH.write_text(text, encoding="utf-8")
-    sys.stdout.write(f"{DOC_PATH.relative_to(REPO_ROOT)}: up to date\n")
+    sys.stdout.write(
+        f"{DOC_PATH.relative_to(REPO_ROOT)}: {'written' if current != text else 'up to date'}\n"
+    )
     return 0
 
 

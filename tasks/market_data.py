@@ -7,6 +7,7 @@ timeouts, MongoDB unreachable) is retried, with exponential backoff.
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 import pandas as pd
 from prefect import task
@@ -101,14 +102,27 @@ def store_candles_task(
     cache_policy=NONE,
 )
 def import_csv_task(
-    store: Store, path: str, symbol: str | None, timeframe: str, resample_to: list[str]
+    store: Store,
+    path: str,
+    symbol: str | None,
+    timeframe: str,
+    resample_to: list[str],
+    allowed_dirs: list[Path] | None = None,
 ) -> list[SymbolIngestResult]:
-    """Import one CSV file (CryptoDataDownload or plain OHLCV).
+    """Import one CSV file (CryptoDataDownload or plain OHLCV) lying in ``allowed_dirs``.
 
     Raises:
-        NotFoundError, InvalidInputError: missing file, unknown format, timeframe mismatch.
+        NotFoundError, InvalidInputError: missing file, unknown format, timeframe mismatch,
+            a file outside ``allowed_dirs``.
     """
-    return import_csv(store, path, symbol=symbol, timeframe=timeframe, resample_to=resample_to)
+    return import_csv(
+        store,
+        path,
+        symbol=symbol,
+        timeframe=timeframe,
+        resample_to=resample_to,
+        allowed_dirs=allowed_dirs,
+    )
 
 
 @task(name="publish-ingest-summary", cache_policy=NONE)

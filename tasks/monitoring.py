@@ -15,6 +15,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
+from prefect.settings import PREFECT_API_AUTH_STRING
 from prefect.tasks import exponential_backoff
 
 from core.exceptions import BotAIError
@@ -100,6 +101,7 @@ def perform_health_check(
     if store is not None and probes.mongo_ping is None:
         probes.mongo_ping = store.ping
     overrides = {"prefect_api_url": prefect_api_url} if prefect_api_url else {}
+    overrides["prefect_api_auth_string"] = PREFECT_API_AUTH_STRING.value()  # None: no auth
     outcomes = health.run_checks(specs, settings, probes, overrides=overrides)
     mongo_checks = [o for o in outcomes if o.spec.kind == "mongodb" and not o.skipped_note]
     # no MongoDB check configured: try the store, falling back to files if a write fails

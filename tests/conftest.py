@@ -90,7 +90,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         shown = "\n  ".join(problems[:40])
         more = f"\n  ... and {len(problems) - 40} more" if len(problems) > 40 else ""
         raise pytest.UsageError(
-            "every test is marked with the spec case(s) it covers, "
+            "each test must be marked with the spec case(s) it covers, "
             '@pytest.mark.tc("TC-ASYNC-NNN", ...), or tc("none") for platform behaviour the spec '
             f"does not describe (docs/traceability.md):\n  {shown}{more}"
         )

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from core.echo import echo
 from core.market import TIMEFRAMES, bar_length, check_symbol
+from core.paths import check_data_path
+from core.settings import Settings
 
 Timeframe = Literal["5m", "15m", "1h", "4h", "1d"]
 Source = Literal["binance", "csv", "synthetic"]
@@ -105,7 +107,11 @@ class IngestParameters(BaseModel):
     )
     start: datetime | None = Field(default=None, description="Range start (UTC, inclusive).")
     end: datetime | None = Field(default=None, description="Range end (UTC, exclusive); now.")
-    csv_path: str | None = Field(default=None, description="CSV file to import (source csv).")
+    csv_path: str | None = Field(
+        default=None,
+        description="CSV file to import (source csv); it must lie in a data folder "
+        "(BOTAI_DATA_DIRS; default the shared data folder and <state_dir>/data).",
+    )
     seed: int = Field(default=42, description="Random seed of the synthetic generator.")
     resample_to: list[Timeframe] = Field(
         default_factory=list, description="Coarser timeframes (4h, 1d) to derive and store too."
@@ -119,6 +125,14 @@ class IngestParameters(BaseModel):
         if len(set(v)) != len(v):
             raise ValueError("symbols must not repeat")
         return v
+
+    @field_validator("csv_path")
+    @classmethod
+    def _confine_csv_path(cls, v: str | None) -> str | None:
+        """The file must lie in a configured data folder; returns its resolved path."""
+        if v is None:
+            return v
+        return str(check_data_path(v, Settings().allowed_data_dirs, "file"))
 
     @field_validator("start", "end")
     @classmethod

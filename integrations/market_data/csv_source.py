@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from core.exceptions import InvalidInputError, NotFoundError
+from core.paths import check_data_path
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +53,22 @@ class CsvCandles:
     source: str
 
 
-def read_candles_csv(path: str | Path) -> CsvCandles:
+def read_candles_csv(path: str | Path, *, allowed_dirs: Sequence[Path] | None = None) -> CsvCandles:
     """Read a CryptoDataDownload or plain OHLCV CSV file.
+
+    Args:
+        allowed_dirs: when given, the file must lie inside one of these folders once resolved
+            (``..`` collapsed, symbolic links followed); checked before it is opened.
 
     Returns:
         :class:`CsvCandles` (not yet quality-checked).
 
     Raises:
         NotFoundError: the file does not exist.
-        InvalidInputError: the file is in neither format (the message lists the expected columns).
+        InvalidInputError: the file is in neither format (the message lists the expected
+            columns), or it lies outside ``allowed_dirs``.
     """
-    path = Path(path)
+    path = Path(path) if allowed_dirs is None else check_data_path(path, allowed_dirs, "csv_path")
     if not path.is_file():
         raise NotFoundError(f"CSV file not found: {path}")
     text = path.read_text(encoding="utf-8-sig", errors="replace")

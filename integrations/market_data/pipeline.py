@@ -6,7 +6,9 @@ Pure Python (no Prefect): the ingest-market-data tasks and the run command call 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 
@@ -103,12 +105,14 @@ def import_csv(
     symbol: str | None = None,
     timeframe: str | None = None,
     resample_to: list[str] | tuple[str, ...] = (),
+    allowed_dirs: Sequence[Path] | None = None,
 ) -> list[SymbolIngestResult]:
     """Import a CryptoDataDownload or plain OHLCV CSV file.
 
     Args:
         symbol: name to store under; default the file's symbol column.
         timeframe: expected timeframe; default the one inferred from the file.
+        allowed_dirs: folders the file must lie in (see ``read_candles_csv``); None: any.
 
     Returns:
         as :func:`store_candles`.
@@ -120,7 +124,7 @@ def import_csv(
     from core.exceptions import InvalidInputError
     from core.market import check_symbol
 
-    data = read_candles_csv(path)
+    data = read_candles_csv(path, allowed_dirs=allowed_dirs)
     name = symbol or data.symbol
     if not name:
         raise InvalidInputError(f"{path}: the file names no symbol; pass symbols=['BTCUSDT']")

@@ -334,8 +334,12 @@ def test_ingest_flow_synthetic_then_binance(
 
 
 @pytest.mark.tc("TC-ASYNC-027")
-def test_ingest_flow_csv_source_reports_rejections(mongo_block: Store, tmp_path: Path) -> None:
+def test_ingest_flow_csv_source_reports_rejections(
+    mongo_block: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from flows.ingest_market_data import ingest_market_data
+
+    monkeypatch.setenv("BOTAI_DATA_DIRS", str(tmp_path))  # a CSV import reads data folders only
 
     rows = ["timestamp,open,high,low,close,volume"] + [
         f"2024-01-01T{h:02d}:00:00Z,10,11,9,10.5,{h}" for h in range(8)

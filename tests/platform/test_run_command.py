@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from core.settings import Settings
+from deployments.secrets import prefect_auth_string
 from deployments.services import read_records
 from integrations.embedded_mongo import free_port
 
@@ -99,7 +100,8 @@ def test_up_ready_serves_ui_and_deployments_then_sigint_leaves_nothing(tmp_path:
         print(f"botai up -> ready (fresh state folder): {time.monotonic() - started:.1f} s")
         assert f"http://127.0.0.1:{port}" in text and "synthetic" in text
 
-        api = settings.prefect_api_url
+        # the API needs the stack's auth string (basic auth in the URL); /health does not
+        api = settings.prefect_api_url.replace("://", f"://{prefect_auth_string(settings)}@", 1)
         assert httpx.get(f"{api}/health", timeout=5).json() is True
         ui = httpx.get(settings.prefect_ui_url + "/", timeout=5)
         assert ui.status_code == 200 and "<html" in ui.text.lower()
@@ -197,6 +199,10 @@ def test_up_ready_serves_ui_and_deployments_then_sigint_leaves_nothing(tmp_path:
             "prefect-worker",
             "api-gateway",
         }
+        for r in records:  # the gateway's secret is in the gateway's environment only
+            environ = Path(f"/proc/{r.pid}/environ").read_bytes()
+            expected = r.name in ("botai-up", "api-gateway")
+            assert (GATEWAY_SECRET.encode() in environ) is expected, r.name
         for p in _tree(up.pid):
             seen[p.pid] = p
         for r in records:
