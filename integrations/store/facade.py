@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
-from pymongo import MongoClient
+from pymongo import IndexModel, MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, OperationFailure
@@ -30,8 +30,6 @@ from integrations.store.schema import INDEXES, Retention
 from integrations.store.usage import ApiUsage
 
 log = logging.getLogger(__name__)
-
-_INDEX_CONFLICT = {85, 86}  # IndexOptionsConflict, IndexKeySpecsConflict
 
 
 class Store:
@@ -290,19 +288,49 @@ class Store:
         self.improvement.lock_release(name, owner)
 
 
-def _create(col: Collection, models: list[Any]) -> None:
-    """Create ``models`` on ``col`` one by one, re-creating an index whose options changed."""
+def _create(col: Collection, models: list[IndexModel]) -> None:
+    """Create ``models`` on ``col``; an index on the same keys whose options differ (e.g.
+    ``task_id`` became unique, a TTL changed) is dropped and created again. nx-27017 keeps the
+    old index silently and MongoDB raises IndexOptionsConflict, so this compares first.
+
+    A unique index that existing duplicates prevent is logged and created without ``unique``.
+    """
+    existing = col.index_information()
     for model in models:
+        spec = model.document
+        keys = [(k, int(v)) for k, v in spec["key"].items()]
+        for name, info in existing.items():
+            if (
+                [(k, int(v)) for k, v in info["key"]] == keys
+                and name != "_id_"
+                and (
+                    bool(info.get("unique")) != bool(spec.get("unique"))
+                    or info.get("expireAfterSeconds") != spec.get("expireAfterSeconds")
+                )
+            ):
+                log.info("re-creating index %s of %s with new options", name, col.name)
+                col.drop_index(name)
         try:
             col.create_indexes([model])
-        except DuplicateKeyError:
-            log.warning(
-                "%s holds duplicates of %s: unique index not created; remove the duplicates",
-                col.name,
-                model.document["name"],
-            )
-        except OperationFailure as e:
-            if e.code not in _INDEX_CONFLICT:
+        except (DuplicateKeyError, OperationFailure) as e:
+            if not _duplicates(e):
                 raise
-            col.drop_index(model.document["name"])
-            col.create_indexes([model])
+            log.warning(
+                "%s holds duplicates of %s: unique index not created (remove the duplicates "
+                "and start again)",
+                col.name,
+                spec["name"],
+            )
+            col.create_indexes([IndexModel(keys, name=spec["name"])])
+
+
+def _duplicates(error: OperationFailure) -> bool:
+    """True when ``error`` says a unique index met duplicates (MongoDB: code 11000; nx-27017:
+    no code, "UNIQUE constraint failed")."""
+    text = str(error)
+    return (
+        isinstance(error, DuplicateKeyError)
+        or error.code == 11000
+        or "UNIQUE constraint" in text
+        or "duplicate key" in text
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -69,3 +70,25 @@ def test_dead_letters_saved_listed_and_marked_requeued(store: Store) -> None:
     assert len(dl.dead_letters_list(include_requeued=True)) == 2
     assert dl.dead_letter_mark_requeued("nope", by="admin") is None
     assert "expires_at" not in dl.dead_letter_get("d1")  # dead letters never expire
+
+
+@pytest.mark.tc("TC-ASYNC-077")
+def test_ensure_indexes_upgrades_an_old_non_unique_task_index(
+    mongo_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pymongo import IndexModel
+
+    from integrations.store import connect
+
+    with Store(connect(mongo_uri), f"old_{uuid.uuid4().hex[:8]}") as old:
+        for name in (C.BACKTEST_RESULTS, C.OPTIMIZATION_RESULTS):  # as earlier versions made them
+            old.col(name).create_indexes([IndexModel([("task_id", 1)], name="task_id")])
+        old.col(C.BACKTEST_RESULTS).insert_many([{"task_id": "a"}, {"task_id": "a"}])
+        old.ensure_indexes()
+        unique = [v for v in old.col(C.OPTIMIZATION_RESULTS).index_information().values()]
+        assert any(v.get("unique") and v["key"] == [("task_id", 1)] for v in unique)
+        old.optimization_result_save({"task_id": "b"})
+        with pytest.raises(DuplicateKeyStoreError):
+            old.jobs.insert(C.OPTIMIZATION_RESULTS, {"task_id": "b"}, "inserting a duplicate")
+        assert "holds duplicates of task_id" in caplog.text  # said, not fatal
+        old.db.client.drop_database(old.db.name)
