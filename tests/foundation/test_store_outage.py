@@ -50,7 +50,8 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
 def _store(server: Server, retry_s: float = 0.0) -> Store:
     client = connect(server.uri, timeout_ms=300, socket_timeout_ms=1000)
-    return Store(client, "outage", retry_s=retry_s, uri_label=server.uri)
+    label = server.uri.replace("mongodb://", "mongodb://bot:s3cret@")  # as a block would show it
+    return Store(client, "outage", retry_s=retry_s, uri_label=label)
 
 
 def _candles(n: int) -> pd.DataFrame:
@@ -140,6 +141,7 @@ def test_retry_budget_rides_out_a_restart(server: Server, caplog: pytest.LogCapt
     assert store.col(C.TASK_RESULTS).count_documents({"task_id": "t9"}) == 1
     retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
     assert retries and all("saving a task result" in m for m in retries[:1])
+    assert "s3cret" not in caplog.text and "bot:***@" in retries[0]  # URI redacted
     store.close()
 
 
