@@ -310,18 +310,26 @@ def _create(col: Collection, models: list[IndexModel]) -> None:
             ):
                 log.info("re-creating index %s of %s with new options", name, col.name)
                 col.drop_index(name)
+    try:
+        col.create_indexes(models)  # one command in the usual case
+        return
+    except OperationFailure as e:
+        if not _duplicates(e):
+            raise
+    for model in models:  # duplicates block a unique index: find it, create it without unique
         try:
             col.create_indexes([model])
-        except (DuplicateKeyError, OperationFailure) as e:
+        except OperationFailure as e:
             if not _duplicates(e):
                 raise
             log.warning(
                 "%s holds duplicates of %s: unique index not created (remove the duplicates "
                 "and start again)",
                 col.name,
-                spec["name"],
+                model.document["name"],
             )
-            col.create_indexes([IndexModel(keys, name=spec["name"])])
+            keys = list(model.document["key"].items())
+            col.create_indexes([IndexModel(keys, name=model.document["name"])])
 
 
 def _duplicates(error: OperationFailure) -> bool:
