@@ -1,4 +1,5 @@
-"""Per-user daily quotas, counted in the ``api_usage`` collection (one document per run).
+"""Per-user daily quotas: an atomic counter per (user, job, UTC day) in the store
+(``api_quota``) and one ``api_usage`` document per run (see :mod:`integrations.store.usage`).
 
 A slot is reserved before the run is created and released if creating it fails, so a
 refused or failed request never uses quota and an accepted one always does. Days are UTC.
@@ -10,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from core.exceptions import OperationalError
-from integrations.store import C, Store
+from integrations.store import Store
+from integrations.store.usage import utc_day
 
 
 class QuotaExceededError(OperationalError):
@@ -25,11 +27,6 @@ class QuotaExceededError(OperationalError):
         self.retry_after_s = retry_after_s
 
 
-def utc_day(now: datetime) -> str:
-    """``YYYY-MM-DD`` of ``now`` in UTC."""
-    return now.astimezone(UTC).strftime("%Y-%m-%d")
-
-
 def seconds_to_reset(now: datetime) -> int:
     """Whole seconds from ``now`` to the next UTC midnight (at least 1)."""
     now = now.astimezone(UTC)
@@ -39,7 +36,7 @@ def seconds_to_reset(now: datetime) -> int:
 
 def used_today(store: Store, user: str, job: str, now: datetime) -> int:
     """Runs of ``job`` that ``user`` started (or is starting) on ``now``'s UTC day."""
-    return store.col(C.API_USAGE).count_documents({"user": user, "job": job, "day": utc_day(now)})
+    return store.api_usage.used(user, job, now)
 
 
 def reserve(
@@ -54,13 +51,20 @@ def reserve(
 ) -> Any:
     """Take one of ``user``'s ``limit`` daily slots for ``job``.
 
+    The slot is taken by one atomic conditional increment of the day's counter (no
+    check-then-act), so concurrent requests never exceed ``limit``.
+
     Returns:
         the reservation's ``_id`` (pass it to :func:`confirm` or :func:`release`).
 
     Raises:
         QuotaExceededError: "Max {limit} {noun} per day exceeded" (nothing is kept).
+        StoreUnavailableError: the store did not answer (nothing is kept).
     """
-    col = store.col(C.API_USAGE)
+    if not store.api_usage.take_slot(user, job, limit, now):
+        raise QuotaExceededError(
+            f"Max {limit} {noun} per day exceeded (resets at 00:00 UTC)", seconds_to_reset(now)
+        )
     doc = {
         "user": user,
         "job": job,
@@ -70,13 +74,11 @@ def reserve(
         "idempotency_key": idempotency_key,
         "params_sha256": params_sha256,
     }
-    reservation = col.insert_one(doc).inserted_id
-    if used_today(store, user, job, now) > limit:
-        col.delete_one({"_id": reservation})
-        raise QuotaExceededError(
-            f"Max {limit} {noun} per day exceeded (resets at 00:00 UTC)", seconds_to_reset(now)
-        )
-    return reservation
+    try:
+        return store.api_usage.record(doc)
+    except BaseException:
+        store.api_usage.give_slot(user, job, doc["day"])
+        raise
 
 
 def confirm(store: Store, reservation: Any, task_id: str) -> bool:
@@ -86,32 +88,30 @@ def confirm(store: Store, reservation: Any, task_id: str) -> bool:
         False, with the reservation released, when another reservation already holds this
         run (two requests with one idempotency key: the run is counted once).
     """
-    col = store.col(C.API_USAGE)
-    if col.count_documents({"task_id": task_id}) > 0:
-        col.delete_one({"_id": reservation})
+    if store.api_usage.count_task(task_id) > 0:
+        release(store, reservation)
         return False
-    col.update_one({"_id": reservation}, {"$set": {"task_id": task_id}})
+    store.api_usage.set_task(reservation, task_id)
     return True
 
 
 def find_by_key(store: Store, user: str, job: str, idempotency_key: str) -> dict[str, Any] | None:
     """The ``api_usage`` document of ``user``'s earlier ``job`` request with this key, or None."""
-    return store.col(C.API_USAGE).find_one(
-        {"user": user, "job": job, "idempotency_key": idempotency_key}, {"_id": 0}
-    )
+    return store.api_usage.find_by_key(user, job, idempotency_key)
 
 
 def release(store: Store, reservation: Any) -> None:
-    """Give back a slot whose run could not be created."""
-    store.col(C.API_USAGE).delete_one({"_id": reservation})
+    """Give back a slot whose run could not be created (once, however often it is called)."""
+    doc = store.api_usage.remove(reservation)
+    if doc is not None:
+        store.api_usage.give_slot(doc["user"], doc["job"], doc["day"])
 
 
 def owner_of(store: Store, task_id: str) -> dict[str, Any] | None:
     """The ``api_usage`` document of a run started through the gateway, or None."""
-    return store.col(C.API_USAGE).find_one({"task_id": task_id}, {"_id": 0})
+    return store.api_usage.owner_of(task_id)
 
 
 def tasks_of(store: Store, user: str, limit: int = 50) -> list[dict[str, Any]]:
     """``user``'s newest runs started through the gateway (newest first)."""
-    cur = store.col(C.API_USAGE).find({"user": user, "task_id": {"$ne": None}}, {"_id": 0})
-    return sorted(cur, key=lambda d: d["created_at"], reverse=True)[:limit]
+    return store.api_usage.tasks_of(user, limit)

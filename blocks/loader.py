@@ -13,7 +13,8 @@ from prefect.blocks.core import Block
 from prefect.exceptions import PrefectHTTPStatusError
 
 from core.exceptions import ConfigurationError, ServiceUnavailableError
-from integrations.store import Store
+from core.settings import Settings, load_settings
+from integrations.store import Retention, Store
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +69,45 @@ def load_block(block_cls: type[B], name: str | None = None) -> B:
         raise ServiceUnavailableError(f"Prefect API unreachable while loading {ref!r}") from e
 
 
-def load_store(name: str | None = None, *, ensure_indexes: bool = True) -> Store:
+def load_store(
+    name: str | None = None,
+    *,
+    ensure_indexes: bool = True,
+    retry_s: float | None = None,
+    timeout_ms: int | None = None,
+    socket_timeout_ms: int | None = None,
+    settings: Settings | None = None,
+) -> Store:
     """Return the :class:`Store` of the ``mongodb`` block (indexes created once per process).
 
+    Every call of one process shares one pymongo client per URI and timeouts.
+
+    Args:
+        retry_s: retry budget of each idempotent store call (default: ``store_retry_s``,
+            60 s, so a job rides out a store restart; the gateway passes a few seconds).
+        timeout_ms: server-selection and connect timeout (default: ``store_timeout_ms``).
+        socket_timeout_ms: how long one operation may wait (default: the client's, >= 30 s).
+        settings: where the defaults and the retention come from (default: the environment).
+
     Raises:
-        ConfigurationError: the block is missing (names MONGODB_URI and ``botai bootstrap``).
+        ConfigurationError: the block is missing (names MONGODB_URI and ``botai bootstrap``),
+            or the retention settings name a collection that never expires.
         ServiceUnavailableError: the Prefect API or MongoDB did not answer.
     """
     from blocks.mongodb import MongoDBBlock
 
+    settings = settings or load_settings()
+    try:
+        retention = Retention(settings.retention_days, settings.retention_overrides)
+    except ValueError as e:
+        raise ConfigurationError(f"BOTAI_RETENTION_OVERRIDES: {e}") from None
     block = load_block(MongoDBBlock, name)
-    store = block.get_store()
+    store = block.get_store(
+        timeout_ms=timeout_ms or settings.store_timeout_ms,
+        retry_s=settings.store_retry_s if retry_s is None else retry_s,
+        retention=retention,
+        socket_timeout_ms=socket_timeout_ms,
+    )
     key = (block.display_uri(), block.database)
     if ensure_indexes and key not in _indexed:
         store.ensure_indexes()

@@ -9,7 +9,7 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from blocks._common import BlockEnv, no_placeholder
 from core.redact import check_not_placeholder, redact_uri
-from integrations.store import Store, connect
+from integrations.store import Retention, Store, shared_client
 
 
 class MongoDBBlock(BlockEnv, Block):
@@ -46,6 +46,33 @@ class MongoDBBlock(BlockEnv, Block):
         """The URI with its password masked (``mongodb://user:***@host``)."""
         return redact_uri(self.uri.get_secret_value())
 
-    def get_store(self, *, timeout_ms: int = 5000) -> Store:
-        """Return a :class:`Store` on this block's database (a new lazy pymongo client)."""
-        return Store(connect(self.uri.get_secret_value(), timeout_ms=timeout_ms), self.database)
+    def get_store(
+        self,
+        *,
+        timeout_ms: int = 5000,
+        retry_s: float = 0.0,
+        retention: Retention | None = None,
+        socket_timeout_ms: int | None = None,
+    ) -> Store:
+        """Return a :class:`Store` on this block's database.
+
+        Args:
+            timeout_ms: server-selection and connect timeout.
+            retry_s: retry budget of each idempotent store call on temporary errors.
+            retention: what expires when (default: 7 days, health reports 30).
+            socket_timeout_ms: how long one operation may wait for its answer.
+
+        Returns:
+            a store on the process's shared client for this URI and these timeouts
+            (:func:`integrations.store.shared_client`); ``close()`` leaves it open.
+        """
+        client = shared_client(
+            self.uri.get_secret_value(), timeout_ms=timeout_ms, socket_timeout_ms=socket_timeout_ms
+        )
+        return Store(
+            client,
+            self.database,
+            retry_s=retry_s,
+            retention=retention,
+            uri_label=self.display_uri(),
+        )

@@ -76,6 +76,23 @@ class Settings(BaseSettings):
     work_pool: str = Field(default="botai-process", description="Prefect process work pool name.")
     min_free_disk_gb: float = Field(default=10.0, ge=0, description="Free disk needed to train.")
 
+    # ------------------------------------------------------------ store (MongoDB)
+    store_retry_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Jobs retry each idempotent store call this long on temporary errors, seconds.",
+    )
+    store_timeout_ms: int = Field(
+        default=5000, gt=0, description="Store server-selection and connect timeout, ms."
+    )
+    retention_days: float = Field(
+        default=7.0, gt=0, description="Results and job records expire after this many days."
+    )
+    retention_overrides: dict[str, float] = Field(
+        default_factory=dict,
+        description='Per-collection retention in days, JSON, e.g. {"health_reports": 30}.',
+    )
+
     # ------------------------------------------------------------ market data
     binance_base_url: str = Field(
         default="https://api.binance.com",

@@ -10,8 +10,10 @@ zips: the Keras archive is built in memory and written encrypted with AES-256-GC
 :meth:`ModelRegistry.load` decrypts into memory and builds the network from a ``BytesIO``;
 no plaintext model ever touches the disk. The key (32 bytes) comes from the model-store block.
 
-Lifecycle: ``register`` -> candidate; ``deploy`` -> deployed (the previously deployed model
-of the same type+symbol+timeframe is archived); ``archive`` -> archived.
+Lifecycle: ``register`` -> candidate (version = previous + 1, unique per key); ``deploy`` ->
+deployed: one atomic replace of the key's pointer in ``deployed_models`` (the previously
+deployed model of the same type+symbol+timeframe is archived, never deleted); ``archive``
+-> archived.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 import ml.models  # noqa: F401  (registers custom layers for deserialisation)
 from core.exceptions import ConfigurationError, InvalidInputError, NotFoundError
-from integrations.store import Store
+from integrations.store import DuplicateKeyStoreError, Store
 from ml.encryption import decrypt_bytes, encrypt_bytes
 from ml.predictor import LoadedModel
 
@@ -145,17 +147,12 @@ class ModelRegistry:
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(blob)
         tmp.replace(path)
-        previous = self.store.models_find(
-            {"model_type": model_type, "symbol": symbol, "timeframe": timeframe},
-            sort=[("version", -1)],
-            limit=1,
-        )
         record = ModelRecord(
             model_id=uuid.uuid4().hex,
             model_type=model_type,
             symbol=symbol,
             timeframe=timeframe,
-            version=(previous[0]["version"] + 1) if previous else 1,
+            version=0,
             file_path=str(path),
             metrics=metrics,
             status="candidate",
@@ -166,43 +163,86 @@ class ModelRegistry:
             training_task_id=training_task_id,
             extra=extra or {},
         )
-        self.store.model_insert(record.to_doc())
+        self._insert_next_version(record)
         log.info("registered %s v%d as candidate (%s)", name, record.version, record.model_id)
         return record
+
+    def _insert_next_version(self, record: ModelRecord, attempts: int = 5) -> None:
+        """Insert ``record`` as the next version of its key; versions are unique per key, so a
+        concurrent registration of the same key makes us take the version after it."""
+        for attempt in range(attempts):
+            record.version = self.store.models.model_next_version(
+                record.model_type, record.symbol, record.timeframe
+            )
+            try:
+                self.store.model_insert(record.to_doc())
+                return
+            except DuplicateKeyStoreError:
+                if attempt == attempts - 1:
+                    raise
 
     def deploy(self, model_id: str, by: str) -> ModelRecord:
         """Make ``model_id`` the deployed model of its type+symbol+timeframe.
 
+        The switch is one atomic write: the key's pointer in ``deployed_models`` is replaced
+        (``replace_one(upsert=True)``), so the key never has two or zero deployed models.
+        The ``status`` fields then follow: the model becomes ``deployed`` and every other
+        model of the key still marked ``deployed`` is archived (archived models are kept).
+
         Returns:
-            the updated record. The previously deployed model of the same key is archived.
+            the updated record (status ``deployed`` unless a concurrent deploy of the same
+            key came after it).
 
         Raises:
             NotFoundError: unknown model id.
             InvalidInputError: the model is archived.
+            StoreUnavailableError: the store did not answer (the pointer is unchanged or
+                already switched; deploying again completes the status fields).
         """
         record = self.get(model_id)
         if record.status == "archived":
             raise InvalidInputError(f"model {model_id} is archived; register a new model instead")
         now = datetime.now(UTC)
-        for doc in self.store.models_find(
-            {
-                "model_type": record.model_type,
-                "symbol": record.symbol,
-                "timeframe": record.timeframe,
-                "status": "deployed",
-            }
-        ):
-            if doc["model_id"] != model_id:
+        self.store.models.deploy_pointer_set(record.to_doc(), by, now)
+        self._set_status(record, "deployed", by, now)
+        deployed = self.reconcile_status(record.model_type, record.symbol, record.timeframe, by)
+        if deployed is not None and deployed.model_id == model_id:
+            return deployed
+        return self.get(model_id)  # a concurrent deploy of the same key won
+
+    def reconcile_status(
+        self, model_type: str, symbol: str, timeframe: str, by: str
+    ) -> ModelRecord | None:
+        """Make the ``status`` fields of a key follow its deployed pointer: the pointed model
+        ``deployed``, every other model still marked ``deployed`` archived.
+
+        Returns:
+            the deployed record of the key, or None when nothing is deployed.
+        """
+        now = datetime.now(UTC)
+        key = {"model_type": model_type, "symbol": symbol, "timeframe": timeframe}
+        pointers = self.store.models.deploy_pointers(key)
+        target = pointers[0]["model_id"] if pointers else None
+        deployed = None
+        for doc in self.store.models_find({**key, "status": "deployed"}):
+            if doc["model_id"] != target:
                 self._set_status(ModelRecord.from_doc(doc), "archived", by, now)
-        return self._set_status(record, "deployed", by, now)
+            else:
+                deployed = ModelRecord.from_doc(doc)
+        if target is not None and deployed is None:
+            deployed = self._set_status(self.get(target), "deployed", by, now)
+        return deployed
 
     def archive(self, model_id: str, by: str) -> ModelRecord:
-        """Archive ``model_id``. Returns the updated record.
+        """Archive ``model_id`` (kept, never deleted). Archiving the deployed model of a key
+        leaves that key with no deployed model. Returns the updated record.
 
         Raises:
             NotFoundError: unknown model id.
         """
-        return self._set_status(self.get(model_id), "archived", by, datetime.now(UTC))
+        record = self.get(model_id)
+        self.store.models.deploy_pointer_clear(record.to_doc())
+        return self._set_status(record, "archived", by, datetime.now(UTC))
 
     def _set_status(self, record: ModelRecord, status: str, by: str, now: datetime) -> ModelRecord:
         record.status = status
@@ -229,16 +269,15 @@ class ModelRegistry:
     def deployed(
         self, symbol: str, timeframe: str, model_type: str | None = None
     ) -> ModelRecord | None:
-        """The deployed model for ``symbol``/``timeframe``.
+        """The deployed model for ``symbol``/``timeframe``, read from the deployed pointers.
 
         Returns:
             with ``model_type``: that type's deployed model; without: the deployed model with
             the best ``metrics.val_accuracy`` across types. None when nothing is deployed.
         """
-        query: dict[str, Any] = {"symbol": symbol, "timeframe": timeframe, "status": "deployed"}
-        if model_type is not None:
-            query["model_type"] = model_type
-        docs = self.store.models_find(query)
+        docs = self.store.deployed_model_docs(
+            symbol=symbol, timeframe=timeframe, model_type=model_type
+        )
         if not docs:
             return None
         best = max(docs, key=lambda d: float(d.get("metrics", {}).get("val_accuracy") or 0.0))

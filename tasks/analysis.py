@@ -91,7 +91,7 @@ def run_analysis_batch(
     try:
         return analyze_symbols(symbols, load, model_for, config)
     finally:
-        store.client.close()
+        store.close()
 
 
 @task(

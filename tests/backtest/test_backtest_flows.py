@@ -60,7 +60,7 @@ def test_backtest_flow_saves_result_artifacts_and_chart(btc_store: Store, strate
     assert min(p.drawdown_pct for p in result.equity_curve) >= m.max_drawdown_pct - 1e-9
     assert "sqrt(365)" in result.conventions["sharpe_ratio"]
 
-    saved = btc_store.backtest_result_get(result.task_id)
+    saved = btc_store.jobs.backtest_result_get(result.task_id)
     assert saved is not None and saved["strategy_name"] == strategy
     assert saved["result"]["metrics"]["sharpe_ratio"] == pytest.approx(m.sharpe_ratio)
 
@@ -140,7 +140,7 @@ def test_optimize_grid_flow_ranks_50_variations_on_dask(
     (art,) = [a for a in _artifacts(result.task_id) if a.type == "markdown"]
     assert "**Headline (IN-SAMPLE)**" in art.data and "OUT-OF-SAMPLE" not in art.data
     assert "Top parameter sets (IN-SAMPLE" in art.data
-    saved = btc_store.optimization_result_get(result.task_id)
+    saved = btc_store.jobs.optimization_result_get(result.task_id)
     assert saved is not None and saved["method"] == "grid"
     assert len(saved["result"]["all_results"]) == 50
     assert saved["result"]["headline"] == "in_sample"
@@ -191,4 +191,4 @@ def test_optimize_genetic_flow_reports_comparison_with_exhaustive_grid(
     assert g.evaluations == len(result.all_results) <= 0.3 * g.space_size
     assert g.ratio_to_exhaustive_pct is not None and g.ratio_to_exhaustive_pct >= 95.0
     assert g.best_sharpe == pytest.approx(result.all_results[0].sharpe_ratio)
-    assert btc_store.optimization_result_get(result.task_id)["result"]["genetic"]["seed"] == 42
+    assert btc_store.jobs.optimization_result_get(result.task_id)["result"]["genetic"]["seed"] == 42

@@ -170,7 +170,7 @@ def test_portfolio_report_saved_and_sent(
     assert r.win_rate == pytest.approx(68.09, abs=0.01) and r.avg_profit_per_trade == 1.87
     assert {"rsi", "macd"} <= set(r.strategies) and r.trades_today == 3 and not r.no_trades
 
-    assert mongo_block.portfolio_reports_find(r.report_date)[0]["win_rate"] == 68.09
+    assert mongo_block.monitoring.portfolio_reports_find(r.report_date)[0]["win_rate"] == 68.09
     assert result.notifications[0].delivered == ["slack", "email"]
     assert "Balance: $10,542.75" in mailbox.messages[0].get_payload()
     assert "68.09%" in slack_messages(peer)[0]["text"]
@@ -197,7 +197,7 @@ def test_portfolio_without_trades_and_email_down(peer: HTTPServer, mongo_block: 
     assert "No trades closed on 2026-11-28" in result.report.summary
     n = result.notifications[0]
     assert n.delivered == ["slack"] and "unreachable" in n.failed["email"]
-    (alert,) = mongo_block.alerts_find()
+    (alert,) = mongo_block.monitoring.alerts_find()
     assert alert["failed"]["email"].startswith("SMTP 127.0.0.1")
 
 
@@ -241,7 +241,7 @@ def test_cost_report_critical_switches_llm_off(
     assert r.level == "critical" and r.llm_disabled and "exceeds $5.00" in r.alerts[0]
     assert not mongo_block.llm_enabled()
     assert mongo_block.llm_settings()["by"] == "daily-api-cost-report"
-    assert mongo_block.api_cost_reports_find("2026-11-27")[0]["daily_cost_usd"] == 6.5
+    assert mongo_block.monitoring.api_cost_reports_find("2026-11-27")[0]["daily_cost_usd"] == 6.5
     assert result.notifications[0].delivered == ["slack", "email"]
     assert "URGENT" in mailbox.messages[0]["Subject"]
 

@@ -47,7 +47,7 @@ def test_routing_by_level_and_cooldown(peer: HTTPServer, mailbox: Mailbox, store
     assert urgent.delivered == ["slack", "email"]
     assert "URGENT" in mailbox.messages[-1]["Subject"]
 
-    rows = store.alerts_find()
+    rows = store.monitoring.alerts_find()
     assert [r["suppressed"] for r in rows] == [False, False, True, False]
     # no cool-down: the same alert goes out again
     assert (
@@ -72,7 +72,7 @@ def test_delivery_failures_are_recorded_not_raised(
     assert result.delivered == [] and set(result.failed) == {"slack", "email"}
     assert "500" in result.failed["slack"]
     assert "unreachable" in result.failed["email"]
-    (row,) = store.alerts_find({"title": "Engine down"})
+    (row,) = store.monitoring.alerts_find({"title": "Engine down"})
     assert row["sent"] is False and set(row["failed"]) == {"slack", "email"}
     # a failed alert is not "sent": the next identical one is tried again
     assert (

@@ -116,7 +116,7 @@ def test_better_deploys_second_rejected_worse_stays_candidate(
     assert registry.get(m.model_id).status == "deployed"
     # both scored on the same newest held-out window (the new model's validation span)
     assert m.window_end == now.to_pydatetime() and m.window_samples > 50
-    (hist,) = env.retrain_history_find({"task_id": r.task_id})
+    (hist,) = env.improvement.retrain_history_find({"task_id": r.task_id})
     assert hist["models"]["lstm"]["deployed"] and hist["days_of_data"] == 25
     text = str(slack_messages(peer))
     assert f"old {m.old_accuracy} -> new {m.new_accuracy}" in text

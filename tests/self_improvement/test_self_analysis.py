@@ -172,7 +172,7 @@ def test_skip_then_forced_no_retraining(
     assert (cost["prompt_tokens"], cost["completion_tokens"]) == (500, 200)
     assert cost["cost_usd"] == pytest.approx(0.027) and cost["model"] == "test-model"
     assert cost["run_id"] == result.task_id and result.cost_usd == pytest.approx(0.027)
-    hist = blocks_env.llm_analyses_find({"task_id": result.task_id})
+    hist = blocks_env.improvement.llm_analyses_find({"task_id": result.task_id})
     assert len(hist) == 1 and hist[0]["cost_usd"] == pytest.approx(0.027)
     assert hist[0]["decision"]["recommendation"] == "NO_RETRAINING"
 
