@@ -307,13 +307,13 @@ class Supervisor:
     def _restart(self, name: str) -> None:
         st = self.states[name]
         log.info("restarting %s (restart %d)", name, st.restarts + 1)
-        st.restarts += 1
         try:
             proc = self.specs[name].start()
         except Exception as e:  # start-up failed: count it and back off further
             self._failed(name, f"restart failed: {e}")
             st.last_error = f"restart failed: {e}"
             return
+        st.restarts += 1  # successful restarts; failed attempts count in ``failures``
         self._started(name, proc)
         log.info("%s is back (pid %d)", name, proc.pid)
 

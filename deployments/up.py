@@ -386,14 +386,18 @@ def _service_rows(settings: Settings) -> list[dict[str, Any]]:
     for name, st in known.items():
         row = rows.setdefault(name, {"name": name, "pid": st.get("pid"), "alive": False})
         running = st.get("status") == "running" and row["alive"]
+        failures = len(st.get("failures") or [])
+        state = st.get("status") if row["alive"] or st.get("status") != "running" else "dead"
+        if failures >= settings.restart_alert_failures and not running:
+            state = "FAILING"  # alerted as critical; still retried
         row.update(
-            status=st.get("status") if row["alive"] or st.get("status") != "running" else "dead",
+            status=state,
             restarts=st.get("restarts", 0),
             uptime_s=round(now - st["started_at"], 1) if running and st.get("started_at") else None,
             last_exit_code=st.get("last_exit_code"),
             last_exit_at=st.get("last_exit_at"),
             last_error=st.get("last_error"),
-            failures_in_window=len(st.get("failures") or []),
+            failures_in_window=failures,
             next_start_in_s=(
                 round(max(0.0, st["next_start_at"] - now), 1) if st.get("next_start_at") else None
             ),

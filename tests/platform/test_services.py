@@ -121,6 +121,46 @@ def test_supervisor_restarts_a_killed_service_with_backoff_and_alerts_when_it_ke
         services.stop_all(settings, timeout_s=2)
 
 
+@pytest.mark.tc("TC-ASYNC-076", "TC-ASYNC-078")
+def test_a_service_that_cannot_start_is_reported_failing_and_retried_until_it_comes_back(
+    tmp_path: Path,
+):
+    from core.exceptions import ServiceUnavailableError
+
+    settings = _fast_settings(tmp_path)
+    env = services.prefect_env(settings)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    broken = {"on": False}
+    attempts: list[float] = []
+
+    def start() -> subprocess.Popen:
+        attempts.append(time.monotonic())
+        if broken["on"]:
+            raise ServiceUnavailableError("flaky did not answer within 1 s")
+        return services.spawn("flaky", sleeper, env, settings)
+
+    alerts: list[tuple[str, str]] = []
+    sup = Supervisor(
+        settings, [ServiceSpec("flaky", start)], lambda lvl, title, *_: alerts.append((lvl, title))
+    )
+    first = sup.launch("flaky")
+    try:
+        broken["on"] = True
+        os.kill(first.pid, signal.SIGKILL)
+        _tick_until(sup, lambda: len(attempts) >= 4, 15, "three failed restarts")
+        st = read_state(settings)["services"]["flaky"]
+        assert st["status"] == "restarting" and st["restarts"] == 0
+        assert st["last_error"] == "restart failed: flaky did not answer within 1 s"
+        assert ("critical", "flaky keeps failing") in alerts
+        gaps = [b - a for a, b in zip(attempts[1:], attempts[2:], strict=False)]
+        assert gaps[0] >= 0.35 and gaps[1] >= 0.7  # 0.4 s then 0.8 s (the maximum)
+        broken["on"] = False
+        _tick_until(sup, lambda: sup.states["flaky"].status == "running", 10, "flaky back")
+        assert read_state(settings)["services"]["flaky"]["restarts"] == 1
+    finally:
+        services.stop_all(settings, timeout_s=2)
+
+
 @pytest.mark.tc("TC-ASYNC-102", "TC-ASYNC-077")
 def test_a_stopped_service_is_killed_as_hung_and_restarted(tmp_path: Path):
     settings = _fast_settings(tmp_path)

@@ -59,6 +59,7 @@ class Stack:
     env: dict[str, str]
     out_path: Path
     tmp: Path
+    old_run_id: str = ""
 
     def status(self) -> dict:
         res = subprocess.run(
@@ -118,6 +119,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         BOTAI_BINANCE_BASE_URL=f"http://127.0.0.1:{free_port()}",  # nothing listens: synthetic
         BOTAI_FLOW_RUN_STOP_GRACE_S="10",
         BOTAI_ALERT_COOLDOWN_S="0",
+        BOTAI_RUN_RETENTION_DAYS="1",  # the shortest horizon, so old things can be faked
+        BOTAI_CLEANUP_INTERVAL_S="60",
     )
     settings = Settings(state_dir=state, prefect_port=port, mongodb_port=mongo_port)
     out_path = tmp / "up.out"
@@ -144,6 +147,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             create_process_deployment(
                 supervisor_test_sleep, "sleep", settings.work_pool, "analysis", ENTRYPOINT
             )
+        s.old_run_id = _finished_run_aged(s, days=2)
+        charts = settings.state_dir / "backtests"
+        charts.mkdir(parents=True, exist_ok=True)
+        for name, age_days in (("old.png", 2), ("new.png", 0)):
+            (charts / name).write_bytes(b"png")
+            t = time.time() - age_days * 86400
+            os.utime(charts / name, (t, t))
         yield s
     finally:
         up.send_signal(signal.SIGINT)
@@ -159,6 +169,31 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         if any(str(state) in a for a in (p.info["cmdline"] or []))
     ]
     assert not left
+
+
+def _finished_run_aged(stack: Stack, days: float) -> str:
+    """A Completed run whose end time is set ``days`` back in the server's SQLite database
+    (the API stamps end times with the server's clock). Returns its id."""
+    import sqlite3
+    from datetime import UTC, datetime, timedelta
+
+    flow_id = stack.api("/flows/", {"name": "supervisor-test-aged"}).json()["id"]
+    run_id = stack.api("/flow_runs/", {"flow_id": flow_id}).json()["id"]  # no deployment
+    for state in ("RUNNING", "COMPLETED"):
+        res = stack.api(f"/flow_runs/{run_id}/set_state", {"state": {"type": state}, "force": True})
+        assert res.status_code in (200, 201), res.text
+    ended = (datetime.now(UTC) - timedelta(days=days)).strftime("%Y-%m-%d %H:%M:%S.%f")
+    db = sqlite3.connect(stack.settings.prefect_home / "prefect.db", timeout=30)
+    try:
+        cur = db.execute(
+            "UPDATE flow_run SET end_time = ?, start_time = ? WHERE id IN (?, ?)",
+            (ended, ended, run_id, run_id.replace("-", "")),
+        )
+        db.commit()
+        assert cur.rowcount == 1
+    finally:
+        db.close()
+    return run_id
 
 
 def _run(stack: Stack, seconds: float, marker: str = "") -> str:
@@ -231,7 +266,9 @@ def test_stopped_worker_is_alerted_within_60_s_and_replaced(stack: Stack):
 
 
 @pytest.mark.slow
-@pytest.mark.tc("TC-ASYNC-076", "TC-ASYNC-078", "TC-ASYNC-079", "TC-ASYNC-087")
+@pytest.mark.tc(
+    "TC-ASYNC-076", "TC-ASYNC-078", "TC-ASYNC-079", "TC-ASYNC-087", "TC-ASYNC-093", "TC-ASYNC-104"
+)
 def test_killed_store_and_server_come_back_on_their_ports_and_new_runs_complete(stack: Stack):
     settings = stack.settings
     for name in ("nx-27017", "prefect-server"):
@@ -262,6 +299,20 @@ def test_killed_store_and_server_come_back_on_their_ports_and_new_runs_complete(
     assert queues["ml_training"]["concurrency_limit"] == 2
     mine = [w for w in info["workers"] if w["name"].startswith("botai-worker-")]
     assert mine and mine[0]["heartbeat_age_s"] < settings.worker_heartbeat_stale_s
+
+    # retention: Prefect's db-vacuum deleted the run that ended 2 days ago (horizon 1 day),
+    # the supervisor's clean-up the 2-day-old chart; today's run and chart are kept
+    _wait_for(
+        lambda: stack.api(f"/flow_runs/{stack.old_run_id}").status_code == 404,
+        120,
+        "the db-vacuum to delete the old run",
+    )
+    assert stack.api(f"/flow_runs/{run_id}").status_code == 200
+    charts = settings.state_dir / "backtests"
+    _wait_for(lambda: not (charts / "old.png").exists(), 90, "the clean-up of the old chart")
+    assert (charts / "new.png").exists()
+    jobs = stack.status()["jobs"]
+    assert jobs[0]["name"] == "clean-up" and "chart files" in jobs[0]["last_summary"], jobs
 
 
 @pytest.mark.tc("TC-ASYNC-087", "TC-ASYNC-102")
