@@ -29,7 +29,8 @@ def system_health_check(
     specs = load_checks(params.config_path or settings.health_checks_path)
     store = open_health_store(settings)
     notifier = build_notifier(store, settings) if params.notify else None
-    queues = check_queue_health(settings)  # workers alive, queue depth, oldest waiting run
+    # workers alive, queue depth, oldest waiting run (TC-ASYNC-087, TC-ASYNC-102)
+    queues = check_queue_health(settings, PREFECT_API_URL.value())
     report = run_health_checks(
         specs, settings, store, notifier, PREFECT_API_URL.value(), params.notify, queues
     )

@@ -164,9 +164,12 @@ def pool_health(client: Any, pool: str, now: datetime | None = None) -> PoolHeal
 
 
 @contextmanager
-def quick_client(settings: Settings, timeout_s: float = 5.0) -> Iterator[Any]:
-    """A sync Prefect client of the stack's API that does not retry and waits at most
-    ``timeout_s`` per request (a watchdog must not hang on a hung server). Yields the client."""
+def quick_client(
+    settings: Settings, timeout_s: float = 5.0, api_url: str | None = None
+) -> Iterator[Any]:
+    """A sync Prefect client of ``api_url`` (default: the stack's API) that does not retry and
+    waits at most ``timeout_s`` per request (a watchdog must not hang on a hung server).
+    Yields the client."""
     from prefect.client.orchestration import get_client
     from prefect.settings import (
         PREFECT_API_URL,
@@ -178,7 +181,7 @@ def quick_client(settings: Settings, timeout_s: float = 5.0) -> Iterator[Any]:
     with (
         temporary_settings(
             updates={
-                PREFECT_API_URL: settings.prefect_api_url,
+                PREFECT_API_URL: api_url or settings.prefect_api_url,
                 PREFECT_HOME: settings.prefect_home,
                 PREFECT_CLIENT_MAX_RETRIES: 0,
             }
@@ -290,15 +293,15 @@ def queue_health_services(
 
 
 @task(name="check-queue-health", cache_policy=NONE)
-def check_queue_health(settings: Settings) -> dict[str, ServiceHealth]:
-    """Task: read the pool through the run's Prefect client and judge it.
+def check_queue_health(settings: Settings, api_url: str | None = None) -> dict[str, ServiceHealth]:
+    """Task: read the pool of ``api_url`` (the run's own API) within
+    ``health_check_timeout_s`` per request, no retries, and judge it.
 
-    Returns :func:`queue_health_services` (a ``skipped`` entry when the API failed).
+    Returns :func:`queue_health_services` (a ``skipped`` entry when the API failed: the
+    Prefect API check reports that).
     """
-    from prefect.client.orchestration import get_client
-
     try:
-        with get_client(sync_client=True) as client:
+        with quick_client(settings, settings.health_check_timeout_s, api_url) as client:
             return queue_health_services(pool_health(client, settings.work_pool), settings)
-    except PrefectUnavailableError as e:
-        return queue_health_services(None, settings, str(e))
+    except Exception as e:  # PrefectUnavailableError, or the client could not open
+        return queue_health_services(None, settings, str(e) or type(e).__name__)
