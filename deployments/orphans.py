@@ -118,15 +118,22 @@ def mark_crashed(settings: Settings, run_ids: Iterable[str]) -> list[str]:
 
 
 def end_orphaned_flow_runs(
-    settings: Settings, known: Iterable[psutil.Process] = (), grace_s: float = 30.0
+    settings: Settings,
+    known: Iterable[psutil.Process] = (),
+    grace_s: float = 30.0,
+    *,
+    found: dict[int, tuple[psutil.Process, str | None]] | None = None,
 ) -> dict[str, object]:
-    """Find this stack's flow-run processes, end them and mark their runs Crashed.
+    """End this stack's flow-run processes (``found``, else :func:`flow_run_processes` now)
+    and mark their runs Crashed.
 
-    Call only while no worker of this stack runs (their parent is gone).
+    Find them while no worker of this stack runs (their parent is gone), so that no run of
+    a new worker is taken for an orphan.
 
     Returns ``{"ended": [pids], "killed": n, "crashed": [run ids], "runs": [run ids]}``.
     """
-    found = flow_run_processes(settings, known)
+    if found is None:
+        found = flow_run_processes(settings, known)
     if not found:
         return {"ended": [], "killed": 0, "crashed": [], "runs": []}
     runs = sorted({r for _, r in found.values() if r})

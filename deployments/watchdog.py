@@ -38,7 +38,7 @@ import psutil
 from core.exceptions import BotAIError, PrefectUnavailableError
 from core.settings import Settings
 from deployments import services
-from deployments.orphans import end_orphaned_flow_runs
+from deployments.orphans import end_orphaned_flow_runs, flow_run_processes
 from deployments.supervisor import PeriodicJob, ServiceSpec, Supervisor
 
 log = logging.getLogger(__name__)
@@ -245,9 +245,13 @@ class StackWatch:
 
     # ------------------------------------------------------------ around a worker death
     def _worker_exited(self, children: list[psutil.Process]) -> None:
+        # found now, before the new worker starts runs of its own; ended in a thread, so the
+        # new worker does not wait for the grace time
+        found = flow_run_processes(self.settings, children)
+
         def end() -> None:
             report = end_orphaned_flow_runs(
-                self.settings, children, grace_s=self.settings.flow_run_stop_grace_s
+                self.settings, grace_s=self.settings.flow_run_stop_grace_s, found=found
             )
             if report["ended"]:
                 self.orphan_reports = [*self.orphan_reports[-9:], {"at": time.time(), **report}]

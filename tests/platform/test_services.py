@@ -200,6 +200,7 @@ FAKE_WORKER = (
     "        '    pathlib.Path(sys.argv[1]).write_text(\"saved\")\\n'\n"
     "        '    sys.exit(0)\\n'\n"
     "        'signal.signal(signal.SIGTERM, stop)\\n'\n"
+    '        \'pathlib.Path(sys.argv[1] + ".ready").write_text("")\\n\'\n'
     "        'time.sleep(120)\\n')\n"
     "subprocess.Popen([sys.executable, '-c', code, sys.argv[1]], start_new_session=True,\n"
     "                 env={**os.environ, 'PREFECT__FLOW_RUN_ID': sys.argv[2]})\n"
@@ -222,8 +223,9 @@ def test_a_dead_workers_flow_run_is_found_after_reparenting_and_ended_with_sigte
         settings,
     )
     try:
-        deadline = time.monotonic() + 20
-        while not psutil.Process(worker.pid).children() and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30
+        ready = tmp_path / "checkpoint.ready"  # its SIGTERM handler is installed
+        while not ready.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         flow_run = psutil.Process(worker.pid).children()[0]
         os.kill(worker.pid, signal.SIGKILL)
