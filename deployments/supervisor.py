@@ -170,6 +170,7 @@ class Supervisor:
         """
         proc = self.specs[name].start()
         self._started(name, proc)
+        self.write_state()  # botai status shows it during start-up already
         return proc
 
     def _started(self, name: str, proc: subprocess.Popen) -> None:
