@@ -298,3 +298,36 @@ def test_apply_deployments_is_skipped_only_when_inputs_and_deployments_are_uncha
     # a stamp from other inputs, or a missing deployment, would run it: check the decision
     stamp.write_text("0" * 64)
     assert services.deployment_inputs_hash() != stamp.read_text().strip()
+
+
+@pytest.mark.tc("TC-ASYNC-077", "TC-ASYNC-102")
+def test_status_shows_restarts_uptime_and_last_exit_of_supervised_services(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    from deployments.cli import main
+    from deployments.up import status
+
+    settings = _fast_settings(tmp_path, prefect_port=free_port())  # no API answers there
+    env = services.prefect_env(settings)
+    services.record_service(settings, services.CONTROLLER, os.getpid(), tmp_path / "up.log")
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    spec = ServiceSpec("sleeper", lambda: services.spawn("sleeper", sleeper, env, settings))
+    sup = Supervisor(settings, [spec], lambda *_: None)
+    first = sup.launch("sleeper")
+    try:
+        os.kill(first.pid, signal.SIGKILL)
+        _tick_until(sup, lambda: sup.states["sleeper"].restarts == 1, 10, "a restart")
+        row = next(s for s in status(settings)["services"] if s["name"] == "sleeper")
+        assert row["alive"] and row["pid"] == sup.states["sleeper"].pid != first.pid
+        assert row["restarts"] == 1 and row["last_exit_code"] == -9 and row["uptime_s"] >= 0
+        assert status(settings)["alerts"][0]["title"] == "sleeper died: restarting"
+        monkeypatch.setenv("BOTAI_STATE_DIR", str(settings.state_dir))
+        monkeypatch.setenv("BOTAI_PREFECT_PORT", str(settings.prefect_port))
+        assert main(["status"]) == 1  # the API does not answer
+        out = capsys.readouterr().out
+        line = next(x for x in out.splitlines() if x.strip().startswith("sleeper"))
+        assert line.split()[1:4] == [str(row["pid"]), "running", "1"], line
+        assert "code -9: exited on its own with code -9" in line
+        assert "WARNING: sleeper died: restarting" in out
+    finally:
+        services.stop_all(settings, owner=os.getpid(), timeout_s=2)
