@@ -1,8 +1,8 @@
 """``botai``: the platform's command line (thin: every command delegates to a module).
 
-botai up [--no-first-pipeline]   start the stack, load demo data, stay until Ctrl-C
+botai up [--no-first-pipeline]   start the stack, load demo data, supervise it until Ctrl-C
 botai down                       stop the stack started on this state folder
-botai status                     what runs (processes, deployments, latest runs)
+botai status [--json]            what runs: services (restarts, uptime), queues, workers, alerts
 botai bootstrap                  create/update block documents from the environment
 botai ingest ...                 run the ingest-market-data flow against the stack
 """
@@ -40,19 +40,64 @@ def _cmd_down(_args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
     from deployments.up import status
 
     info = status(settings)
     if args.json:
-        _say(json.dumps(info, indent=1))
+        _say(json.dumps(info, indent=1, default=str))
         return 0
     _say(f"state folder: {info['state_dir']}")
     if not info["services"]:
         _say("no process recorded (start the stack with `botai up`)")
+    else:
+        _say(
+            f"  {'service':<15} {'pid':<8} {'status':<11} {'restarts':>8} {'uptime':>7}  last exit"
+        )
     for s in info["services"]:
-        _say(f"  {s['name']:<15} pid {s['pid']:<8} {'running' if s['alive'] else 'stopped'}")
+        state = s.get("status") or ("running" if s["alive"] else "stopped")
+        last = "-"
+        if s.get("last_exit_code") is not None or s.get("last_error"):
+            last = f"code {s.get('last_exit_code')}: {s.get('last_error') or ''}".strip()
+        if s.get("next_start_in_s") is not None:
+            last += f" (next start in {s['next_start_in_s']:.0f}s)"
+        _say(
+            f"  {s['name']:<15} {s['pid'] or '-':<8} {state:<11} {s.get('restarts', '-'):>8} "
+            f"{_ago(s.get('uptime_s')):>7}  {last}"
+        )
     _say(f"Prefect API {info['api']}: {'healthy' if info['api_healthy'] else 'not answering'}")
+    for q in info.get("queues", []):
+        states = ", ".join(f"{k} {v}" for k, v in sorted(q["by_state"].items()))
+        _say(
+            f"  queue {q['queue']:<12} {q['waiting']:>4} waiting"
+            + (f" ({states})" if states else "")
+            + (f", oldest {_ago(q['oldest_waiting_s'])}" if q["oldest_waiting_s"] else "")
+        )
+    for w in info.get("workers", []):
+        _say(
+            f"  worker {w['name']:<24} {w['status']:<8} last heartbeat "
+            f"{_ago(w['heartbeat_age_s'])} ago"
+        )
+    for p in info.get("pool_problems", []):
+        _say(f"  PROBLEM: {p}")
+    if info.get("pool_error"):
+        _say(f"  work pool not read: {info['pool_error']}")
+    for a in info.get("alerts", [])[-5:]:
+        when = time.strftime("%H:%M:%S", time.localtime(a["at"]))
+        _say(f"  alert {when} {a['level'].upper()}: {a['title']}: {a['message']}")
     for d in info.get("deployments", []):
         _say(f"  deployment {d}")
     for r in info.get("runs", []):

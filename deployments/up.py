@@ -2,8 +2,11 @@
 
 Order: embedded store -> Prefect server (health) -> blocks from the environment ->
 MongoDB indexes + demo market data -> work pool and queues -> worker -> ``prefect deploy
---all`` -> crash-detection automation -> "ready" -> a short first pipeline (ingest, one
-small training, one backtest) -> wait for SIGINT/SIGTERM -> stop every started process.
+--all`` -> crash-detection automation -> recovery service (when deployments/recovery.py
+exists) -> gateway -> "ready" -> a short first pipeline (ingest, one small training, one
+backtest) -> supervise (deployments.supervisor: a dead or hung service is restarted with
+backoff on the same port and data folder, alerts raised) until SIGINT/SIGTERM -> stop every
+started process, orphaned flow runs included.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -22,10 +24,12 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from core.exceptions import ConfigurationError, ServiceUnavailableError
+from core.exceptions import ConfigurationError
 from core.redact import redact_uri
 from core.settings import Settings
 from deployments import secrets, services
+from deployments.supervisor import read_state, state_path
+from deployments.watchdog import StackWatch
 from integrations.embedded_mongo import port_in_use
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,7 @@ class StackInfo:
     seconds_to_ready: float
     first_runs: dict[str, str] = field(default_factory=dict)  # deployment -> run id or reason
     gateway_url: str | None = None  # None: BOTAI_API_JWT_SECRET unset, gateway not started
+    watch: StackWatch | None = field(default=None, repr=False)  # supervisor and watchdog
 
 
 @contextmanager
@@ -104,6 +109,14 @@ def start_stack(settings: Settings, environ: Mapping[str, str], say: Say) -> Sta
     """
     started = time.monotonic()
     running = services.running_services(settings)
+    if running and not any(r.name == services.CONTROLLER for r in running):
+        # the botai up that supervised them died (kill -9, OOM): stop what it left, start anew
+        say(
+            "botai: the previous botai up on this state folder is gone; stopping what it left "
+            f"running ({', '.join(r.name for r in running)})"
+        )
+        services.stop_all(settings)
+        running = services.running_services(settings)
     if running:
         raise ConfigurationError(
             f"a stack already runs on {settings.state_dir} ({', '.join(r.name for r in running)}):"
@@ -132,12 +145,28 @@ def start_stack(settings: Settings, environ: Mapping[str, str], say: Say) -> Sta
     env = services.prefect_env(
         settings, {k: v for k, v in environ.items() if k != "BOTAI_API_JWT_SECRET"}
     )
+    gateway_url = f"http://{api_host}:{api_port}/api" if api_port is not None else None
+    watch = StackWatch(
+        settings,
+        env,
+        gateway_env=(
+            {**env, "BOTAI_API_JWT_SECRET": environ["BOTAI_API_JWT_SECRET"]}
+            if gateway_url
+            else None
+        ),
+        gateway_url=gateway_url,
+    )
+    sup = watch.supervisor
 
     say(f"state folder: {settings.state_dir}")
-    mongodb_uri = services.start_store(settings)
+    if settings.mongodb_uri:
+        mongodb_uri = services.start_store(settings)  # an outside MongoDB: not supervised
+    else:
+        sup.launch("nx-27017")
+        mongodb_uri = settings.embedded_mongodb_uri
     say(f"MongoDB: {redact_uri(mongodb_uri)}")
     say("starting the Prefect server (a fresh database migrates first, ~20 s)...")
-    services.start_prefect_server(settings, env)
+    sup.launch("prefect-server")
     say(f"Prefect server healthy at {settings.prefect_api_url}")
 
     with prefect_api(settings):
@@ -150,7 +179,7 @@ def start_stack(settings: Settings, environ: Mapping[str, str], say: Say) -> Sta
         store = load_store()
         store.ensure_indexes()
         services.ensure_work_pool(settings)
-        worker = services.start_worker(settings, env)
+        worker = sup.launch("prefect-worker")
         say("loading demo market data...")
         demo = load_demo_data(store, settings)
         say("applying prefect.yaml (prefect deploy --all)...")
@@ -159,24 +188,15 @@ def start_stack(settings: Settings, environ: Mapping[str, str], say: Say) -> Sta
             say("  unchanged since the last apply (prefect.yaml, flows/, core/): kept")
         ensure_crash_detection(settings)
         services.wait_worker_online(settings, worker, settings.startup_timeout_s)
+        watch.sink.connect()
         deployments = list_deployments()
-    gateway_url = None
-    if api_port is not None:
-        gateway_url = f"http://{api_host}:{api_port}/api"
+    if "recovery" in sup.specs:
+        say("starting the crash-recovery service (python -m deployments.recovery)...")
+        sup.launch("recovery")
+    if gateway_url:
         say(f"starting the HTTP gateway on {gateway_url}...")
-        proc = services.spawn(
-            "api-gateway",
-            [sys.executable, "-m", "api.cli", "serve"],
-            {**env, "BOTAI_API_JWT_SECRET": environ["BOTAI_API_JWT_SECRET"]},
-            settings,
-        )
-        log_path = services.run_dir(settings) / "api-gateway.log"
-        services.wait_http_ok(
-            f"{gateway_url}/health",
-            settings.startup_timeout_s,
-            proc=proc,
-            what=f"HTTP gateway (see {log_path})",
-        )
+        sup.launch("api-gateway")
+    sup.write_state()
     return StackInfo(
         ui_url=settings.prefect_ui_url,
         api_url=settings.prefect_api_url,
@@ -186,6 +206,7 @@ def start_stack(settings: Settings, environ: Mapping[str, str], say: Say) -> Sta
         deployments=deployments,
         seconds_to_ready=time.monotonic() - started,
         gateway_url=gateway_url,
+        watch=watch,
     )
 
 
@@ -205,25 +226,6 @@ def gateway_port(environ: Mapping[str, str]) -> int | None:
     if not raw.isdigit() or not 1 <= int(raw) <= 65535:
         raise ConfigurationError(f"BOTAI_API_PORT must be a port number 1-65535 (got {raw!r})")
     return int(raw)
-
-
-def watch_services(settings: Settings, say: Say, poll_s: float = 2.0) -> None:
-    """Block while every service this process started runs.
-
-    Returns when one of them exited on its own (after saying which, and where its log is);
-    the caller then stops the rest.
-    """
-    mine = [
-        r
-        for r in services.read_records(settings)
-        if r.owner == os.getpid() and r.name != services.CONTROLLER
-    ]
-    while True:
-        for rec in mine:
-            if not services.record_alive(rec):
-                say(f"botai: {rec.name} (pid {rec.pid}) exited on its own; see {rec.log_path}")
-                return
-        time.sleep(poll_s)
 
 
 def first_pipeline_params(today: datetime | None = None) -> dict[str, BaseModel]:
@@ -336,16 +338,19 @@ def up(
     stay: bool = True,
 ) -> StackInfo:
     """Run the main job: start the stack, print what runs, start the first pipeline, and
-    (``stay``) wait for SIGINT/SIGTERM; every started process is stopped on the way out.
+    (``stay``) supervise it until SIGINT/SIGTERM: a service that dies or hangs is restarted
+    with backoff and alerted, never the whole stack stopped (TC-ASYNC-076, 077, 078). Every
+    started process is stopped on the way out.
 
     Returns the :class:`StackInfo` (after the stack was stopped when ``stay``).
 
     Raises:
-        ConfigurationError, ServiceUnavailableError: start-up failed, or a service exited
-            on its own later (every started process is stopped then).
+        ConfigurationError, ServiceUnavailableError: start-up failed (every started process
+            is stopped then).
     """
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     stop_needed = True
+    info: StackInfo | None = None
     try:
         info = start_stack(settings, environ, say=say)
         say(ready_message(info, settings))
@@ -357,35 +362,77 @@ def up(
         if not stay:
             stop_needed = False
             return info
+        say("supervising: a service that dies is restarted (see `botai status`)")
         say("press Ctrl-C to stop every process")
-        watch_services(settings, say)
-        raise ServiceUnavailableError("a service of the stack exited; every other one was stopped")
+        assert info.watch is not None
+        info.watch.supervisor.run()
+        return info
     except (StopRequested, KeyboardInterrupt) as e:
         say(f"botai: {e or 'interrupt'} received, stopping...")
         raise SystemExit(0) from None
     finally:
         if stop_needed:
             stopped = services.stop_all(settings, owner=os.getpid())
+            state_path(settings).unlink(missing_ok=True)
+            if info is not None and info.watch is not None:
+                info.watch.sink.close()
             say(f"botai: stopped {', '.join(stopped) or 'nothing'}")
         for s, handler in previous.items():
             signal.signal(s, handler)
 
 
+def _service_rows(settings: Settings) -> list[dict[str, Any]]:
+    """Recorded processes joined with the supervisor's view (restarts, uptime, exit code)."""
+    sup = read_state(settings)
+    sup_alive = bool(sup) and any(
+        r.name == services.CONTROLLER and r.pid == sup.get("pid") and services.record_alive(r)
+        for r in services.read_records(settings)
+    )
+    known = sup.get("services", {}) if sup_alive else {}
+    now = time.time()
+    rows: dict[str, dict[str, Any]] = {}
+    for r in services.read_records(settings):
+        rows[r.name] = {"name": r.name, "pid": r.pid, "alive": services.record_alive(r)}
+    for name, st in known.items():
+        row = rows.setdefault(name, {"name": name, "pid": st.get("pid"), "alive": False})
+        running = st.get("status") == "running" and row["alive"]
+        failures = len(st.get("failures") or [])
+        state = st.get("status") if row["alive"] or st.get("status") != "running" else "dead"
+        if failures >= settings.restart_alert_failures and not running:
+            state = "FAILING"  # alerted as critical; still retried
+        row.update(
+            status=state,
+            restarts=st.get("restarts", 0),
+            uptime_s=round(now - st["started_at"], 1) if running and st.get("started_at") else None,
+            last_exit_code=st.get("last_exit_code"),
+            last_exit_at=st.get("last_exit_at"),
+            last_error=st.get("last_error"),
+            failures_in_window=failures,
+            next_start_in_s=(
+                round(max(0.0, st["next_start_at"] - now), 1) if st.get("next_start_at") else None
+            ),
+        )
+    return list(rows.values())
+
+
 def status(settings: Settings) -> dict[str, Any]:
-    """What runs on this state folder: recorded processes and, when the API answers,
+    """What runs on this state folder: recorded processes with the supervisor's restarts,
+    uptime and last exit code; its recent alerts; when the API answers, per work queue the
+    waiting runs and the oldest's age, per worker its last heartbeat (TC-ASYNC-087, 102),
     deployments and the latest flow runs that left Scheduled.
 
-    Returns a dict with ``services`` (name, pid, alive), ``api`` and optional
-    ``deployments``/``runs``.
+    Returns a dict with ``services``, ``alerts``, ``api``, ``api_healthy`` and, when the API
+    answers, ``queues``, ``workers``, ``deployments`` and ``runs``.
     """
     import httpx
 
-    records = services.read_records(settings)
+    sup = read_state(settings)
     out: dict[str, Any] = {
         "state_dir": str(settings.state_dir),
-        "services": [
-            {"name": r.name, "pid": r.pid, "alive": services.record_alive(r)} for r in records
-        ],
+        "services": _service_rows(settings),
+        "alerts": sup.get("alerts", []),
+        "orphaned_flow_runs": sup.get("orphaned_flow_runs", []),
+        "jobs": sup.get("jobs", []),
         "api": settings.prefect_api_url,
     }
     try:
@@ -403,6 +450,16 @@ def status(settings: Settings) -> dict[str, Any]:
         from prefect.client.schemas.objects import StateType
         from prefect.client.schemas.sorting import FlowRunSort
 
+        from core.exceptions import PrefectUnavailableError
+        from tasks.queue_health import pool_problems, read_pool_health
+
+        try:
+            pool = read_pool_health(settings)
+            out["queues"] = [q.model_dump(mode="json") for q in pool.queues]
+            out["workers"] = [w.model_dump(mode="json") for w in pool.workers]
+            out["pool_problems"] = [t for _, t in pool_problems(pool, settings)]
+        except PrefectUnavailableError as e:
+            out["pool_error"] = str(e)
         not_scheduled = FlowRunFilter(
             state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED]))
         )

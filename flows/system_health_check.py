@@ -1,6 +1,7 @@
 """``system-health-check`` (every 15 minutes): check every configured service in parallel.
 
-Steps: config/health_checks.yaml (integrations.health.load_checks) -> run-health-checks task
+Steps: config/health_checks.yaml (integrations.health.load_checks) -> check-queue-health task
+(tasks.queue_health: a live worker, queue depth, the oldest waiting run) -> run-health-checks task
 (tasks.monitoring.perform_health_check: parallel checks within a deadline, two-failures rule,
 report to MongoDB ``health_reports`` or the JSON-lines fallback file, one Slack/e-mail alert).
 """
@@ -15,6 +16,7 @@ from core.settings import Settings
 from integrations.health import load_checks
 from tasks.monitoring import open_health_store, run_health_checks
 from tasks.notify import build_notifier
+from tasks.queue_health import check_queue_health
 
 
 @flow(name="system-health-check", validate_parameters=True, timeout_seconds=120)
@@ -27,7 +29,9 @@ def system_health_check(
     specs = load_checks(params.config_path or settings.health_checks_path)
     store = open_health_store(settings)
     notifier = build_notifier(store, settings) if params.notify else None
+    # workers alive, queue depth, oldest waiting run (TC-ASYNC-087, TC-ASYNC-102)
+    queues = check_queue_health(settings, PREFECT_API_URL.value())
     report = run_health_checks(
-        specs, settings, store, notifier, PREFECT_API_URL.value(), params.notify
+        specs, settings, store, notifier, PREFECT_API_URL.value(), params.notify, queues
     )
     return HealthCheckResult(health_report=report)

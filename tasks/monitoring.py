@@ -24,6 +24,7 @@ from core.schemas.monitoring import (
     HealthReport,
     NotificationResult,
     PerformanceMetrics,
+    ServiceHealth,
 )
 from core.settings import Settings
 from integrations import health, reports
@@ -83,8 +84,13 @@ def perform_health_check(
     probes: health.Probes | None = None,
     prefect_api_url: str | None = None,
     notify: bool = True,
+    extra_services: dict[str, ServiceHealth] | None = None,
 ) -> HealthReport:
     """Run the checks, apply the two-failures rule, save the report and send one alert.
+
+    ``extra_services`` (the work-queue and worker-heartbeat entries of
+    ``tasks.queue_health``) join the report as they are; each one with a severity adds its
+    ``error`` as an alert.
 
     State and report go to MongoDB; when MongoDB itself is not healthy they go to
     ``<state_dir>/health_state.json`` and ``<state_dir>/health_reports.jsonl`` instead (the
@@ -116,7 +122,14 @@ def perform_health_check(
             mongo_ok = False
     services, state = health.apply_failure_state(outcomes, previous, settings)
     health.write_state_file(state_file, {**previous, **state})
+    services.update(extra_services or {})
     report = health.build_report(services, started, (time.perf_counter() - t0) * 1000)
+    for svc in (extra_services or {}).values():  # queue depth / heartbeats (TC-ASYNC-087, 102)
+        if svc.severity != "ok" and svc.error:
+            text = f"{'❌' if svc.severity == 'critical' else '⚠️'} {svc.name}: {svc.error}"
+            report.alerts.append(text)
+            if svc.severity == "critical":
+                report.critical_alerts.append(text)
     doc = report.model_dump(mode="json", exclude={"notifications"})
     doc["created_at"] = started
     if mongo_ok:
@@ -201,10 +214,17 @@ def run_health_checks(
     notifier: Notifier | None,
     prefect_api_url: str | None,
     notify: bool,
+    extra_services: dict[str, ServiceHealth] | None = None,
 ) -> HealthReport:
     """Task around :func:`perform_health_check`. Returns the report."""
     return perform_health_check(
-        specs, settings, store, notifier, prefect_api_url=prefect_api_url, notify=notify
+        specs,
+        settings,
+        store,
+        notifier,
+        prefect_api_url=prefect_api_url,
+        notify=notify,
+        extra_services=extra_services,
     )
 
 

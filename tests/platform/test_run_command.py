@@ -58,6 +58,7 @@ def _alive(p: psutil.Process) -> bool:
         return False
 
 
+@pytest.mark.tc("TC-ASYNC-105", "TC-ASYNC-101", "TC-ASYNC-087")
 def test_up_ready_serves_ui_and_deployments_then_sigint_leaves_nothing(tmp_path: Path):
     state = tmp_path / "state"
     port, mongo_port, api_port = free_port(), free_port(), free_port()
@@ -91,7 +92,7 @@ def test_up_ready_serves_ui_and_deployments_then_sigint_leaves_nothing(tmp_path:
         started = time.monotonic()
         _wait_for(
             lambda: up.poll() is not None or "first pipeline" in out_path.read_text(),
-            240,
+            420,  # a fresh Prefect database migrates: 100 s seen for the server alone at load 19
             "botai up to print 'ready' and start the first pipeline",
         )
         text = out_path.read_text()
@@ -141,6 +142,10 @@ def test_up_ready_serves_ui_and_deployments_then_sigint_leaves_nothing(tmp_path:
         )
         info = json.loads(status.stdout)
         assert info["api_healthy"] and all(s["alive"] for s in info["services"])
+        supervised = [s for s in info["services"] if s["name"] != "botai-up"]
+        assert supervised and all(s["restarts"] == 0 and s["uptime_s"] > 0 for s in supervised)
+        assert {q["queue"] for q in info["queues"]} >= {"ml_training", "analysis", "backtesting"}
+        assert any(w["status"] == "ONLINE" for w in info["workers"])
         assert {d.split("/", 1)[1] for d in info["deployments"]} == wanted
 
         # the first pipeline: one run per existing deployment; wait until one runs
