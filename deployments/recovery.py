@@ -19,7 +19,9 @@ One pass (:func:`recover_once`) over the runs of the platform's work pool:
    worker starts it again, ``run_count`` grows; training resumes from its checkpoint). Waits
    ``recovery_backoff_s`` after the attempt ended, doubling per attempt up to
    ``recovery_backoff_max_s``. Leftover processes of the run (a stopped one) are killed
-   first. Never: ``Cancelled`` runs, runs failed on a time limit, ``OperationalError``
+   first. A run whose result was saved before its process died (its ``training_jobs``
+   record says completed, or its ``task_results`` document exists) is set Completed instead:
+   the work is not done twice. Never: ``Cancelled`` runs, runs failed on a time limit, ``OperationalError``
    failures (bad input: the message tells the caller what to change; re-running cannot help).
 3. **Dead-letter.** A run that used ``recovery_max_attempts`` executions gets a
    ``dead_letters`` document (parameters, every attempt's error and time), an alert, and the
@@ -36,12 +38,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import signal
-import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -56,6 +56,13 @@ from deployments.dead_letters import (
     dead_letter_doc,
     reconcile_records,
     save_dead_letter,
+    work_saved,
+)
+from deployments.run_processes import (
+    hung_for_s,
+    kill_processes,
+    local_flow_processes,
+    process_alive,
 )
 from integrations.store import Store
 
@@ -63,7 +70,6 @@ log = logging.getLogger(__name__)
 
 #: Message prefix of the Scheduled state a resubmission sets (attempts are counted by it).
 RECOVERY_MARK = "recovered after crash"
-_ENV_KEY = "PREFECT__FLOW_RUN_ID"
 
 
 def retryable_error_names() -> set[str]:
@@ -88,65 +94,6 @@ def is_retryable_failure(state: Any) -> bool:
         return False
     message = state.message or ""
     return any(re.search(rf"\b{name}\b", message) for name in retryable_error_names())
-
-
-def parse_infrastructure_pid(value: str | None) -> tuple[str | None, int | None]:
-    """``"host:pid"`` or ``"pid"`` -> (host or None, pid); (None, None) when unset/unreadable."""
-    if not value:
-        return None, None
-    host, _, pid = value.rpartition(":")
-    try:
-        return host or None, int(pid)
-    except ValueError:
-        return None, None
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def local_flow_processes() -> dict[str, list[psutil.Process]]:
-    """Live processes of this user that run a flow run: flow-run id -> processes.
-
-    A process counts when its environment carries ``PREFECT__FLOW_RUN_ID`` and its command
-    line is Prefect's (the worker's supervisor or ``prefect.engine``), so a helper process a
-    flow left behind does not keep a dead run "alive". Zombies are left out.
-    """
-    uid = os.getuid()
-    out: dict[str, list[psutil.Process]] = {}
-    for proc in psutil.process_iter(["uids", "cmdline"]):
-        try:
-            if proc.info["uids"] is None or proc.info["uids"].real != uid:
-                continue
-            if not any("prefect" in part for part in proc.info["cmdline"] or ()):
-                continue
-            run_id = proc.environ().get(_ENV_KEY)
-            if run_id and proc.status() != psutil.STATUS_ZOMBIE:
-                out.setdefault(run_id, []).append(proc)
-        except psutil.Error:
-            continue
-    return out
-
-
-def kill_processes(procs: Iterable[psutil.Process]) -> int:
-    """SIGKILL ``procs`` and their descendants (stopped ones too). Returns how many got it."""
-    targets: dict[int, psutil.Process] = {}
-    for proc in procs:
-        try:
-            for p in [proc, *proc.children(recursive=True)]:
-                targets[p.pid] = p
-        except psutil.Error:
-            continue
-    for p in targets.values():
-        try:
-            p.kill()
-        except psutil.Error:
-            continue
-    psutil.wait_procs(list(targets.values()), timeout=5)
-    return len(targets)
 
 
 @dataclass
@@ -203,6 +150,7 @@ class RecoveryReport:
     resubmitted: list[str] = field(default_factory=list)
     dead_lettered: list[str] = field(default_factory=list)
     killed: list[str] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)
     reconciled: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -215,6 +163,7 @@ class RecoveryReport:
                 self.resubmitted,
                 self.dead_lettered,
                 self.killed,
+                self.completed,
                 self.reconciled,
             )
         )
@@ -247,44 +196,6 @@ def _pool_runs(client: Any, settings: Settings, types: list[Any], **flt: Any) ->
             return runs
 
 
-def _process_alive(
-    run: Any, procs: dict[str, list[psutil.Process]], settings: Settings
-) -> bool | None:
-    """Whether ``run`` has a live process here; None when that cannot be told from here."""
-    host, pid = parse_infrastructure_pid(run.infrastructure_pid)
-    if host is not None and host not in (socket.gethostname(), "localhost", "127.0.0.1"):
-        return None
-    if not settings.recovery_local_workers:
-        return None
-    if str(run.id) in procs:
-        return True
-    if pid is not None:
-        try:
-            proc = psutil.Process(pid)
-            return _alive(proc) and proc.environ().get(_ENV_KEY) == str(run.id)
-        except psutil.AccessDenied:
-            return None
-        except psutil.Error:
-            return False
-    return False
-
-
-def _hung_for_s(
-    procs: list[psutil.Process], run_id: str, stopped_since: dict[str, datetime], now: datetime
-) -> float:
-    """Seconds a process of the run has been seen stopped (SIGSTOP, ``T``); 0 when none is."""
-    stopped = False
-    for p in procs:
-        try:
-            stopped = stopped or p.status() == psutil.STATUS_STOPPED
-        except psutil.Error:
-            continue
-    if not stopped:
-        stopped_since.pop(run_id, None)
-        return 0.0
-    return (now - stopped_since.setdefault(run_id, now)).total_seconds()
-
-
 def _detect_dead(
     client: Any,
     settings: Settings,
@@ -304,9 +215,9 @@ def _detect_dead(
         state = run.state
         if state is None:
             continue
-        alive = _process_alive(run, procs, settings)
+        alive = process_alive(run, procs, settings)
         if alive and stopped_since is not None:
-            hung_s = _hung_for_s(procs.get(str(run.id), []), str(run.id), stopped_since, now)
+            hung_s = hung_for_s(procs.get(str(run.id), []), str(run.id), stopped_since, now)
             if hung_s >= settings.recovery_hung_after_s:
                 new = Crashed(
                     message=f"Crashed: its process is stopped (hung) for {hung_s:.0f} s; "
@@ -352,7 +263,7 @@ def _resubmit_or_dead_letter(
 ) -> None:
     from prefect.client.schemas.filters import FlowRunFilterEndTime
     from prefect.client.schemas.objects import StateType
-    from prefect.states import Failed, Scheduled
+    from prefect.states import Completed, Failed, Scheduled
 
     since = now - timedelta(hours=settings.recovery_window_h)
     ended = _pool_runs(
@@ -380,6 +291,18 @@ def _resubmit_or_dead_letter(
                 kill_processes(leftover)
                 report.killed.append(str(run.id))
                 continue  # its worker reports the exit first; resubmitted next pass
+        if store is not None and work_saved(store, str(run.id)):
+            # the work finished and its result is saved; the process died on its way out
+            client.set_flow_run_state(
+                run.id,
+                Completed(
+                    message=f"Completed: its result was saved before the process ended "
+                    f"({state.name}); not re-run (recovery service)"
+                ),
+                force=True,
+            )
+            report.completed.append(str(run.id))
+            continue
         if len(attempts) >= settings.recovery_max_attempts:
             if store is None:
                 report.problems.append(f"{run.id}: attempts exhausted but no store to dead-letter")
