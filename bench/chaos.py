@@ -146,12 +146,12 @@ class Chaos:
 
     # ------------------------------------------------------------ workload
     def workload(self, n: int, rng: random.Random) -> list[tuple[str, dict]]:
-        """``n`` runs: ~1/4 tiny trainings (distinct model+symbol), backtests, bulk analyses
+        """``n`` runs: ~1/8 tiny trainings (distinct model+symbol), backtests, bulk analyses
         and predictions (these last, after the trainings that deploy their models)."""
         today = date.today()
         combos = [(m, s) for m in ("lstm", "gru") for s in SYMBOLS]
         rng.shuffle(combos)
-        n_train = min(len(combos), max(2, n // 4))
+        n_train = min(len(combos), max(2, n // 8))
         items: list[tuple[str, dict]] = [
             ("train-model", {**TINY_TRAIN, "model_type": m, "symbol": s})
             for m, s in combos[:n_train]
@@ -335,6 +335,9 @@ def main() -> int:
                     plan.insert(0, (kind, params))
                     _say(f"  submit deferred ({type(e).__name__})")
                 next_submit = now + submit_every
+            if not chaos.attach and chaos.procs["worker"].poll() is not None:
+                _say("  worker exited on its own: restarting it (as the supervisor does)")
+                chaos.procs["worker"] = services.start_worker(settings, env)
             if fault_at and now - start >= fault_at[0]:
                 fault_at.pop(0)
                 kind = kinds.pop(0)

@@ -116,12 +116,16 @@ def requeue_dead_letter(store: Store, task_id: str, by: str) -> dict[str, Any]:
 
 def work_saved(store: Store, task_id: str) -> bool:
     """True when the run's work is done and saved: its ``training_jobs`` record says
-    ``completed`` or its ``task_results`` document exists (flows save it once, at their end).
+    ``completed``, or its ``backtest_results``/``optimization_results``/``task_results``
+    document exists (flows save it once, at their end).
 
     A run that crashed after that point is marked Completed instead of re-run (exactly once).
     """
     if store.col(C.TRAINING_JOBS).count_documents({"task_id": task_id, "status": "completed"}):
         return True
+    for name in (C.BACKTEST_RESULTS, C.OPTIMIZATION_RESULTS):
+        if store.col(name).count_documents({"task_id": task_id}, limit=1):
+            return True
     return bool(
         store.col(C.TASK_RESULTS).count_documents(
             {"task_id": task_id, "status": {"$nin": list(OPEN_STATUSES)}}
