@@ -116,13 +116,15 @@ def requeue_dead_letter(store: Store, task_id: str, by: str) -> dict[str, Any]:
 
 def work_saved(store: Store, task_id: str) -> bool:
     """True when the run's work is done and saved: its ``training_jobs`` record says
-    ``completed``, or its ``backtest_results``/``optimization_results``/``task_results``
+    ``completed`` or a model it trained is registered, or its ``backtest_results``/``optimization_results``/``task_results``
     document exists (flows save it once, at their end).
 
     A run that crashed after that point is marked Completed instead of re-run (exactly once).
     """
     if store.col(C.TRAINING_JOBS).count_documents({"task_id": task_id, "status": "completed"}):
         return True
+    if store.col(C.MODELS).count_documents({"training_task_id": task_id}, limit=1):
+        return True  # registration is the training's last step of substance
     for name in (C.BACKTEST_RESULTS, C.OPTIMIZATION_RESULTS):
         if store.col(name).count_documents({"task_id": task_id}, limit=1):
             return True
@@ -185,6 +187,10 @@ def reconcile_records(client: Any, store: Store, reconciled: list[str]) -> None:
             )
             if status != "queued":
                 doc["finished_at"] = doc.get("finished_at") or run.state.timestamp
+            if status == "completed" and name == C.TRAINING_JOBS and not doc.get("model_id"):
+                model = store.col(C.MODELS).find_one({"training_task_id": doc["task_id"]})
+                if model is not None:
+                    doc.update(model_id=model.get("model_id"), model_path=model.get("file_path"))
             if status != "completed" and doc.get("progress_pct") == 100:
                 doc["progress_pct"] = 99.0
             col.replace_one({"task_id": doc["task_id"]}, doc)
