@@ -135,6 +135,27 @@ def work_saved(store: Store, task_id: str) -> bool:
     )
 
 
+def mark_record_completed(store: Store, task_id: str, state: Any) -> None:
+    """Set the ``training_jobs`` record of a run whose work was saved to ``completed`` (its
+    dying process may have written ``failed``), with the model it registered."""
+    col = store.col(C.TRAINING_JOBS)
+    doc = col.find_one({"task_id": task_id}, {"_id": 0})
+    if doc is None or doc.get("status") == "completed":
+        return
+    model = store.col(C.MODELS).find_one({"training_task_id": task_id}, {"_id": 0})
+    doc.update(
+        status="completed",
+        error=None,
+        status_reason=f"work saved before the process ended ({state.name}: {state.message})",
+        finished_at=doc.get("finished_at") or datetime.now(UTC),
+        updated_at=datetime.now(UTC),
+        progress_pct=100.0,
+    )
+    if model is not None:
+        doc.update(model_id=model.get("model_id"), model_path=model.get("file_path"))
+    col.replace_one({"task_id": task_id}, doc)
+
+
 def record_status(state: Any) -> str | None:
     """The job-record status of a Prefect state; None while the run is not final."""
     kind = state.type.value

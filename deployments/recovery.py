@@ -54,6 +54,7 @@ from deployments.dead_letters import (
     DEAD_LETTERED,
     REQUEUE_MARK,
     dead_letter_doc,
+    mark_record_completed,
     reconcile_records,
     save_dead_letter,
     work_saved,
@@ -301,6 +302,7 @@ def _resubmit_or_dead_letter(
                 ),
                 force=True,
             )
+            mark_record_completed(store, str(run.id), state)
             report.completed.append(str(run.id))
             continue
         if len(attempts) >= settings.recovery_max_attempts:

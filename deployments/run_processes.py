@@ -83,7 +83,13 @@ def kill_processes(procs: Iterable[psutil.Process]) -> int:
 def process_alive(
     run: Any, procs: dict[str, list[psutil.Process]], settings: Settings
 ) -> bool | None:
-    """Whether ``run`` has a live process here; None when that cannot be told from here."""
+    """Whether ``run`` has a live process here; None when that cannot be told from here.
+
+    Alive: a process carries the run's id in its environment, or the recorded pid runs (not
+    a zombie). The pid alone is enough: under heavy load a just-started process was seen
+    without the run id for tens of seconds (still in its parent's image), and calling a
+    live run dead is worse than waiting for the heartbeat check.
+    """
     host, pid = parse_infrastructure_pid(run.infrastructure_pid)
     if host is not None and host not in (socket.gethostname(), "localhost", "127.0.0.1"):
         return None
@@ -94,9 +100,7 @@ def process_alive(
     if pid is not None:
         try:
             proc = psutil.Process(pid)
-            return _alive(proc) and proc.environ().get(_ENV_KEY) == str(run.id)
-        except psutil.AccessDenied:
-            return None
+            return _alive(proc)
         except psutil.Error:
             return False
     return False

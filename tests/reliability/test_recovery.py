@@ -183,7 +183,7 @@ def test_always_crashing_run_is_dead_lettered_after_the_cap_with_every_error(
     assert requeued.status_code == 202, requeued.text
     assert requeued.json()["requeued_by"] == "ops"
     assert api.post(f"/api/dead-letters/{run_id}/requeue", headers=admin).status_code == 404
-    wait_for(lambda: len(stack.executions(run_id)) == cap + 1, 60, "the re-queued run to run")
+    wait_for(lambda: len(stack.executions(run_id)) == cap + 1, 150, "the re-queued run to run")
     # attempts count from 1 again after a re-queue
     wait_for(
         lambda: any(
@@ -192,7 +192,7 @@ def test_always_crashing_run_is_dead_lettered_after_the_cap_with_every_error(
             > stack.store.col(C.DEAD_LETTERS).find_one({"task_id": str(run_id)})["requeued_at"]
             for s in stack.states(run_id)
         ),
-        60,
+        120,
         "the re-queued run's first recovery",
     )
 
