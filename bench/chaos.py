@@ -11,8 +11,8 @@ of ``botai up`` does. ``--attach`` runs against a stack already started with ``b
 ``BOTAI_STATE_DIR`` instead: it kills the recorded processes and lets the supervisor restart
 them (restarting one itself only when nothing did within 60 s).
 
-Definitions: *lost* = accepted runs neither Completed, dead-lettered nor Failed with a reason
-by the deadline (or left Crashed); *executed twice* = a run with more than one Completed state
+Definitions: *lost* = accepted runs left Crashed (not recovered) or missing at the deadline
+(runs still queued or running then are counted apart, as unfinished); *executed twice* = a run with more than one Completed state
 or more than one result document / registered model; *recovery time* of a fault = from the
 kill until every run that was not final at that moment has a new Running state or ended;
 *stale record* = a training_jobs record still open while its run is final.
@@ -253,6 +253,20 @@ class Chaos:
             self.procs["worker"] = services.start_worker(s, self.env)
 
 
+def _trained_models(chaos: Chaos, ids: list[str], kind_of: dict[str, str]) -> list[tuple]:
+    """(model_type, symbol) of the trainings that completed so far."""
+    trainings = [i for i in ids if kind_of[i] == "train-model"]
+    try:
+        runs = chaos.runs(trainings) if trainings else {}
+    except Exception:
+        return []
+    return [
+        (r.parameters["params"]["model_type"], r.parameters["params"]["symbol"])
+        for r in runs.values()
+        if r.state and r.state.type.value == "COMPLETED"
+    ]
+
+
 def recovery_times(
     chaos: Chaos, faults: list[tuple[float, str, list[str]]]
 ) -> list[tuple[str, float]]:
@@ -327,6 +341,17 @@ def main() -> int:
             now = time.monotonic()
             if plan and now >= next_submit:
                 kind, params = plan.pop(0)
+                if kind == "predict-price":  # needs a model: one a finished training deployed
+                    trained = _trained_models(chaos, ids, kind_of)
+                    if not trained and now - start < args.fault_window_s + 120:
+                        plan.append((kind, params))
+                        next_submit = now + submit_every
+                        continue
+                    if trained:
+                        params = {
+                            **params,
+                            **dict(zip(("model_type", "symbol"), rng.choice(trained), strict=True)),
+                        }
                 try:
                     run_id = chaos.submit(kind, params)
                     ids.append(run_id)
@@ -405,11 +430,10 @@ def report(chaos: Chaos, ids, kind_of, faults, elapsed_s: float) -> None:
         run = states.get(doc["task_id"])
         if run and run.state.type.value in FINAL:
             stale += 1
-    lost = sum(
-        n
-        for name, n in outcome.items()
-        if name not in ("Completed", "DeadLettered", "Failed", "TimedOut", "Cancelled")
-    )
+    ended = ("Completed", "DeadLettered", "Failed", "TimedOut", "Cancelled")
+    in_flight = ("Running", "Pending", "Submitting", "Scheduled", "Late", "AwaitingRetry")
+    lost = sum(n for name, n in outcome.items() if name not in ended + in_flight)
+    unfinished = sum(n for name, n in outcome.items() if name in in_flight)
     times = recovery_times(chaos, faults)
     _say(f"\nchaos result after {elapsed_s:.0f} s ({load()}):")
     _say(f"  runs accepted:   {len(ids)} ({dict(Counter(kind_of.values()))})")
@@ -418,7 +442,9 @@ def report(chaos: Chaos, ids, kind_of, faults, elapsed_s: float) -> None:
     _say(f"  failed:          {outcome['Failed']}")
     for r, n in reasons.most_common():
         _say(f"    {n} x {r}")
-    _say(f"  lost:            {lost}  (states: {dict(outcome)})")
+    _say(f"  lost:            {lost}  (Crashed and not recovered, or missing)")
+    _say(f"  unfinished at the deadline (still queued/running): {unfinished}")
+    _say(f"  final states:    {dict(outcome)}")
     _say(f"  executed twice:  {len(twice)} {twice}")
     _say(f"  stale records:   {stale}")
     secs = [t for _, t in times]
