@@ -141,6 +141,18 @@ class Chaos:
         if self.attach:
             return
         services.stop_all(self.settings, timeout_s=10)
+        # flow processes orphaned by a killed worker belong to no recorded service
+        from deployments.run_processes import kill_processes, local_flow_processes
+
+        mine = []
+        for procs in local_flow_processes().values():
+            for p in procs:
+                try:
+                    if p.environ().get("BOTAI_STATE_DIR") == str(self.settings.state_dir):
+                        mine.append(p)
+                except Exception:
+                    continue
+        kill_processes(mine)
         if self.mongo is not None:
             self.mongo.stop()
 
