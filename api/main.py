@@ -15,6 +15,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from api.dead_letters import router as dead_letters_router
 from api.quotas import QuotaExceededError
 from api.routes import router
 from api.service import TaskConflictError
@@ -125,6 +126,7 @@ def create_app(settings: ApiSettings, store_factory: Callable[[], Store] | None 
     app.state.store = None
     _install_handlers(app)
     app.include_router(router)
+    app.include_router(dead_letters_router)
     return app
 
 

@@ -32,6 +32,17 @@ class TaskAccepted(BaseModel):
     )
 
 
+class DeadLetterInfo(BaseModel):
+    """A run that used every recovery attempt (the dead-letter collection)."""
+
+    task_id: str
+    flow_name: str | None = None
+    attempts: int = Field(description="Executions that ended Crashed or Failed.")
+    reason: str | None = Field(description="Why, with the last attempt's error.")
+    created_at: datetime | None = None
+    requeued_at: datetime | None = None
+
+
 class TaskStatus(BaseModel):
     """``GET /api/tasks/{task_id}``."""
 
@@ -51,3 +62,7 @@ class TaskStatus(BaseModel):
         description="The run's saved result document (train, backtest, optimize), when done."
     )
     ui_url: str | None = None
+    dead_letter: DeadLetterInfo | None = Field(
+        default=None,
+        description="Set when the run exhausted its recovery attempts (dead-lettered).",
+    )

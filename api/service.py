@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from api import quotas
 from api.jobs import JOBS, Job
-from api.schemas import TaskAccepted, TaskStatus, TaskStatusName
+from api.schemas import DeadLetterInfo, TaskAccepted, TaskStatus, TaskStatusName
 from api.security import Principal
 from api.settings import ApiSettings
 from core.exceptions import (
@@ -37,7 +37,7 @@ from core.exceptions import (
     NotFoundError,
     ServiceUnavailableError,
 )
-from integrations.store import Store
+from integrations.store import C, Store
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +238,9 @@ def task_status(
     if job is not None and job.result_collection:
         result = store.col(job.result_collection).find_one({"task_id": task_id}, {"_id": 0})
     state_type = run.state.type if run.state else StateType.SCHEDULED
+    if pct is not None and state_type != StateType.COMPLETED:
+        pct = min(pct, 99.0)  # 100 means done: only a Completed run reads 100
+    letter = store.col(C.DEAD_LETTERS).find_one({"task_id": task_id}, {"_id": 0})
     return TaskStatus(
         task_id=task_id,
         job=job.name if job else None,
@@ -255,6 +258,11 @@ def task_status(
         ui_url=(
             f"{settings.prefect_ui_url.rstrip('/')}/runs/flow-run/{task_id}"
             if settings.prefect_ui_url
+            else None
+        ),
+        dead_letter=(
+            DeadLetterInfo(**{**letter, "attempts": len(letter.get("attempts") or [])})
+            if letter
             else None
         ),
     )

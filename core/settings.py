@@ -223,6 +223,43 @@ class Settings(BaseSettings):
     cleanup_interval_s: float = Field(
         default=3600.0, ge=60, description="How often old runs and files are deleted, seconds."
     )
+    # ------------------------------------------------------------ crash recovery
+    recovery_poll_s: float = Field(
+        default=3.0, gt=0, description="How often the recovery service looks for dead runs, s."
+    )
+    recovery_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Executions of one run, the first included, before it is dead-lettered.",
+    )
+    recovery_backoff_s: float = Field(
+        default=5.0, ge=0, description="Wait before the first resubmission, s (doubles after)."
+    )
+    recovery_backoff_max_s: float = Field(
+        default=60.0, ge=0, description="Longest wait between two resubmissions, s."
+    )
+    recovery_exit_grace_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="A Running run without a live process this long is Crashed, s.",
+    )
+    recovery_start_grace_s: float = Field(
+        default=45.0,
+        ge=0,
+        description="A Pending/Submitting run without a process this long is Crashed, s.",
+    )
+    recovery_hung_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A run whose process is stopped (SIGSTOP) this long is Crashed, s.",
+    )
+    recovery_window_h: float = Field(
+        default=24.0, gt=0, description="Crashed/failed runs older than this are left alone, h."
+    )
+    recovery_local_workers: bool = Field(
+        default=True,
+        description="Every worker of the pool runs on this machine (process checks are local).",
+    )
 
     # ------------------------------------------------------------ monitoring
     health_checks_path: Path = Field(

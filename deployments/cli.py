@@ -57,6 +57,11 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from deployments.up import status
 
     info = status(settings)
+    # --- dead letters (recovery service, deployments/dead_letters.py)
+    from deployments.dead_letters import dead_letter_status
+
+    info["dead_letters"] = dead_letter_status(settings)
+    # ---
     if args.json:
         _say(json.dumps(info, indent=1, default=str))
         return 0
@@ -102,6 +107,11 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         _say(f"  deployment {d}")
     for r in info.get("runs", []):
         _say(f"  run {r['name']:<24} {r['state']:<12} {r['id']}")
+    letters = info["dead_letters"]
+    if isinstance(letters, str) or letters:
+        _say(f"dead letters: {letters if isinstance(letters, str) else len(letters)}")
+    for d in letters if isinstance(letters, list) else []:
+        _say(f"  {d['task_id']} {d['flow_name']} ({d['attempts']} attempts): {d['reason']}")
     return 0 if info["api_healthy"] else 1
 
 
