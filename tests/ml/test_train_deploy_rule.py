@@ -1,4 +1,4 @@
-"""The one deploy rule (ml.lifecycle): scored on the newest bars, held out before training;
+"""The one deploy rule (ml.deploy_rule, used by ml.lifecycle): scored on the newest bars, held out before training;
 deploy only when the candidate beats the deployed model AND the naive baselines by more than
 the standard error of the paired difference.
 
@@ -15,8 +15,8 @@ from conftest import make_gated_candles
 from sklearn.linear_model import LogisticRegression
 
 from core.exceptions import InsufficientDataError
+from ml.deploy_rule import DEPLOYED, candidate_windows, decide, hold_out, score_holdout
 from ml.features import prepare_dataset
-from ml.lifecycle import DEPLOYED, candidate_windows, decide, hold_out, score_holdout
 from ml.metrics import baseline_probabilities, correct, paired_difference
 
 LOOKBACK = 4
@@ -45,7 +45,7 @@ def _p(model: LogisticRegression, ds, x: np.ndarray) -> np.ndarray:
     return model.predict_proba(_gate_feature(x, ds.spec.feature_names))[:, 1]
 
 
-@pytest.mark.tc("TC-ASYNC-004", "TC-ASYNC-065")
+@pytest.mark.tc("TC-ASYNC-001", "TC-ASYNC-056")
 def test_held_out_slice_is_newer_than_everything_training_and_epoch_selection_see():
     candles, holdout, ds, x = _setup(seed=1)
     assert holdout.cut == 1500 - 375 and holdout.n == 374  # the newest bar has no outcome yet
@@ -57,7 +57,7 @@ def test_held_out_slice_is_newer_than_everything_training_and_epoch_selection_se
         hold_out(candles.iloc[:100], 0.2, 1)
 
 
-@pytest.mark.tc("TC-ASYNC-065")
+@pytest.mark.tc("TC-ASYNC-057")
 def test_paired_standard_error_and_the_reason_say_everything():
     a = np.array([1, 1, 0, 1, 0, 1, 1, 0], dtype=float)
     b = np.array([1, 0, 0, 1, 1, 0, 1, 0], dtype=float)
@@ -75,7 +75,7 @@ def test_paired_standard_error_and_the_reason_say_everything():
     assert "difference +0.000, standard error 0.000" in r
 
 
-@pytest.mark.tc("TC-ASYNC-065")
+@pytest.mark.tc("TC-ASYNC-057")
 def test_a_same_regime_competitor_is_kept_about_as_often_as_chance_says():
     """Old and new are the same procedure fitted on different resamples of the same regime:
     neither is better, so the new one should replace the old only by chance: the rule needs a
@@ -101,12 +101,14 @@ def test_a_same_regime_competitor_is_kept_about_as_often_as_chance_says():
         if not decision.deployed:
             assert decision.outcome == "kept_deployed"
             assert "the deployed model stays" in decision.reason
-    print(f"same regime: deployed {deploys}/20, beat old {beat_old}/20, baselines {beat_baselines}/20")
+    print(
+        f"same regime: deployed {deploys}/20, beat old {beat_old}/20, baselines {beat_baselines}/20"
+    )
     assert beat_baselines >= 18  # both models carry the signal: the old model decides
     assert deploys <= 5  # chance: ~3 of 20 (P(z > 1) = 0.16)
 
 
-@pytest.mark.tc("TC-ASYNC-065")
+@pytest.mark.tc("TC-ASYNC-056")
 def test_a_clearly_better_new_model_is_deployed():
     """The old model learned the opposite regime (momentum on quiet bars): the new one beats
     it, and both baselines, by many standard errors."""
