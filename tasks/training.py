@@ -54,6 +54,8 @@ FLOW_NAME = "train-model"
 TRAINING_LIMIT = "ml-training"
 #: Trainings at once, platform-wide (the ``ml_training`` queue's limit too).
 TRAINING_SLOTS = 2
+#: A training slot of a process that died frees itself this long after its last renewal.
+SLOT_LEASE_S = 60.0
 #: States of a run that is queued or running (AwaitingConcurrencySlot and Late are SCHEDULED).
 ACTIVE_STATE_TYPES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
 
@@ -250,16 +252,17 @@ def training_slot(progress: ProgressReporter | None = None) -> Iterator[None]:
     """Hold one of the platform's training slots (global concurrency limit ``ml-training``)
     while the body trains; wait for one when all are taken.
 
-    The slot is a lease the Prefect server renews while this process lives; when the process
-    dies the lease expires and the slot frees by itself. Without the limit (no bootstrap)
-    nothing is limited and a warning is logged.
+    The slot is a lease (:data:`SLOT_LEASE_S`) the Prefect client renews while this process
+    lives; when the process dies the lease expires and the slot frees by itself, so a killed
+    run never holds a slot for long. Without the limit (no bootstrap) nothing is limited and
+    a warning is logged.
     """
     from prefect.concurrency.sync import concurrency
 
     if progress is not None:
         progress.update(progress.progress, "Waiting for a training slot")
     started = time.monotonic()
-    with concurrency(TRAINING_LIMIT, occupy=1, strict=False):
+    with concurrency(TRAINING_LIMIT, occupy=1, strict=False, lease_duration=SLOT_LEASE_S):
         waited = time.monotonic() - started
         if waited >= 1.0:
             get_run_logger().info("waited %.1f s for a training slot", waited)
