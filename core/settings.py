@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     )
     work_pool: str = Field(default="botai-process", description="Prefect process work pool name.")
     min_free_disk_gb: float = Field(default=10.0, ge=0, description="Free disk needed to train.")
+    checkpoint_every_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Training also checkpoints when this many seconds passed since the last save.",
+    )
 
     # ------------------------------------------------------------ store (MongoDB)
     store_retry_s: float = Field(

@@ -330,6 +330,9 @@ def ensure_work_pool(settings: Settings) -> list[str]:
                 client.create_work_queue(
                     name=name, work_pool_name=settings.work_pool, concurrency_limit=limit
                 )
+    from tasks.training import ensure_training_limit  # every training path takes its slots
+
+    ensure_training_limit(WORK_QUEUES["ml_training"] or 2)
     return list(WORK_QUEUES)
 
 

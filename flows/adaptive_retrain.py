@@ -3,19 +3,26 @@
 Steps: one at a time (a lock in ``locks``; a second run is rejected with DuplicateRunError) ->
 symbols (given, or those with a deployed model) -> data freshness (newest candle within
 ``Settings.retrain_max_data_age_h``) -> for each symbol and model type: ``train-model`` as a
-subflow on the last ``days_of_data`` (60) days -> old (deployed before) and new model scored
-on the SAME newest held-out window -> deploy the new one if it beats the old by
-``min_improvement`` (old archived), else it stays a candidate with the reason ->
+subflow on the last ``days_of_data`` (60) days. Each subflow takes one of the platform's
+training slots (global concurrency limit ``ml-training``) like any other training, and makes
+the deploy decision with the one rule of ``ml.lifecycle``: the new model, the old one and the
+naive baselines scored on the newest bars, held out before training; deployed only when it
+beats all of them by more than the standard error (and the old by ``min_improvement``) ->
 ``retrain_history`` -> notification with before/after accuracy.
+
+Keeping the old model is a success (``outcome="kept_old"``). A run in which every training
+failed saves its history, notifies, and then ends Failed with the reasons.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from core.exceptions import TrainingError
 from core.schemas.self_improvement import (
     AdaptiveRetrainParams,
     AdaptiveRetrainResult,
@@ -29,9 +36,9 @@ from tasks.retrain import (
     acquire_retrain_lock,
     build_registry,
     check_data_fresh,
-    compare_and_deploy,
     release_retrain_lock,
     resolve_symbols,
+    retrain_outcome,
     retrain_summary,
 )
 
@@ -42,8 +49,9 @@ def adaptive_retrain(params: AdaptiveRetrainParams) -> AdaptiveRetrainResult:
 
     Returns an :class:`AdaptiveRetrainResult` (``models`` keyed by type, or ``type/SYMBOL``
     with several symbols). Raises DuplicateRunError (another adaptive retrain runs),
-    DataQualityError (stale data), InvalidInputError (nothing to retrain); a failing
-    training is reported in ``errors`` and the others go on.
+    DataQualityError (stale data), InvalidInputError (nothing to retrain), TrainingError
+    (every training failed, after history and notification); a failing training is reported
+    in ``errors`` and the others go on (status ``partial``).
     """
     from blocks.loader import load_store
 
@@ -64,7 +72,7 @@ def adaptive_retrain(params: AdaptiveRetrainParams) -> AdaptiveRetrainResult:
         symbols = resolve_symbols(store, params.symbols, params.model_types, params.timeframe)
         for symbol in symbols:  # every check before any training
             check_data_fresh(store, symbol, params.timeframe, days, settings.retrain_max_data_age_h)
-        registry = build_registry(store)
+        registry = build_registry(store)  # reads the deployed (old) models
         outcomes: dict[str, ModelRetrainOutcome] = {}
         errors: dict[str, str] = {}
         for symbol in symbols:
@@ -84,22 +92,18 @@ def adaptive_retrain(params: AdaptiveRetrainParams) -> AdaptiveRetrainResult:
                             units=params.units,
                             lookback=params.lookback,
                             validation_split=params.validation_split,
+                            min_improvement=margin,
                             requested_by=f"adaptive-retrain {run_id}",
                         )
                     )
-                    outcomes[key] = compare_and_deploy(
-                        store, registry, old, trained, margin, run_id
-                    )
+                    outcomes[key] = retrain_outcome(old, trained)
                 except Exception as e:  # one model failing must not stop the others
                     errors[key] = f"{type(e).__name__}: {e}"
                     logger.error("retraining %s failed: %s", key, errors[key])
         status = "success" if not errors else ("partial" if outcomes else "failed")
-        result = AdaptiveRetrainResult(
-            status=status, task_id=run_id, reason=params.reason, models=outcomes, errors=errors
-        )
         summary = retrain_summary(outcomes, errors)
         deployed = [k for k, o in outcomes.items() if o.deployed]
-        result.notification = send_notification(
+        notification = send_notification(
             build_notifier(store, settings),
             "info" if status == "success" else "warning",
             f"Adaptive retrain {status}: deployed {', '.join(deployed) or 'none'}",
@@ -119,6 +123,19 @@ def adaptive_retrain(params: AdaptiveRetrainParams) -> AdaptiveRetrainResult:
             }
         )
         logger.info("adaptive retrain %s\n%s", status, summary)
-        return result
+        if status == "failed":  # nothing was retrained: the job did not do its work
+            raise TrainingError(f"Adaptive retrain failed: every training failed: {summary}")
+        return AdaptiveRetrainResult(
+            status=status,
+            task_id=run_id,
+            reason=params.reason,
+            models=outcomes,
+            errors=errors,
+            notification=notification,
+        )
+    except asyncio.CancelledError as e:  # the flow's timeout interrupts the body this way
+        raise TrainingError(
+            f"Adaptive retrain stopped at its hard time limit of {3 * HARD_TIME_LIMIT_S:g} s"
+        ) from e  # Failed with "time limit", never Crashed
     finally:
         release_retrain_lock(store, run_id)

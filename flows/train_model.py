@@ -1,43 +1,64 @@
-"""``train-model``: train an LSTM/GRU/Transformer direction model and register it.
+"""``train-model``: train an LSTM/GRU/Transformer direction model, register it, and deploy it
+only if it beats the deployed model and the naive baselines on held-out bars.
 
-Steps: reject a duplicate (same model_type+symbol+timeframe queued or running) -> load the
-newest ``days_of_data`` of candles -> train with checkpoints (tasks.training) -> register the
-encrypted model as a candidate (deployed only if none is deployed yet) -> result.
+Steps: reject a duplicate (same model_type+symbol+timeframe queued or running) -> open the job
+record (reopened on a re-run) -> load the newest ``days_of_data`` of candles -> take a training
+slot (global concurrency limit ``ml-training``, 2 platform-wide) -> the model lifecycle
+(``tasks.training.train_and_register`` -> ``ml.lifecycle``: hold out the newest bars, train with
+checkpoints, score, register, deploy only if better) -> result.
+
+Re-runs: when this flow run runs again under the same id (crash recovery sets it back to
+Scheduled; ``run_count`` > 1) it resumes from its own newest checkpoint and reaches the full
+epoch count, whatever the stored ``resume`` says; the job record is updated (attempts,
+resumed_from_epoch), not duplicated.
 
 Time limits: the soft limit (parameter ``soft_time_limit_s``, default 2 h) checkpoints and
 fails the run inside the training loop; the hard limit is this flow's ``timeout_seconds``
 (2.5 h): Prefect interrupts the flow body, the loop writes a checkpoint of the last completed
-epoch and the run ends Failed (TimedOut). Cancelling (UI/CLI/API) makes the worker send
-SIGTERM; the same checkpoint is written before the process exits and the run is Cancelled.
-Concurrency (2 at once, FIFO) is the ``ml_training`` work queue's limit (see prefect.yaml).
+epoch and the run ends Failed with "hard time limit" in its message. Both say "time limit", and
+neither is Crashed, so crash recovery leaves them alone. Cancelling (UI/CLI/API) makes the
+worker send SIGTERM; the same checkpoint is written before the process exits and the run is
+Cancelled.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 
 from blocks.loader import load_block, load_store
 from blocks.model_store import ModelStoreBlock
+from core.exceptions import TrainingError
 from core.schemas.training import HARD_TIME_LIMIT_S, TrainModelParams, TrainModelResult
 from core.settings import Settings
 from tasks.progress import ProgressReporter
 from tasks.training import (
     load_training_candles,
-    new_job,
+    open_job,
     reject_duplicate_training,
     save_job,
     train_and_register,
+    training_slot,
 )
+
+
+def _hard_limit_s() -> float:
+    """This run's hard limit (the flow's ``timeout_seconds``, options included)."""
+    ctx = FlowRunContext.get()
+    limit = ctx.flow.timeout_seconds if ctx is not None and ctx.flow is not None else None
+    return float(limit or HARD_TIME_LIMIT_S)
 
 
 @flow(name="train-model", timeout_seconds=HARD_TIME_LIMIT_S, validate_parameters=True)
 def train_model(params: TrainModelParams) -> TrainModelResult:
     """Train one model. Returns a :class:`TrainModelResult`; raises on every failure."""
     run_id = str(flow_run.get_id())
+    run_count = int(flow_run.run_count or 1)
     logger = get_run_logger()
     progress = ProgressReporter(
         f"train-{params.model_type}-{params.symbol}-{params.timeframe}".lower(),
@@ -48,31 +69,33 @@ def train_model(params: TrainModelParams) -> TrainModelResult:
     store = load_store()
     model_store = load_block(ModelStoreBlock)
     settings = Settings()
-    job = new_job(params, run_id)
-    save_job(store, job)
+    job = open_job(store, params, run_id, run_count)
     status, error = "failed", None
     try:
         progress.update(5, "Loading data")
         candles = load_training_candles(store, params)
-        result = train_and_register(
-            store,
-            params,
-            candles,
-            run_id,
-            progress,
-            job,
-            model_dir=model_store.directory,
-            model_key=model_store.get_key(),
-            settings=settings,
-        )
+        with training_slot(progress):
+            result = train_and_register(
+                store,
+                params,
+                candles,
+                run_id,
+                progress,
+                job,
+                model_dir=model_store.directory,
+                model_key=model_store.get_key(),
+                settings=settings,
+                run_count=run_count,
+            )
         status = "completed"
         progress.update(100, "Complete")
         logger.info(
-            "trained %s: val_accuracy %.3f (baselines %s), model %s",
+            "trained %s: val_accuracy %.3f, held-out accuracy %.3f, model %s %s",
             params.training_key,
             result.training_results.val_accuracy,
-            result.training_results.baselines,
+            result.training_results.holdout_accuracy,
             result.model_id,
+            result.model_status,
         )
         return result
     except Exception as e:
@@ -81,10 +104,16 @@ def train_model(params: TrainModelParams) -> TrainModelResult:
     except TerminationSignal:
         status, error = "cancelled", "cancelled or terminated (checkpoint of the last epoch kept)"
         raise
-    except BaseException as e:  # the flow's timeout (hard limit) interrupts the body this way
+    except asyncio.CancelledError as e:  # the flow's timeout interrupts the body this way
         error = (
-            f"interrupted ({type(e).__name__}): hard time limit of {HARD_TIME_LIMIT_S:g} s or "
-            "a crash; checkpoint of the last epoch kept, rerun with resume=true"
+            f"Training stopped at the hard time limit of {_hard_limit_s():g} s; checkpoint of "
+            "the last completed epoch kept: rerun with resume=true to continue"
+        )
+        raise TrainingError(error) from e  # Failed with "time limit", never Crashed
+    except BaseException as e:
+        error = (
+            f"interrupted ({type(e).__name__}); checkpoint of the last epoch kept, a re-run of "
+            "this flow run resumes from it"
         )
         raise
     finally:

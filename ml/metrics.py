@@ -1,4 +1,5 @@
-"""Classification metrics of direction predictions, and the two naive baselines."""
+"""Classification metrics of direction predictions, the two naive baselines, and the paired
+accuracy difference (with its standard error) the deploy rule decides on."""
 
 from __future__ import annotations
 
@@ -41,21 +42,54 @@ def baselines(
     Returns:
         ``{"majority_class": {...metrics}, "logistic_regression": {...metrics}}``.
     """
-    y_tr = np.asarray(y_train, dtype=np.int64)
-    majority = int(y_tr.mean() >= 0.5)
-    out: dict[str, Any] = {
+    probs = baseline_probabilities(x_train, y_train, x_val)
+    majority = int(np.asarray(y_train, dtype=np.float64).mean() >= 0.5)
+    return {
         "majority_class": {
-            **classification_metrics(y_val, np.full(len(y_val), float(majority))),
+            **classification_metrics(y_val, probs["majority_class"]),
             "predicts": "up" if majority else "down",
-        }
+        },
+        "logistic_regression": classification_metrics(y_val, probs["logistic_regression"]),
     }
-    flat_tr = x_train.reshape(len(x_train), -1)
-    flat_val = x_val.reshape(len(x_val), -1)
-    if len(np.unique(y_tr)) < 2:
-        p = np.full(len(y_val), float(majority))
-    else:
-        clf = LogisticRegression(max_iter=2000, C=1.0)
-        clf.fit(flat_tr, y_tr)
-        p = clf.predict_proba(flat_val)[:, 1]
-    out["logistic_regression"] = classification_metrics(y_val, p)
+
+
+def baseline_probabilities(
+    x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray
+) -> dict[str, np.ndarray]:
+    """P(up) of the two naive baselines, fitted on the training split, for ``x_eval``.
+
+    Returns:
+        ``{"majority_class": p, "logistic_regression": p}``, each of length ``len(x_eval)``.
+    """
+    y_tr = np.asarray(y_train, dtype=np.int64)
+    majority = int(y_tr.mean() >= 0.5) if len(y_tr) else 1
+    out = {"majority_class": np.full(len(x_eval), float(majority))}
+    if len(np.unique(y_tr)) < 2 or not len(x_eval):
+        out["logistic_regression"] = out["majority_class"].copy()
+        return out
+    clf = LogisticRegression(max_iter=2000, C=1.0)
+    clf.fit(x_train.reshape(len(x_train), -1), y_tr)
+    out["logistic_regression"] = clf.predict_proba(x_eval.reshape(len(x_eval), -1))[:, 1]
     return out
+
+
+def correct(y_true: np.ndarray, p_up: np.ndarray) -> np.ndarray:
+    """Per-sample correctness (1.0/0.0) of the hard labels ``p_up >= 0.5``."""
+    y = np.asarray(y_true, dtype=np.float64) >= 0.5
+    return ((np.asarray(p_up, dtype=np.float64) >= 0.5) == y).astype(np.float64)
+
+
+def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float, float]:
+    """Accuracy difference of A over B on the same samples, with its standard error.
+
+    Paired: per-sample differences ``d_i = a_i - b_i``; SE = std(d, ddof=1) / sqrt(n).
+
+    Returns:
+        (mean difference, standard error); (nan, nan) without samples, SE 0 with one.
+    """
+    d = np.asarray(correct_a, dtype=np.float64) - np.asarray(correct_b, dtype=np.float64)
+    n = len(d)
+    if n == 0:
+        return float("nan"), float("nan")
+    se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+    return float(d.mean()), se

@@ -30,6 +30,7 @@ import ml.models  # noqa: F401  (registers custom layers for deserialisation)
 from core.exceptions import ConfigurationError, InvalidInputError, NotFoundError
 from integrations.store import DuplicateKeyStoreError, Store
 from ml.encryption import decrypt_bytes, encrypt_bytes
+from ml.files import atomic_write_bytes
 from ml.predictor import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -144,9 +145,7 @@ class ModelRegistry:
             path = self.model_dir / f"{name[:-6]}_{n}.keras"
             n += 1
         blob = encrypt_bytes(model_to_bytes(model), self._key, path.name.encode())
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(blob)
-        tmp.replace(path)
+        atomic_write_bytes(path, blob)  # DiskFullError names the folder; no partial file
         record = ModelRecord(
             model_id=uuid.uuid4().hex,
             model_type=model_type,

@@ -6,7 +6,10 @@ inject a ``fit`` callable or extra Keras callbacks at the fit boundary (fault in
 Checkpoints are ``{model}_{symbol}_{run_id}_epoch_{n}.npz`` under the checkpoint folder, sealed
 with AES-256-GCM under the model-store key like registered models. They hold the weights, the
 optimiser state, the epoch, the history, the best weights so far and the feature spec (scaler),
-so a resumed run continues exactly where the checkpoint left off.
+so a resumed run continues exactly where the checkpoint left off. One is written every
+``checkpoint_interval`` epochs AND whenever ``checkpoint_every_s`` seconds passed since the last
+(so a killed process loses at most about that long, or one epoch when epochs are longer); the
+newest :data:`KEEP_PER_RUN` of a run are kept. Writes are atomic (:mod:`ml.files`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 from core.exceptions import ConfigurationError, TrainingError
 from ml.encryption import decrypt_bytes, encrypt_bytes
 from ml.features import Dataset, FeatureSpec
+from ml.files import DiskFullError, atomic_write_bytes
 from ml.metrics import baselines, classification_metrics
 from ml.models import build_model
 
@@ -34,6 +38,8 @@ log = logging.getLogger(__name__)
 
 FitFn = Callable[..., Any]
 EpochHook = Callable[[int, int, dict[str, float]], None]
+#: Checkpoints kept per run (older ones of the same run are deleted after a save).
+KEEP_PER_RUN = 3
 
 
 class TrainingStopped(TrainingError):
@@ -68,6 +74,7 @@ class TrainConfig:
     batch_size: int
     learning_rate: float = 1e-3
     checkpoint_interval: int = 10
+    checkpoint_every_s: float | None = 60.0
     early_stopping_patience: int | None = None
     divergence_factor: float = 10.0
     min_batch_size: int = 8
@@ -178,7 +185,15 @@ class CheckpointStore:
         meta: dict[str, Any],
         best_weights: list[np.ndarray] | None = None,
     ) -> Path:
-        """Write a sealed checkpoint atomically. Returns its path."""
+        """Write a sealed checkpoint atomically and durably, then delete this run's older
+        checkpoints beyond the newest :data:`KEEP_PER_RUN`.
+
+        Returns:
+            its path.
+
+        Raises:
+            ml.files.DiskFullError: no room in the checkpoint folder (nothing partial is left).
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {f"w{i}": w for i, w in enumerate(weights)}
         arrays.update({f"o{i}": v for i, v in enumerate(optimizer_vars)})
@@ -200,11 +215,27 @@ class CheckpointStore:
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         path = self.path(run_id, epoch)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(encrypt_bytes(buf.getvalue(), self._key, path.name.encode()))
-        tmp.replace(path)
+        atomic_write_bytes(path, encrypt_bytes(buf.getvalue(), self._key, path.name.encode()))
         log.info("checkpoint saved: %s", path.name)
+        self._prune(run_id, keep=KEEP_PER_RUN)
         return path
+
+    def _run_files(self, run_id: str) -> list[tuple[int, Path]]:
+        """(epoch, path) of this run's checkpoint files, oldest epoch first."""
+        out = []
+        prefix = f"{self.model_type}_{self.symbol}_{run_id}_epoch_"
+        for path in self.directory.glob(f"{prefix}*.npz") if self.directory.exists() else []:
+            tail = path.name[len(prefix) : -len(".npz")]
+            if tail.isdigit():
+                out.append((int(tail), path))
+        return sorted(out)
+
+    def _prune(self, run_id: str, keep: int) -> None:
+        for _epoch, path in self._run_files(run_id)[:-keep]:
+            try:
+                path.unlink()
+            except OSError as e:  # pragma: no cover - a vanished or read-only file
+                log.warning("could not delete old checkpoint %s: %s", path.name, e)
 
     def _open(self, path: Path) -> Any:
         """The decrypted ``.npz`` archive of ``path`` (``np.load`` of an in-memory buffer).
@@ -231,17 +262,21 @@ class CheckpointStore:
             b = [z[f"b{i}"] for i in range(meta["n_weights"])] if meta["has_best"] else []
         return w, o, b
 
-    def latest(self) -> Checkpoint | None:
-        """The newest checkpoint (by save time) of this type+symbol+timeframe, or None."""
+    def latest(self, run_id: str | None = None) -> Checkpoint | None:
+        """The newest readable checkpoint (by save time) of this type+symbol+timeframe, or None.
+
+        Args:
+            run_id: only checkpoints written by this flow run (automatic resume of a re-run).
+        """
         found: list[Checkpoint] = []
-        pattern = f"{self.model_type}_{self.symbol}_*_epoch_*.npz"
+        pattern = f"{self.model_type}_{self.symbol}_{run_id or '*'}_epoch_*.npz"
         for path in self.directory.glob(pattern) if self.directory.exists() else []:
             try:
                 meta = self.read_meta(path)
             except (OSError, ValueError, KeyError, ConfigurationError) as e:
                 log.warning("unreadable checkpoint %s skipped: %s", path.name, e)
                 continue
-            if meta.get("timeframe") == self.timeframe:
+            if meta.get("timeframe") == self.timeframe and run_id in (None, meta.get("run_id")):
                 found.append(Checkpoint(path=path, epoch=int(meta["epoch"]), meta=meta))
         if not found:
             return None
@@ -293,6 +328,7 @@ class _Loop(keras.callbacks.Callback):
         self.diverged: dict[str, float] | None = None
         self.timed_out = False
         self.saved: list[str] = []
+        self.last_save = started
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.check_interrupt is not None:
@@ -331,7 +367,15 @@ class _Loop(keras.callbacks.Callback):
             self.run_id, self.last_epoch, weights, opt_vars, meta, self.best_weights
         )
         self.saved.append(str(path))
+        self.last_save = self.clock()
         return path
+
+    def checkpoint_due(self, epoch: int) -> bool:
+        """Every ``checkpoint_interval`` epochs, or ``checkpoint_every_s`` after the last save."""
+        interval, every_s = self.config.checkpoint_interval, self.config.checkpoint_every_s
+        if interval and epoch % interval == 0:
+            return True
+        return every_s is not None and self.clock() - self.last_save >= every_s
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = {k: float(v) for k, v in (logs or {}).items()}
@@ -351,7 +395,7 @@ class _Loop(keras.callbacks.Callback):
             self.best_val_loss, self.best_epoch = val_loss, n
             self.best_weights = [np.array(w) for w in self.model.get_weights()]
         self.take_snapshot()
-        if self.config.checkpoint_interval and n % self.config.checkpoint_interval == 0:
+        if self.checkpoint_due(n):
             self.save_checkpoint()
         if self.on_epoch is not None:
             self.on_epoch(n, self.config.epochs, record)
@@ -396,6 +440,7 @@ def train(
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
     clock: Callable[[], float] = time.monotonic,
     check_interrupt: Callable[[], None] | None = None,
+    finish_if_complete: bool = False,
 ) -> TrainOutcome:
     """Train a direction classifier on ``dataset``.
 
@@ -407,6 +452,9 @@ def train(
         extra_callbacks: Keras callbacks run before the loop's own (fault injection point).
         check_interrupt: called after every training and validation batch; it raises to stop
             training (handled like any interruption: checkpoint of the last epoch, re-raise).
+        finish_if_complete: a ``resume`` checkpoint that already holds every epoch is finished
+            (best weights restored and measured) instead of refused; automatic resume of a
+            run that was killed after its last epoch.
 
     Returns:
         the outcome; the model holds the weights of the best validation epoch.
@@ -452,14 +500,15 @@ def train(
         loop.best_weights = best_from_ckpt
     if resume is not None:
         loop.take_snapshot()
-    if loop.last_epoch >= config.epochs:
+    done = loop.last_epoch >= config.epochs
+    if done and not finish_if_complete:
         raise TrainingError(
             f"checkpoint {resume.path.name if resume else ''} already holds epoch "
             f"{loop.last_epoch} of {config.epochs}: raise epochs to continue training"
         )
     batch_size = config.batch_size
     try:
-        while True:
+        while not done:
             try:
                 fit(
                     model,
@@ -496,8 +545,11 @@ def train(
                 batch_size //= 2
     except BaseException as e:
         # cancellation, SIGTERM (Prefect's TerminationSignal), crashes: keep the last epoch
-        if not isinstance(e, TrainingStopped):
-            loop.save_checkpoint()
+        if not isinstance(e, TrainingStopped | DiskFullError):
+            try:
+                loop.save_checkpoint()
+            except DiskFullError as full:  # keep the interruption as the error raised
+                log.error("no checkpoint of the interrupted run: %s", full)
         raise
     if loop.diverged is not None:
         path = loop.save_checkpoint()

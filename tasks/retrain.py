@@ -1,18 +1,14 @@
-"""Prefect tasks of ``adaptive-retrain``: the one-at-a-time lock, freshness check, the
-old-vs-new evaluation on the same held-out window and the deploy decision.
-
-Thin wrappers around the store, ``ml.registry``/``ml.predictor`` and ``ml.metrics``.
+"""Prefect tasks of ``adaptive-retrain``: the one-at-a-time lock, freshness check, and the
+before/after of each retrained model. The old-vs-new decision itself is the one deploy rule of
+``ml.lifecycle``, made inside each ``train-model`` subflow.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import pandas as pd
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NONE
 
 from core.exceptions import DataQualityError, DuplicateRunError, InvalidInputError
@@ -20,7 +16,7 @@ from core.market import bar_length
 from core.schemas.self_improvement import ModelRetrainOutcome
 from core.schemas.training import TrainModelResult
 from integrations.store import Store
-from ml.predictor import WARMUP_BARS, LoadedModel
+from ml.deploy_rule import DEPLOYED
 from ml.registry import ModelRecord, ModelRegistry
 
 LOCK_NAME = "adaptive-retrain"
@@ -96,95 +92,36 @@ def check_data_fresh(
     return last
 
 
-def window_accuracy(model: LoadedModel, candles: pd.DataFrame, window_start: int) -> dict[str, Any]:
-    """Score ``model`` on bars ``candles[window_start:]`` only; earlier bars are indicator
-    and lookback history.
+def retrain_outcome(old: ModelRecord | None, trained: TrainModelResult) -> ModelRetrainOutcome:
+    """The before/after of one retrained model, from the decision its ``train-model`` run made
+    with the one deploy rule (``ml.deploy_rule.decide``): the new model, the model deployed before
+    and the naive baselines scored on the same held-out bars that neither training nor epoch
+    selection saw; deployed only when it beats all of them by more than the standard error.
 
-    Returns ml.metrics.classification_metrics of the window (accuracy, n_samples, ...).
+    Returns:
+        the outcome: ``deployed`` (new one deployed, old archived), ``kept_old`` (the old stays
+        deployed), or ``candidate`` (nothing was deployed and the new one did not beat the
+        baselines), with both accuracies on the slice and the reason.
     """
-    from ml.features import make_labels
-    from ml.metrics import classification_metrics
-
-    p = model.predict_up_probabilities(candles)
-    y = make_labels(candles["close"].to_numpy(np.float64), model.spec.horizon_bars)
-    ok = np.isfinite(p) & np.isfinite(y)
-    ok[:window_start] = False
-    return classification_metrics(y[ok], p[ok])
-
-
-def deploy_decision(old: float | None, new: float, margin: float) -> tuple[bool, str]:
-    """Deploy when there is no old model, or ``new - old >= margin`` and ``new > old``.
-
-    Returns (deploy, reason), e.g. (False, "not deployed: new accuracy 0.58 < old 0.62").
-    """
-    if old is None:
-        return True, f"deployed: new accuracy {new:.2f}, no model was deployed before"
-    if new > old and new - old >= margin - 1e-12:
-        return True, f"deployed: new accuracy {new:.2f} > old {old:.2f}"
-    if new < old:
-        return False, f"not deployed: new accuracy {new:.2f} < old {old:.2f}"
-    return False, (
-        f"not deployed: new accuracy {new:.2f} does not beat old {old:.2f} "
-        f"by the required margin {margin:.2f}"
-    )
-
-
-@task(name="compare-and-deploy", cache_policy=NONE)
-def compare_and_deploy(
-    store: Store,
-    registry: ModelRegistry,
-    old: ModelRecord | None,
-    trained: TrainModelResult,
-    margin: float,
-    run_id: str,
-) -> ModelRetrainOutcome:
-    """Evaluate the old (deployed before the retrain) and the new model on the SAME newest
-    held-out window (the new model's validation span), then deploy the new one (the old is
-    archived) or leave it a candidate.
-
-    Returns the outcome with both accuracies and the reason.
-    """
-    logger = get_run_logger()
-    new = registry.get(trained.model_id or "")
-    n_window = int(trained.training_results.validation_samples or 0)
-    if n_window <= 0:
-        raise DataQualityError(f"training of {new.model_id} reported no held-out samples")
-    lookback = max(
-        int(new.feature_spec.get("lookback", 0)),
-        int(old.feature_spec.get("lookback", 0)) if old else 0,
-    )
-    candles = store.load_candles(
-        new.symbol, new.timeframe, last_n=n_window + lookback + WARMUP_BARS
-    )
-    start = max(0, len(candles) - n_window)
-    new_m = window_accuracy(registry.load(new), candles, start)
-    old_m = window_accuracy(registry.load(old), candles, start) if old else None
-    new_acc = round(float(new_m["accuracy"]), 4)
-    old_acc = round(float(old_m["accuracy"]), 4) if old_m else None
-    deploy, reason = deploy_decision(old_acc, new_acc, margin)
-    if deploy and new.status != "deployed":
-        registry.deploy(new.model_id, by=f"adaptive-retrain {run_id}")  # archives the old
-    logger.info(
-        "%s %s: old %s new %s on %d held-out bars -> %s",
-        new.model_type,
-        new.symbol,
-        old_acc,
-        new_acc,
-        new_m["n_samples"],
-        reason,
-    )
+    d = trained.deployment
+    if d is None:  # pragma: no cover - every successful train-model run decides
+        raise DataQualityError(f"training {trained.task_id} made no deploy decision")
+    old_row = next((c for c in d.comparisons if c.name == DEPLOYED), None)
+    outcome = "deployed" if d.deployed else "kept_old" if old_row is not None else "candidate"
     return ModelRetrainOutcome(
-        model_type=new.model_type,
-        symbol=new.symbol,
+        model_type=trained.model_type,
+        symbol=trained.symbol,
         old_model_id=old.model_id if old else None,
-        old_accuracy=old_acc,
-        new_accuracy=new_acc,
-        model_id=new.model_id,
-        deployed=deploy,
-        reason=reason,
-        window_start=candles.index[start].to_pydatetime(),
-        window_end=candles.index[-1].to_pydatetime(),
-        window_samples=int(new_m["n_samples"]),
+        old_accuracy=old_row.accuracy if old_row else None,
+        new_accuracy=d.candidate_accuracy,
+        model_id=trained.model_id,
+        deployed=d.deployed,
+        outcome=outcome,
+        reason=d.reason,
+        window_start=d.holdout_start,
+        window_end=d.holdout_end,
+        window_samples=d.holdout_samples,
+        decision=d,
     )
 
 
@@ -204,8 +141,8 @@ def build_registry(store: Store) -> ModelRegistry:
 def retrain_summary(outcomes: dict[str, ModelRetrainOutcome], errors: dict[str, str]) -> str:
     """Before/after lines for the notification. Returns the text."""
     lines = [
-        f"{k}: old {o.old_accuracy if o.old_accuracy is not None else 'none'} -> new "
-        f"{o.new_accuracy} ({o.window_samples} held-out bars): {o.reason}"
+        f"{k}: {o.outcome}: old {o.old_accuracy if o.old_accuracy is not None else 'none'} -> "
+        f"new {o.new_accuracy} ({o.window_samples} held-out bars): {o.reason}"
         for k, o in outcomes.items()
     ]
     lines += [f"{k}: FAILED {e}" for k, e in errors.items()]

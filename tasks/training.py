@@ -1,7 +1,6 @@
-"""Prefect tasks of ``train-model``: duplicate check, data loading, training, registration.
-
-Thin wrappers: the work happens in :mod:`ml` (features, training loop, registry) and
-:mod:`integrations.store`. Only :class:`core.exceptions.RetryableError` is retried.
+"""Prefect tasks of ``train-model``: duplicate check, data loading, training slots, and the
+thin task around the model lifecycle (``ml.lifecycle``: hold out, train, score, register,
+deploy only if better). Only :class:`core.exceptions.RetryableError` is retried.
 """
 
 from __future__ import annotations
@@ -9,7 +8,8 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,6 @@ from core.exceptions import (
 )
 from core.market import bars_per_day
 from core.schemas.training import (
-    TrainingResults,
     TrainModelParams,
     TrainModelResult,
     duplicate_message,
@@ -51,10 +50,14 @@ from tasks.retry import retry_only_retryable
 log = logging.getLogger(__name__)
 
 FLOW_NAME = "train-model"
+#: Global concurrency limit every training holds a slot of (created by the bootstrap).
+TRAINING_LIMIT = "ml-training"
+#: Trainings at once, platform-wide (the ``ml_training`` queue's limit too).
+TRAINING_SLOTS = 2
+#: A training slot of a process that died frees itself this long after its last renewal.
+SLOT_LEASE_S = 60.0
 #: States of a run that is queued or running (AwaitingConcurrencySlot and Late are SCHEDULED).
 ACTIVE_STATE_TYPES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
-#: Per-epoch metrics reach ``training_jobs`` at most this often (and at the end).
-JOB_WRITE_INTERVAL_S = 1.0
 
 
 # ---------------------------------------------------------------- duplicates
@@ -196,33 +199,74 @@ def load_training_candles(store: Store, params: TrainModelParams) -> pd.DataFram
 
 # ---------------------------------------------------------------- jobs
 def new_job(params: TrainModelParams, run_id: str) -> dict[str, Any]:
-    """The ``training_jobs`` document of a run that starts now."""
-    now = datetime.now(UTC)
-    return {
-        "task_id": run_id,
-        "training_key": params.training_key,
-        "model_type": params.model_type,
-        "symbol": params.symbol,
-        "timeframe": params.timeframe,
-        "parameters": params.model_dump(),
-        "status": "running",
-        "created_at": now,
-        "updated_at": now,
-        "finished_at": None,
-        "epochs": [],
-        "progress_pct": 0.0,
-        "device": None,
-        "results": None,
-        "model_id": None,
-        "model_path": None,
-        "error": None,
-    }
+    """The ``training_jobs`` document of a run that starts now (see ``ml.lifecycle``)."""
+    from ml.lifecycle import new_job as _new_job
+
+    return _new_job(params, run_id)
+
+
+def open_job(store: Store, params: TrainModelParams, run_id: str, run_count: int = 1) -> dict:
+    """This run's job record, new or reopened on a re-run (see ``ml.lifecycle.open_job``)."""
+    from ml.lifecycle import open_job as _open_job
+
+    return _open_job(store, params, run_id, run_count)
 
 
 def save_job(store: Store, job: dict[str, Any], **changes: Any) -> None:
     """Apply ``changes`` to ``job`` and write the whole document."""
-    job.update(changes, updated_at=datetime.now(UTC))
-    store.training_job_save(job)
+    from ml.lifecycle import save_job as _save_job
+
+    _save_job(store, job, **changes)
+
+
+# ---------------------------------------------------------------- training slots
+def ensure_training_limit(limit: int = TRAINING_SLOTS) -> None:
+    """Create (or align) the global concurrency limit every training takes a slot of.
+
+    The bootstrap calls it beside the work pool. Without it :func:`training_slot` would not
+    limit anything, so every code path that trains (a train-model run on the ``ml_training``
+    queue, a train-model subflow of adaptive-retrain on the ``analysis`` queue) shares it.
+    """
+    from prefect.client.schemas.actions import (
+        GlobalConcurrencyLimitCreate,
+        GlobalConcurrencyLimitUpdate,
+    )
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            current = client.read_global_concurrency_limit_by_name(TRAINING_LIMIT)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=TRAINING_LIMIT, limit=limit)
+            )
+            return
+        if current.limit != limit or not current.active:
+            client.update_global_concurrency_limit(
+                TRAINING_LIMIT, GlobalConcurrencyLimitUpdate(limit=limit, active=True)
+            )
+
+
+@contextmanager
+def training_slot(progress: ProgressReporter | None = None) -> Iterator[None]:
+    """Hold one of the platform's training slots (global concurrency limit ``ml-training``)
+    while the body trains; wait for one when all are taken.
+
+    The slot is a lease (:data:`SLOT_LEASE_S`) the Prefect client renews while this process
+    lives; when the process dies the lease expires and the slot frees by itself, so a killed
+    run never holds a slot for long. Without the limit (no bootstrap) nothing is limited and
+    a warning is logged.
+    """
+    from prefect.concurrency.sync import concurrency
+
+    if progress is not None:
+        progress.update(progress.progress, "Waiting for a training slot")
+    started = time.monotonic()
+    with concurrency(TRAINING_LIMIT, occupy=1, strict=False, lease_duration=SLOT_LEASE_S):
+        waited = time.monotonic() - started
+        if waited >= 1.0:
+            get_run_logger().info("waited %.1f s for a training slot", waited)
+        yield
 
 
 # ---------------------------------------------------------------- cancellation
@@ -297,192 +341,42 @@ def train_and_register(
     model_dir: Path,
     model_key: bytes,
     settings: Settings,
+    run_count: int = 1,
     fit: Any = None,
     extra_callbacks: Sequence[Any] = (),
 ) -> TrainModelResult:
-    """Train (or resume / warm-start), measure on the held-out split, register the model.
-
-    The model is registered as a candidate and deployed only when no model of the same
-    type+symbol+timeframe is deployed yet; later replacements are decided by adaptive
-    retraining. A cancelled or failed run registers nothing (its checkpoint stays on disk).
+    """Run ``ml.lifecycle.train_and_register`` with this run's progress, cancel watch and logger.
 
     Returns:
-        the flow's result.
+        the flow's result (``deployment`` says whether the deploy rule deployed the model).
 
     Raises:
-        TrainingError: diverged, out of memory at the minimum batch size, soft time limit,
-            not enough disk.
-        InsufficientDataError: too few complete samples for the split.
+        see ``ml.lifecycle.train_and_register``.
     """
-    from ml.features import FeatureSpec, prepare_dataset
+    from ml import lifecycle
     from ml.registry import ModelRegistry
-    from ml.training import (
-        CheckpointStore,
-        TrainConfig,
-        TrainingStopped,
-        check_free_disk,
-        detect_device,
-        train,
-    )
+    from ml.training import CheckpointStore
 
     logger = get_run_logger()
-    check_free_disk(settings.checkpoint_dir, settings.min_free_disk_gb)
-    device = detect_device()
-    if device == "cpu":
-        logger.warning("GPU not available, using CPU")
-    registry = ModelRegistry(store, model_dir, model_key)
-    checkpoints = CheckpointStore(
-        settings.checkpoint_dir, params.model_type, params.symbol, params.timeframe, model_key
+    hooks = lifecycle.Hooks(
+        progress=progress.update,
+        check_interrupt=CancelWatch(),
+        logger=logger,
+        fit=fit,
+        extra_callbacks=extra_callbacks,
     )
-    resume_from = checkpoints.latest() if params.resume else None
-    if params.resume and resume_from is None:
-        logger.warning(
-            "resume=true but no checkpoint of %s exists: training from scratch", params.training_key
-        )
-    spec: FeatureSpec | None = None
-    initial_weights = None
-    units = params.units
-    if resume_from is not None:
-        spec = FeatureSpec.from_dict(resume_from.meta["feature_spec"])
-        units = int(resume_from.meta.get("config", {}).get("units", units))
-    elif params.mode == "incremental":
-        deployed = registry.deployed(params.symbol, params.timeframe, params.model_type)
-        if deployed is None:
-            raise InvalidInputError(
-                f"mode=incremental needs a deployed {params.model_type} model for "
-                f"{params.symbol} {params.timeframe}; train with mode=scratch first"
-            )
-        base = registry.load(deployed)
-        spec = FeatureSpec.from_dict(deployed.feature_spec)
-        initial_weights = base.model.get_weights()
-        units = int(deployed.extra.get("units", units))
-        logger.info(
-            "incremental: warm start from model %s v%d", deployed.model_id, deployed.version
-        )
-    dataset = prepare_dataset(
-        candles,
-        lookback=params.lookback,
-        horizon_bars=params.horizon_bars,
-        validation_split=params.validation_split,
-        spec=spec,
-    )
-    save_job(store, job, device=device, train_samples=len(dataset.y_train))
-    progress.update(10, "Loading data")
-
-    last_write = [0.0]
-
-    def on_epoch(epoch: int, epochs: int, record: dict[str, float]) -> None:
-        pct = 10 + 80 * epoch / epochs
-        job["epochs"].append(record)
-        job["progress_pct"] = round(pct, 1)
-        # whole-document writes (nx-27017): at most one a second; the final write has them all
-        if time.monotonic() - last_write[0] >= JOB_WRITE_INTERVAL_S or epoch == epochs:
-            save_job(store, job)
-            last_write[0] = time.monotonic()
-        if pct - progress.progress >= 5 or epoch == epochs:
-            progress.update(pct, f"Training epoch {epoch}/{epochs}")
-
-    config = TrainConfig(
-        model_type=params.model_type,
-        epochs=params.epochs,
-        batch_size=params.batch_size,
-        learning_rate=params.learning_rate,
-        checkpoint_interval=params.checkpoint_interval,
-        early_stopping_patience=params.early_stopping_patience,
-        soft_time_limit_s=params.soft_time_limit_s,
-        units=units,
-    )
-    try:
-        outcome = train(
-            dataset,
-            config,
-            checkpoints=checkpoints,
-            run_id=run_id,
-            resume=resume_from,
-            initial_weights=initial_weights,
-            on_epoch=on_epoch,
-            fit=fit,
-            extra_callbacks=extra_callbacks,
-            check_interrupt=CancelWatch(),
-        )
-    except TrainingStopped as e:
-        save_job(
-            store,
-            job,
-            status="failed",
-            error=str(e),
-            finished_at=datetime.now(UTC),
-            epochs_completed=e.epochs_completed,
-            checkpoint_path=str(e.checkpoint_path) if e.checkpoint_path else None,
-        )
-        raise
-    progress.update(92, "Saving")
-    results = TrainingResults(
-        final_loss=outcome.final_loss,
-        validation_loss=outcome.validation_loss,
-        val_accuracy=outcome.val_metrics["accuracy"],
-        precision=outcome.val_metrics["precision"],
-        recall=outcome.val_metrics["recall"],
-        f1=outcome.val_metrics["f1"],
-        baselines={k: v["accuracy"] for k, v in outcome.baselines.items()},
-        training_time_seconds=outcome.training_time_seconds,
-        epochs_completed=outcome.epochs_completed,
-        best_epoch=outcome.best_epoch,
-        device=device,
-        resumed_from_epoch=outcome.resumed_from_epoch,
-        batch_size=outcome.batch_size,
-        train_samples=len(dataset.y_train),
-        validation_samples=len(dataset.y_val),
-    )
-    metrics = {
-        "val_accuracy": outcome.val_metrics["accuracy"],
-        "precision": outcome.val_metrics["precision"],
-        "recall": outcome.val_metrics["recall"],
-        "f1": outcome.val_metrics["f1"],
-        "validation_loss": outcome.validation_loss,
-        "final_loss": outcome.final_loss,
-        "baselines": outcome.baselines,
-        "validation_samples": len(dataset.y_val),
-        "validation_start": dataset.t_val[0].isoformat(),
-        "validation_end": dataset.t_val[-1].isoformat(),
-        "epochs_completed": outcome.epochs_completed,
-        "best_epoch": outcome.best_epoch,
-        "device": device,
-    }
-    record = registry.register(
-        outcome.model,
-        model_type=params.model_type,
-        symbol=params.symbol,
-        timeframe=params.timeframe,
-        metrics=metrics,
-        feature_spec=outcome.spec.to_dict(),
-        horizon_bars=outcome.spec.horizon_bars,
-        created_by=params.requested_by,
-        training_task_id=run_id,
-        extra={"units": units, "mode": params.mode, "days_of_data": params.days_of_data},
-    )
-    if registry.deployed(params.symbol, params.timeframe, params.model_type) is None:
-        record = registry.deploy(record.model_id, by="train-model (first model of its kind)")
-        logger.info("no %s model was deployed: deployed %s", params.training_key, record.model_id)
-    result = TrainModelResult(
-        status="success",
-        model_type=params.model_type,
-        symbol=params.symbol,
-        timeframe=params.timeframe,
-        training_results=results,
-        model_id=record.model_id,
-        model_path=record.file_path,
-        model_status=record.status,
-        task_id=run_id,
-    )
-    save_job(
+    return lifecycle.train_and_register(
         store,
+        params,
+        candles,
+        run_id,
         job,
-        status="completed",
-        finished_at=datetime.now(UTC),
-        results=results.model_dump(),
-        model_id=record.model_id,
-        model_path=record.file_path,
-        val_accuracy=results.val_accuracy,
+        registry=ModelRegistry(store, model_dir, model_key),
+        checkpoints=CheckpointStore(
+            settings.checkpoint_dir, params.model_type, params.symbol, params.timeframe, model_key
+        ),
+        min_free_disk_gb=settings.min_free_disk_gb,
+        checkpoint_every_s=settings.checkpoint_every_s,
+        run_count=run_count,
+        hooks=hooks,
     )
-    return result

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from core.echo import echo
 from core.schemas.common import MODEL_TYPES
 from core.schemas.monitoring import NotificationResult, PerformanceMetrics
+from core.schemas.training import DeployDecision
 
 Recommendation = Literal[
     "NO_RETRAINING",
@@ -121,7 +122,9 @@ class AdaptiveRetrainParams(BaseModel):
         default=None,
         ge=0,
         le=1,
-        description="Deploy only if new accuracy >= old + this; empty: Settings.retrain_min_improvement.",
+        description="Deploy only if the new model also beats the old by this much on the held-out "
+        "bars (it must always beat it, and the baselines, by more than the standard error); "
+        "empty: Settings.retrain_min_improvement.",
     )
     epochs: int = Field(default=50, ge=1, le=1000)
     batch_size: int = Field(default=64)
@@ -145,7 +148,8 @@ class AdaptiveRetrainParams(BaseModel):
 
 
 class ModelRetrainOutcome(BaseModel):
-    """Before/after of one retrained model (both measured on the same held-out window)."""
+    """Before/after of one retrained model: both scored on the same newest bars, held out
+    before training (neither training nor epoch selection saw them)."""
 
     model_type: str
     symbol: str
@@ -154,16 +158,27 @@ class ModelRetrainOutcome(BaseModel):
     new_accuracy: float | None = None
     model_id: str | None = None
     deployed: bool = False
+    outcome: Literal["deployed", "kept_old", "candidate"] = Field(
+        default="candidate",
+        description="deployed: the new model replaced the old (archived); kept_old: the old "
+        "stays deployed; candidate: none was deployed and the new one did not beat the baselines.",
+    )
     reason: str
     window_start: datetime | None = None
     window_end: datetime | None = None
     window_samples: int | None = None
+    decision: DeployDecision | None = None
 
 
 class AdaptiveRetrainResult(BaseModel):
-    """Result of ``adaptive-retrain``; ``models`` keyed by type (``type/SYMBOL`` for several symbols)."""
+    """Result of ``adaptive-retrain``; ``models`` keyed by type (``type/SYMBOL`` for several symbols).
 
-    status: Literal["success", "partial", "failed"]
+    ``success``: every model was retrained and decided (deployed or old kept: both are
+    successes, ``models[...].outcome`` says which); ``partial``: some trainings failed
+    (``errors``). A run in which every training failed ends Failed instead.
+    """
+
+    status: Literal["success", "partial"]
     task_id: str
     reason: str = ""
     models: dict[str, ModelRetrainOutcome] = Field(default_factory=dict)

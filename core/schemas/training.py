@@ -6,6 +6,7 @@ reject the same bad input with the same words before anything is queued.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -17,6 +18,10 @@ TRAINING_TIMEFRAMES = ("5m", "15m", "1h", "4h")
 #: Soft limit: checkpoint then fail. Hard limit: the flow's timeout (see flows/train_model.py).
 SOFT_TIME_LIMIT_S = 7200.0
 HARD_TIME_LIMIT_S = 9000.0
+#: A year of bars: with 1h bars the held-out 20 % is ~1,750 samples, where the standard error
+#: of an accuracy difference is ~0.01-0.015; 30 days held out only ~140 (SE ~0.04), too few
+#: to tell a real edge from noise (see docs/ml.md).
+DEFAULT_DAYS_OF_DATA = 365
 
 
 class TrainModelParams(BaseModel):
@@ -27,12 +32,29 @@ class TrainModelParams(BaseModel):
     model_type: ModelType = Field(default="lstm", description="lstm, gru or transformer.")
     symbol: TradingSymbol = Field(default="BTCUSDT", description="Trading pair, e.g. BTCUSDT.")
     timeframe: str = Field(default="1h", description="Candle timeframe: 5m, 15m, 1h or 4h.")
-    days_of_data: int = Field(default=30, description="Days of candles to train on (>= 7).")
+    days_of_data: int = Field(
+        default=DEFAULT_DAYS_OF_DATA,
+        description="Days of candles to train on and hold out from (>= 7).",
+    )
     epochs: int = Field(default=100, description="Epochs to train (1-1000).")
     batch_size: int = Field(default=64, description="Power of two; halved on out-of-memory.")
     learning_rate: float = Field(default=1e-3, description="Adam learning rate (> 0).")
     validation_split: float = Field(
         default=0.2, description="Newest share of samples held out for validation (0.0-0.5]."
+    )
+    holdout_split: float = Field(
+        default=0.2,
+        gt=0,
+        le=0.5,
+        description="Newest share of the bars held out BEFORE training: neither training nor "
+        "epoch selection sees them; the deploy decision is made on them.",
+    )
+    min_improvement: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Deploy only when the held-out accuracy also beats the deployed model by "
+        "at least this much (on top of beating it by more than one standard error).",
     )
     checkpoint_interval: int = Field(default=10, ge=1, description="Checkpoint every n epochs.")
     resume: bool = Field(default=False, description="Continue from the newest checkpoint.")
@@ -136,9 +158,39 @@ class TrainingResults(BaseModel):
     best_epoch: int | None = None
     device: str = "cpu"
     resumed_from_epoch: int | None = None
+    holdout_accuracy: float | None = None
+    holdout_samples: int | None = None
     batch_size: int | None = None
     train_samples: int | None = None
     validation_samples: int | None = None
+
+
+class HeldOutComparison(BaseModel):
+    """The candidate against one comparator on the held-out slice (paired, same samples)."""
+
+    name: str = Field(description="deployed_model, majority_class or logistic_regression.")
+    model_id: str | None = None
+    accuracy: float
+    difference: float = Field(description="candidate accuracy minus this one's.")
+    standard_error: float = Field(description="SE of the paired per-sample difference.")
+    beaten: bool = Field(description="difference > standard error (and >= min_improvement).")
+
+
+class DeployDecision(BaseModel):
+    """Why a trained model was deployed or left a candidate (the one deploy rule)."""
+
+    deployed: bool
+    outcome: Literal["deployed", "kept_deployed", "candidate"] = Field(
+        description="deployed; kept_deployed: the deployed model stays; candidate: none is "
+        "deployed and this one did not beat the baselines."
+    )
+    reason: str
+    holdout_start: datetime
+    holdout_end: datetime
+    holdout_samples: int
+    candidate_accuracy: float
+    comparisons: list[HeldOutComparison] = Field(default_factory=list)
+    min_improvement: float = 0.0
 
 
 class TrainModelResult(BaseModel):
@@ -154,3 +206,4 @@ class TrainModelResult(BaseModel):
     model_status: str | None = None
     task_id: str
     error: str | None = None
+    deployment: DeployDecision | None = None

@@ -3,6 +3,7 @@ checkpoint + resume. Faults are injected at the fit boundary (a fit callable, a 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import keras
@@ -228,3 +229,130 @@ def test_three_architectures_are_different_networks():
     assert "GRU" in layers["gru"] and "LSTM" not in layers["gru"]
     assert {"MultiHeadAttention", "PositionEmbedding"} <= layers["transformer"]
     assert not {"LSTM", "GRU"} & layers["transformer"]
+
+
+@pytest.mark.tc("TC-ASYNC-006", "TC-ASYNC-077")
+def test_checkpoints_by_time_too_and_keeps_the_newest_three_of_a_run(dataset, tmp_path):
+    """Epoch interval 100 never fires; every 60 s of (simulated) training does: a kill loses
+    at most about a minute. Each epoch 'takes' 40 s here."""
+    now = {"t": 0.0}
+
+    class _FortySeconds(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):  # runs before the loop's own callback
+            now["t"] += 40.0
+
+    store = _ckpts(tmp_path, "gru")
+    cfg = TrainConfig(
+        "gru", epochs=8, batch_size=128, units=4, checkpoint_interval=100, checkpoint_every_s=60
+    )
+    out = train(
+        dataset,
+        cfg,
+        checkpoints=store,
+        run_id="timed",
+        clock=lambda: now["t"],
+        extra_callbacks=[_FortySeconds()],
+    )
+    assert out.checkpoints == [str(store.path("timed", e)) for e in (2, 4, 6, 8)]
+    kept = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert kept == sorted(store.path("timed", e).name for e in (4, 6, 8))  # epoch 2 pruned
+    assert store.latest(run_id="timed").epoch == 8 and store.latest(run_id="other") is None
+    # a run killed after its last epoch finishes from that checkpoint instead of failing
+    done = train(
+        dataset,
+        cfg,
+        checkpoints=store,
+        run_id="timed",
+        resume=store.latest(),
+        finish_if_complete=True,
+    )
+    assert done.epochs_completed == 8 and done.resumed_from_epoch == 9
+
+
+def _mount_tiny_fs(folder: Path) -> bool:
+    """Mount a 64 KiB tmpfs on ``folder`` (needs root); False where that is not allowed."""
+    import shutil
+    import subprocess
+
+    if shutil.which("mount") is None:
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+@pytest.mark.tc("TC-ASYNC-081")
+def test_full_disk_gives_a_clear_error_and_leaves_no_partial_file(tmp_path, store):
+    """A real 64 KiB file system: a checkpoint and a registered model that do not fit fail
+    with DiskFullError naming the folder and the bytes needed; nothing partial is left, and no
+    model record is written."""
+    import subprocess
+
+    from ml.files import DiskFullError
+    from ml.registry import ModelRegistry
+
+    tiny = tmp_path / "tiny"
+    if not _mount_tiny_fs(tiny):
+        pytest.skip("cannot mount a tmpfs here (not root); the RLIMIT_FSIZE test covers it")
+    try:
+        ckpts = CheckpointStore(tiny, "gru", "BTCUSDT", "1h", KEY)
+        big = [np.random.default_rng(0).normal(size=(200, 100)).astype(np.float32)]  # 80 KB
+        with pytest.raises(DiskFullError) as info:
+            ckpts.save("full", 1, big, [], {"feature_spec": {}})
+        msg = str(info.value)
+        assert f"to {tiny}:" in msg and "Disk full" in msg and "needed" in msg
+        assert "80," in msg  # the bytes needed (80,xxx)
+        assert list(tiny.iterdir()) == []  # no partial checkpoint, no temp file
+
+        model = build_model("gru", 12, 10, units=64)  # ~100 KB of weights
+        reg = ModelRegistry(store, tiny, KEY)
+        with pytest.raises(DiskFullError, match=f"to {tiny}:"):
+            reg.register(
+                model,
+                model_type="gru",
+                symbol="BTCUSDT",
+                timeframe="1h",
+                metrics={},
+                feature_spec={},
+                horizon_bars=1,
+                created_by="test",
+            )
+        assert list(tiny.iterdir()) == []
+        assert store.models_find({"symbol": "BTCUSDT"}) == []
+    finally:
+        subprocess.run(["umount", str(tiny)], check=False)
+
+
+@pytest.mark.tc("TC-ASYNC-081")
+def test_file_size_limit_is_reported_like_a_full_disk(tmp_path):
+    """Without root: a subprocess with RLIMIT_FSIZE 16 KiB writes 64 KiB atomically."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))\n"
+        "from pathlib import Path\n"
+        "from ml.files import DiskFullError, atomic_write_bytes\n"
+        "try:\n"
+        f"    atomic_write_bytes(Path({str(tmp_path / 'm.keras')!r}), b'x' * 65536)\n"
+        "except DiskFullError as e:\n"
+        "    print(e)\n"
+        "    sys.exit(3)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert done.returncode == 3, done.stderr
+    assert f"to {tmp_path}:" in done.stdout and "65,536 needed" in done.stdout
+    assert list(tmp_path.iterdir()) == []
