@@ -29,7 +29,7 @@ def deployed_model_accuracy(store: Store, timeframe: str) -> tuple[dict[str, flo
     """
     accuracy: dict[str, float] = {}
     symbols: list[str] = []
-    for doc in store.models_find({"status": "deployed", "timeframe": timeframe}):
+    for doc in store.deployed_model_docs(timeframe=timeframe):
         acc = (doc.get("metrics") or {}).get("val_accuracy")
         if acc is None:
             continue

@@ -48,13 +48,8 @@ def find_deployed_model(store: Store, params: PredictPriceParams) -> ModelRecord
         NotFoundError: none deployed (the message says how to get one).
         ServiceUnavailableError (retried): MongoDB unreachable.
     """
-    docs = store.models_find(
-        {
-            "symbol": params.symbol,
-            "timeframe": PREDICTION_TIMEFRAME,
-            "model_type": params.model_type,
-            "status": "deployed",
-        }
+    docs = store.deployed_model_docs(
+        symbol=params.symbol, timeframe=PREDICTION_TIMEFRAME, model_type=params.model_type
     )
     if not docs:
         raise NotFoundError(no_model_message(params.model_type, params.symbol))

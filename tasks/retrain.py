@@ -54,9 +54,9 @@ def resolve_symbols(
     """
     if symbols:
         return list(dict.fromkeys(s.upper() for s in symbols))
-    docs = store.models_find(
-        {"status": "deployed", "timeframe": timeframe, "model_type": {"$in": model_types}}
-    )
+    docs = [
+        d for d in store.deployed_model_docs(timeframe=timeframe) if d["model_type"] in model_types
+    ]
     found = sorted({d["symbol"] for d in docs})
     if not found:
         raise InvalidInputError(
