@@ -129,6 +129,10 @@ def prefect_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
             ),
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(settings.heartbeat_s),
             "PREFECT_SERVER_DATABASE_CONNECTION_URL": prefect_database_url(settings),
+            # flow results persisted as JSON for prefect CLI users, task values not (tasks/results.py)
+            "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+            "PREFECT_TASKS_DEFAULT_PERSIST_RESULT": "false",
+            "PREFECT_RESULTS_DEFAULT_SERIALIZER": "json",
             "BOTAI_REPO_ROOT": str(REPO_ROOT),
             "BOTAI_STATE_DIR": str(settings.state_dir),
             "BOTAI_HOST": settings.host,

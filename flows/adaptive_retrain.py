@@ -25,6 +25,7 @@ from core.schemas.training import HARD_TIME_LIMIT_S, TrainModelParams
 from core.settings import Settings
 from flows.train_model import train_model
 from tasks.notify import build_notifier, send_notification
+from tasks.results import save_task_result
 from tasks.retrain import (
     acquire_retrain_lock,
     build_registry,
@@ -119,6 +120,6 @@ def adaptive_retrain(params: AdaptiveRetrainParams) -> AdaptiveRetrainResult:
             }
         )
         logger.info("adaptive retrain %s\n%s", status, summary)
-        return result
+        return save_task_result(result, store)
     finally:
         release_retrain_lock(store, run_id)

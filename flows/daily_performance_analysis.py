@@ -22,6 +22,7 @@ from integrations.reports import (
 )
 from tasks.monitoring import fetch_closed_trades, trigger_self_analysis
 from tasks.notify import build_notifier, send_notification
+from tasks.results import save_task_result
 from tasks.strategy_control import critical_strategies, trigger_strategy_disable
 
 
@@ -104,4 +105,4 @@ def daily_performance_analysis(
                 dedupe_key=f"performance:{status}:{end.date()}",
             )
         )
-    return result
+    return save_task_result(result, store)

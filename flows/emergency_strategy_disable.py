@@ -20,6 +20,7 @@ from core.schemas.self_improvement import (
 from core.settings import Settings
 from tasks.monitoring import load_engine_client
 from tasks.notify import build_notifier, send_notification
+from tasks.results import save_task_result
 from tasks.strategy_control import disable_strategy, record_disabled
 
 
@@ -70,4 +71,4 @@ def emergency_strategy_disable(params: StrategyDisableParams) -> StrategyDisable
         urgent=True,
         dedupe_key=f"strategy-disable:{run_id}",
     )
-    return result
+    return save_task_result(result, store)

@@ -25,6 +25,7 @@ from tasks.backtest import (
     save_optimization_result,
 )
 from tasks.progress import ProgressReporter
+from tasks.results import save_task_result
 from tasks.runners import dask_task_runner
 
 N_WORKERS = 2
@@ -142,4 +143,4 @@ def optimize_strategy(params: OptimizeParameters) -> OptimizationResult:
         best_parameters,
         entries[0].sharpe_ratio,
     )
-    return result
+    return save_task_result(result, store)

@@ -21,6 +21,7 @@ from core.schemas.analysis import PredictPriceParams, PredictPriceResult
 from core.settings import Settings
 from ml.forecast import ForecastConfig
 from tasks.prediction import find_deployed_model, forecast_prices_task, load_prediction_candles
+from tasks.results import save_task_result
 
 
 @flow(name="predict-price", validate_parameters=True, timeout_seconds=300)
@@ -72,4 +73,4 @@ def predict_price(params: PredictPriceParams) -> PredictPriceResult:
         result.predictions[-1].upper,
         f"{result.coverage.coverage:.3f}" if result.coverage else "n/a",
     )
-    return result
+    return save_task_result(result, store)

@@ -15,6 +15,7 @@ from core.settings import Settings
 from integrations.health import load_checks
 from tasks.monitoring import open_health_store, run_health_checks
 from tasks.notify import build_notifier
+from tasks.results import save_task_result
 
 
 @flow(name="system-health-check", validate_parameters=True, timeout_seconds=120)
@@ -30,4 +31,4 @@ def system_health_check(
     report = run_health_checks(
         specs, settings, store, notifier, PREFECT_API_URL.value(), params.notify
     )
-    return HealthCheckResult(health_report=report)
+    return save_task_result(HealthCheckResult(health_report=report), store, best_effort=True)

@@ -25,6 +25,7 @@ from blocks.model_store import ModelStoreBlock
 from core.schemas.training import HARD_TIME_LIMIT_S, TrainModelParams, TrainModelResult
 from core.settings import Settings
 from tasks.progress import ProgressReporter
+from tasks.results import save_task_result
 from tasks.training import (
     load_training_candles,
     new_job,
@@ -74,7 +75,7 @@ def train_model(params: TrainModelParams) -> TrainModelResult:
             result.training_results.baselines,
             result.model_id,
         )
-        return result
+        return save_task_result(result, store)
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
         raise
