@@ -39,6 +39,25 @@ class ApiSettings(BaseSettings):
     tasks_per_day: int = Field(
         default=200, ge=0, description="Runs of each other job one user may start per UTC day."
     )
+    prefect_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=120,
+        description="Seconds the gateway waits for one Prefect API call before answering 503.",
+    )
+    prefect_retries: int = Field(
+        default=0,
+        ge=0,
+        le=5,
+        description="Retries of a Prefect API call that failed or timed out (Prefect's own "
+        "default, 5 with backoff, would keep a caller waiting for minutes).",
+    )
+    store_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=120,
+        description="Seconds the gateway waits for one store operation before answering 503.",
+    )
     prefect_ui_url: str | None = Field(
         default=None, description="Prefect UI base URL, to link each task's run page."
     )

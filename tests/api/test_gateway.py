@@ -29,11 +29,23 @@ from core.exceptions import ConfigurationError
 from flows.backtest_strategy import backtest_strategy
 from flows.train_model import train_model
 from integrations.market_data.csv_source import read_candles_csv
+from integrations.market_data.synthetic import generate_candles
 from integrations.store import C, Store
 from tests.peers import create_process_deployment, create_process_pool, free_port, process_worker
 
 SECRET = "s3cret-" + "k" * 40
 TRAIN = {"model_type": "gru", "symbol": "APIXUSDT", "timeframe": "4h", "epochs": 5}
+
+
+def seed_candles(store: Store, symbol: str, timeframe: str, days: int) -> None:
+    """Store ``days`` of generated candles of ``symbol`` (a training's data pre-check passes)."""
+    from core.market import bars_per_day
+
+    bars = days * bars_per_day(timeframe)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    store.upsert_candles(
+        symbol, timeframe, generate_candles(symbol, timeframe, start, bars), source="synthetic"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +161,7 @@ def test_admin_starts_a_training_reads_its_status_and_cannot_queue_a_duplicate(
     client: TestClient, settings: ApiSettings, store: Store
 ):
     admin = bearer(settings, "alice", admin=True)
+    seed_candles(store, "APIXUSDT", "4h", 30)
     r = client.post("/api/tasks/train", json={**TRAIN, "requested_by": "mallory"}, headers=admin)
     assert r.status_code == 202, r.json()
     body = r.json()
@@ -177,9 +190,17 @@ def test_eleventh_training_of_the_day_is_refused_until_the_next_utc_day(
 ):
     """TC-ASYNC-095: max 10 trainings per user per day, 429 with Retry-After."""
     admin = bearer(settings, "quinn", admin=True)
+    for timeframe in ("5m", "15m", "1h", "4h"):
+        seed_candles(store, "APIQUSDT", timeframe, 7)
+    seed_candles(store, "APIRUSDT", "4h", 30)
     keys = [(m, tf) for m in ("lstm", "gru", "transformer") for tf in ("5m", "15m", "1h", "4h")]
     for i, (model_type, timeframe) in enumerate(keys[:11]):
-        body = {"model_type": model_type, "symbol": "APIQUSDT", "timeframe": timeframe}
+        body = {
+            "model_type": model_type,
+            "symbol": "APIQUSDT",
+            "timeframe": timeframe,
+            "days_of_data": 7,
+        }
         r = client.post("/api/tasks/train", json=body, headers=admin)
         if i < 10:
             assert r.status_code == 202, (i, r.json())
@@ -209,6 +230,10 @@ def test_users_see_and_cancel_only_their_own_tasks(
 ):
     """TC-ASYNC-098: results of a task are visible to its owner and admins only."""
     carol, dave = bearer(settings, "carol"), bearer(settings, "dave")
+    start = datetime(2019, 8, 1, tzinfo=UTC)
+    store.upsert_candles(
+        "BTCUSD", "1h", generate_candles("BTCUSD", "1h", start, 31 * 24), source="synthetic"
+    )
     body = {
         "strategy_name": "rsi",
         "symbol": "BTCUSD",
@@ -241,6 +266,8 @@ def test_a_retried_request_with_an_idempotency_key_gets_the_same_task(
     client: TestClient, settings: ApiSettings, store: Store
 ):
     admin = bearer(settings, "ike", admin=True)
+    seed_candles(store, "APIKUSDT", "4h", 30)
+    seed_candles(store, "APILUSDT", "4h", 30)
     body = {**TRAIN, "symbol": "APIKUSDT"}
     first = client.post("/api/tasks/train", json=body, headers={**admin, "Idempotency-Key": "k-1"})
     assert first.status_code == 202 and first.json()["replayed"] is False
@@ -268,18 +295,24 @@ def test_a_retried_request_with_an_idempotency_key_gets_the_same_task(
 def test_unreachable_prefect_or_missing_deployment_is_503_and_uses_no_quota(
     client: TestClient, settings: ApiSettings, store: Store
 ):
-    user = bearer(settings, "olga")
-    r = client.post("/api/tasks/predict", json={"symbol": "BTCUSDT"}, headers=user)
-    assert r.status_code == 503  # predict-price is not deployed on the test server
-    assert "deployment predict-price/predict-price is not registered" in r.json()["error"]
+    admin, user = bearer(settings, "olga", admin=True), bearer(settings, "olga")
+    body = {"source": "synthetic", "symbols": ["BTCUSDT"], "days": 1}
+    r = client.post("/api/tasks/ingest", json=body, headers=admin)
+    assert r.status_code == 503  # ingest-market-data is not deployed on the test server
+    assert "deployment ingest-market-data/ingest-market-data is not registered" in r.json()["error"]
     assert "botai up" in r.json()["error"]
+    start = datetime(2019, 8, 1, tzinfo=UTC)
+    store.upsert_candles(
+        "BTCUSD", "1h", generate_candles("BTCUSD", "1h", start, 31 * 24), source="synthetic"
+    )
     closed = f"http://127.0.0.1:{free_port()}/api"
     with temporary_settings({PREFECT_API_URL: closed, PREFECT_CLIENT_MAX_RETRIES: 0}):
         body = {"strategy_name": "rsi", "symbol": "BTCUSD", "start_date": "2019-08-01"}
         r = client.post(
             "/api/tasks/backtest", json={**body, "end_date": "2019-09-01"}, headers=user
         )
-    assert r.status_code == 503 and "Prefect API unreachable" in r.json()["error"]
+    assert r.status_code == 503 and "Prefect API unavailable" in r.json()["error"]
+    assert r.headers["Retry-After"] == "5"
     assert store.col(C.API_USAGE).count_documents({}) == 0
 
 
