@@ -14,6 +14,7 @@ outage answers 503 with a message naming the service (TC-ASYNC-076, 078).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from api.settings import ApiSettings
 from core.exceptions import PrefectUnavailableError, ServiceUnavailableError, StoreUnavailableError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 PREFECT = "Prefect API unavailable"
 STORE = "MongoDB store unavailable"
@@ -108,6 +110,7 @@ def store_calls(settings: ApiSettings) -> Iterator[None]:
     except PyMongoError as e:
         if not (isinstance(e, ConnectionFailure) or getattr(e, "timeout", False)):
             raise
+        log.warning("store call failed: %s: %s", type(e).__name__, e)
         raise StoreUnavailableError(
             f"{STORE}: no answer within {settings.store_timeout_s:g} s "
             f"({type(e).__name__}); retry in a few seconds"

@@ -9,8 +9,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from backtest.service import MIN_BARS, check_range, range_bounds
 from core.exceptions import InsufficientDataError, InvalidInputError
+from core.market import bar_length
 from integrations.store import C, Store
+from tasks.training import expected_samples
+
+#: predict-price reads hourly candles and models (``tasks.prediction.PREDICTION_TIMEFRAME``;
+#: not imported: that module loads Keras and JAX, 16 s and hundreds of MB in the gateway).
+PREDICTION_TIMEFRAME = "1h"
+
+
+def no_model_message(model_type: str, symbol: str) -> str:
+    """predict-price's own text (``tasks.prediction.no_model_message``) for a missing model."""
+    return (
+        f"No deployed {model_type} model for {symbol} ({PREDICTION_TIMEFRAME}): train one with "
+        f"the train-model flow (model_type={model_type}, symbol={symbol}, "
+        f"timeframe={PREDICTION_TIMEFRAME}) or deploy a candidate, then predict again"
+    )
 
 
 def _candles(symbol: str, timeframe: str, **extra: Any) -> dict[str, Any]:
@@ -24,8 +40,6 @@ def training_data(params: Any, store: Store) -> None:
         InvalidInputError: no candle of the symbol and timeframe is stored.
         InsufficientDataError: 'Insufficient data: expected 720 samples, found 120 ...'.
     """
-    from tasks.training import expected_samples
-
     expected = expected_samples(params)
     found = store.col(C.MARKET_DATA).count_documents(
         _candles(params.symbol, params.timeframe), limit=expected
@@ -49,8 +63,6 @@ def prediction_data(params: Any, store: Store) -> None:
         InsufficientDataError: no 1h candle of the symbol is stored.
         InvalidInputError: no model of ``model_type`` is deployed for the symbol.
     """
-    from tasks.prediction import PREDICTION_TIMEFRAME, no_model_message
-
     if not store.col(C.MARKET_DATA).count_documents(
         _candles(params.symbol, PREDICTION_TIMEFRAME), limit=1
     ):
@@ -78,9 +90,6 @@ def range_data(params: Any, store: Store) -> None:
         InsufficientDataError: the flow's message (backtest.service.check_range), naming the
             symbol, timeframe, range asked and range found.
     """
-    from backtest.service import MIN_BARS, check_range, range_bounds
-    from core.market import bar_length
-
     start, end = range_bounds(params.start_date, params.end_date)
     expected = int((end - start) / bar_length(params.timeframe))
     query = _candles(params.symbol, params.timeframe, open_time={"$gte": start, "$lt": end})
