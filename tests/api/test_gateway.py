@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterTags,
+)
 from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 from prefect.states import Cancelled
 
@@ -28,7 +34,6 @@ from api.settings import ApiSettings, load_api_settings
 from core.exceptions import ConfigurationError
 from flows.backtest_strategy import backtest_strategy
 from flows.train_model import train_model
-from integrations.market_data.csv_source import read_candles_csv
 from integrations.market_data.synthetic import generate_candles
 from integrations.store import C, Store
 from tests.peers import create_process_deployment, create_process_pool, free_port, process_worker
@@ -316,17 +321,20 @@ def test_unreachable_prefect_or_missing_deployment_is_503_and_uses_no_quota(
     assert store.col(C.API_USAGE).count_documents({}) == 0
 
 
-def test_a_backtest_runs_end_to_end_through_a_worker(
+@pytest.mark.tc("TC-ASYNC-011", "TC-ASYNC-066")
+def test_a_backtest_runs_end_to_end_through_a_worker_and_every_caller_reads_its_result(
     pools,
     settings: ApiSettings,
     mongo_block: Store,
-    shared_data_dir: Path,
     tmp_path: Path,
     prefect_server: str,
+    monkeypatch,
 ):
-    """POST -> PENDING -> PROGRESS -> SUCCESS with progress 100 and the saved result."""
-    frame = read_candles_csv(shared_data_dir / "Coinbase_BTCUSD_1h.csv").frame.sort_index()
-    mongo_block.upsert_candles("BTCUSD", "1h", frame.loc["2019-07-01":"2019-09-30"], source="csv")
+    """POST -> PENDING -> SUCCESS with progress 100; the result is in task_results (read back
+    through the gateway), on the run's page as an artifact and in the persisted flow result."""
+    start = datetime(2019, 7, 1, tzinfo=UTC)
+    frame = generate_candles("BTCUSD", "1h", start, 92 * 24)
+    mongo_block.upsert_candles("BTCUSD", "1h", frame, source="synthetic")
     client = TestClient(create_app(settings, store_factory=lambda: mongo_block))
     user = bearer(settings, "nina")
     body = {
@@ -338,8 +346,12 @@ def test_a_backtest_runs_end_to_end_through_a_worker(
     }
     r = client.post("/api/tasks/backtest", json=body, headers=user)
     assert r.status_code == 202, r.json()
-    url = r.json()["status_url"]
+    url, task_id = r.json()["status_url"], r.json()["task_id"]
     seen = set()
+    # the worker's environment as botai up gives it (deployments.services.prefect_env)
+    monkeypatch.setenv("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
+    monkeypatch.setenv("PREFECT_TASKS_DEFAULT_PERSIST_RESULT", "false")
+    monkeypatch.setenv("PREFECT_RESULTS_DEFAULT_SERIALIZER", "json")
     with process_worker(pools["work"], prefect_server, tmp_path / "worker.log"):
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -351,10 +363,25 @@ def test_a_backtest_runs_end_to_end_through_a_worker(
     assert status["status"] == "SUCCESS", (status, (tmp_path / "worker.log").read_text()[-3000:])
     assert "PENDING" in seen
     assert status["progress_pct"] == 100.0
-    result = status["result"]["result"]
-    assert status["result"]["task_id"] == r.json()["task_id"]
+    saved = status["result"]
+    assert saved["task_id"] == task_id and saved["flow_name"] == "backtest-strategy"
+    assert saved["result_type"] == "BacktestResult" and saved["run_count"] == 1
+    result = saved["result"]
+    assert result["task_id"] == task_id
     assert result["metrics"]["total_trades"] == len(result["trades"]) > 0
     assert len(result["equity_curve"]) == 31  # one point per day of August
+    assert mongo_block.col(C.TASK_RESULTS).count_documents({"task_id": task_id}) == 1
+    with get_client(sync_client=True) as prefect:
+        run = prefect.read_flow_run(uuid.UUID(task_id))
+        persisted = run.state.result()  # what `prefect` CLI / flow-run API users read
+        (artifact,) = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
+                key=ArtifactFilterKey(any_=["backtest-strategy-result"]),
+            )
+        )
+    assert persisted.metrics.total_trades == result["metrics"]["total_trades"]
+    assert task_id in artifact.data and "metrics.total_trades" in artifact.data
 
 
 def test_health_reports_both_backends(client: TestClient):
