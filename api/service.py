@@ -29,10 +29,10 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 from prefect.exceptions import ObjectNotFound
-from prefect.states import Cancelled, Cancelling, Scheduled
+from prefect.states import Cancelled, Scheduled
 from pydantic import BaseModel
 
-from api import quotas
+from api import cancelling, quotas
 from api.jobs import JOBS, Job
 from api.outages import prefect_call, store_calls
 from api.schemas import Priority, TaskAccepted, TaskStatus, TaskStatusName
@@ -41,7 +41,6 @@ from api.settings import ApiSettings
 from core.exceptions import (
     ConfigurationError,
     InvalidInputError,
-    NotFoundError,
     StoreUnavailableError,
 )
 from integrations.store import C, Store
@@ -59,12 +58,10 @@ STATUS_OF: dict[StateType, TaskStatusName] = {
     StateType.CRASHED: "FAILURE",
     StateType.CANCELLED: "REVOKED",
 }
-#: States without a process yet: cancelling them needs no worker.
-_NOT_STARTED = {StateType.SCHEDULED, StateType.PAUSED}
 
 
-class TaskConflictError(Exception):
-    """The request conflicts with the task's state (HTTP 409), e.g. cancelling a finished run."""
+TaskConflictError = cancelling.TaskConflictError
+cancel_task = cancelling.cancel_task
 
 
 def daily_limit(job: Job, settings: ApiSettings) -> int:
@@ -282,11 +279,7 @@ def high_priority_time(client: Any, pool: str | None, queue: str | None) -> date
     return max(high) + (first_normal - max(high)) / 2
 
 
-def _read_run(client: Any, task_id: str) -> FlowRun:
-    try:
-        return client.read_flow_run(UUID(task_id))
-    except ObjectNotFound:
-        raise NotFoundError(f"No task {task_id}") from None
+_read_run = cancelling.read_run
 
 
 def _latest_progress(client: Any, run_id: UUID) -> tuple[float | None, str | None]:
@@ -326,6 +319,8 @@ def task_status(
     def read() -> tuple[FlowRun, str | None, float | None, str | None]:
         with get_client(sync_client=True) as client:
             run = _read_run(client, task_id)
+            if cancelling.finish_claimed_cancel(client, run, settings.cancel_grace_s):
+                run = _read_run(client, task_id)
             flow_name = client.read_flow(run.flow_id).name
             pct, stage = _latest_progress(client, run.id)
         return run, flow_name, pct, stage
@@ -357,29 +352,3 @@ def task_status(
             else None
         ),
     )
-
-
-def cancel_task(task_id: str, user: Principal, settings: ApiSettings | None = None) -> None:
-    """Cancel a run: at once if no process has it yet, else through its worker (SIGTERM,
-    so training writes its checkpoint first).
-
-    Raises:
-        NotFoundError: no such run.
-        TaskConflictError: the run already ended.
-        ServiceUnavailableError: the Prefect API does not answer.
-    """
-
-    def cancel() -> None:
-        with get_client(sync_client=True) as client:
-            run = _read_run(client, task_id)
-            if run.state is not None and run.state.is_final():
-                raise TaskConflictError(
-                    f"Task {task_id} already ended ({run.state.name}); nothing to cancel"
-                )
-            message = f"Cancelled by {user.user} through the gateway"
-            not_started = run.state is None or run.state.type in _NOT_STARTED
-            state = Cancelled(message=message) if not_started else Cancelling(message=message)
-            client.set_flow_run_state(run.id, state, force=True)
-
-    prefect_call(cancel, settings)
-    log.info("user %s cancelled run %s", user.user, task_id)

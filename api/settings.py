@@ -58,6 +58,13 @@ class ApiSettings(BaseSettings):
         le=120,
         description="Seconds the gateway waits for one store operation before answering 503.",
     )
+    cancel_grace_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="A run cancelled after a worker claimed it, before its flow started, is "
+        "set Cancelled once its process is gone, or after this many seconds.",
+    )
     prefect_ui_url: str | None = Field(
         default=None, description="Prefect UI base URL, to link each task's run page."
     )

@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from prefect.states import Pending
+from prefect.states import Pending, Running
 
 from api.main import create_app
 from api.settings import ApiSettings, load_api_settings
@@ -71,6 +71,67 @@ def test_jobs_that_cannot_run_on_the_stored_data_are_refused_before_queueing(
         assert expected in r.json()["error"], r.json()
     assert runs_of("pete") == []
     assert store.col(C.API_USAGE).count_documents({}) == 0
+
+
+@pytest.mark.tc("TC-ASYNC-009")
+def test_a_cancel_never_orphans_a_run_a_worker_has_just_claimed(pools, store: Store):
+    """The cancel race, reproduced step by step against the real server: the worker claims
+    the run (Pending), the gateway cancels it (Cancelling), the flow process proposes Running
+    and is refused, so it exits without running the flow. The gateway then finishes the run:
+    at once when the recorded process is gone, else after the grace period. A run whose flow
+    has started is left to its worker (SIGTERM, checkpoint)."""
+    settings = load_api_settings(jwt_secret=SECRET, cancel_grace_s=2.0)
+    app = TestClient(create_app(settings, store_factory=lambda: store))
+    user = bearer(settings, "cory")
+    seed_august(store)
+
+    def claimed_run(pid: int | None, flow_started: bool = False) -> uuid.UUID:
+        r = app.post("/api/tasks/backtest", json=BACKTEST, headers=user)
+        assert r.status_code == 202, r.json()
+        run_id = uuid.UUID(r.json()["task_id"])
+        with get_client(sync_client=True) as prefect:
+            assert prefect.set_flow_run_state(run_id, Pending()).status.value == "ACCEPT"
+            if pid is not None:
+                prefect.update_flow_run(run_id, infrastructure_pid=str(pid))
+            if flow_started:
+                assert prefect.set_flow_run_state(run_id, Running()).status.value == "ACCEPT"
+        return run_id
+
+    def cancel_and_wait(run_id: uuid.UUID, process: subprocess.Popen | None) -> tuple[dict, float]:
+        r = app.delete(f"/api/tasks/{run_id}", headers=user)
+        assert r.status_code == 202 and r.json()["state"] == "Cancelling", r.json()
+        with get_client(sync_client=True) as prefect:  # the flow process starting...
+            refused = prefect.set_flow_run_state(run_id, Running())
+            assert refused.status.value == "REJECT", refused
+        started = time.monotonic()
+        if process is not None:  # ...is refused and exits without running the flow
+            process.kill()
+            process.wait()
+        while time.monotonic() - started < 10:
+            status = app.get(f"/api/tasks/{run_id}", headers=user).json()
+            if status["status"] != "PROGRESS":
+                break
+            time.sleep(0.2)
+        return status, time.monotonic() - started
+
+    for _ in range(3):  # its process is gone: finished at once
+        process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        status, took = cancel_and_wait(claimed_run(process.pid), process)
+        assert (status["status"], status["state"]) == ("REVOKED", "Cancelled"), status
+        assert "process is gone" in status["message"] and took < 1.5, took
+    status, took = cancel_and_wait(claimed_run(None), None)  # no process recorded
+    assert (status["status"], status["state"]) == ("REVOKED", "Cancelled"), status
+    assert took < 4.0, took
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # the flow runs: its worker stops it (SIGTERM, checkpoint), not the gateway
+        run_id = claimed_run(sleeper.pid, flow_started=True)
+        r = app.delete(f"/api/tasks/{run_id}", headers=user)
+        assert r.status_code == 202 and r.json()["state"] == "Cancelling"
+        time.sleep(2.5)
+        assert app.get(f"/api/tasks/{run_id}", headers=user).json()["state"] == "Cancelling"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 @pytest.mark.tc("TC-ASYNC-090")
