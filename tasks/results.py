@@ -7,10 +7,10 @@ A flow ends with ``return save_task_result(result, store)``. That:
   replace with upsert, so a re-run of the same flow run (crash recovery, ``prefect flow-run
   retry``) replaces the document and never adds a second one. ``GET /api/tasks/{id}``
   returns it;
-* publishes a markdown artifact on the run's page in the Prefect UI (key
-  ``<flow-name>-result``): bulk-analysis as a table sorted by confidence with the failed
-  symbols and their reasons, predict-price as one row per forecast hour with its interval
-  and confidence, any other job as a table of its headline fields;
+* publishes an artifact on the run's page in the Prefect UI (key ``<flow-name>-result``):
+  bulk-analysis as markdown tables sorted by confidence with the failed symbols and their
+  reasons, predict-price as markdown with one row per forecast hour with its interval and
+  confidence, any other job as a table artifact of its headline fields;
 * returns ``result`` unchanged, so the flow's return value is what Prefect persists as the
   flow run's result for ``prefect`` CLI and flow-run API users (flow results are persisted
   as JSON: see ``deployments.services.prefect_env``).
@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
@@ -89,12 +89,13 @@ def save_task_result(result: R, store: Store | None = None, *, best_effort: bool
         if not best_effort:
             raise
         get_run_logger().warning("result not stored: %s", e)
+    key, description = f"{_slug(flow_name)}-result", f"Result of {flow_name} (task {task_id})"
     try:
-        create_markdown_artifact(
-            markdown=render_markdown(flow_name, task_id, result, body),
-            key=f"{_slug(flow_name)}-result",
-            description=f"Result of {flow_name} (task {task_id})",
-        )
+        if isinstance(result, BulkAnalysisResult | PredictPriceResult):
+            markdown = render_markdown(flow_name, task_id, result, body)
+            create_markdown_artifact(markdown=markdown, key=key, description=description)
+        else:  # a table, beside any markdown summary the flow publishes itself
+            create_table_artifact(table=generic_rows(body), key=key, description=description)
     except Exception as e:  # noqa: BLE001 - the stored result is the record; the page is a view
         get_run_logger().warning("result artifact not published: %s", type(e).__name__)
     return result
@@ -164,7 +165,7 @@ def render_markdown(flow_name: str, task_id: str, result: Any, body: Any) -> str
         return head + _bulk_markdown(result)
     if isinstance(result, PredictPriceResult):
         return head + _prediction_markdown(result)
-    return head + _generic_markdown(body)
+    return head + _table(["field", "value"], [[r["field"], r["value"]] for r in generic_rows(body)])
 
 
 def _bulk_markdown(r: BulkAnalysisResult) -> str:
@@ -210,17 +211,20 @@ def _prediction_markdown(r: PredictPriceResult) -> str:
     )
 
 
-def _generic_markdown(body: Any) -> str:
+def generic_rows(body: Any) -> list[dict[str, Any]]:
+    """Rows ``{field, value}`` of a result's headline fields (nested fields one level deep as
+    ``metrics.sharpe_ratio``; lists as their length)."""
     if not isinstance(body, dict):
-        return _table(["value"], [[body]]) + "\n"
-    rows: list[list[Any]] = []
+        return [{"field": "value", "value": _cell(body)}]
+    rows: list[dict[str, Any]] = []
     for key, value in body.items():
         if isinstance(value, dict):
-            for sub, v in value.items():
-                rows.append([f"{key}.{sub}", _summary(v)])
+            rows += [
+                {"field": f"{key}.{sub}", "value": _cell(_summary(v))} for sub, v in value.items()
+            ]
         else:
-            rows.append([key, _summary(value)])
-    return _table(["field", "value"], rows[:MAX_ROWS]) + "\n"
+            rows.append({"field": key, "value": _cell(_summary(value))})
+    return rows[:MAX_ROWS]
 
 
 def _summary(value: Any) -> Any:
