@@ -1,11 +1,13 @@
 """Bounded calls: every call the gateway makes to Prefect or the store has a timeout, and an
 outage answers 503 with a message naming the service (TC-ASYNC-076, 078).
 
-* Prefect: :func:`prefect_bounded` puts the gateway's request timeout and retry count
-  (``BOTAI_API_PREFECT_TIMEOUT_S``, ``BOTAI_API_PREFECT_RETRIES``) into Prefect's settings
-  context for the whole request, so every Prefect client the request opens (including the
-  ones of shared helpers such as ``tasks.training.assert_no_active_training``) gives up in
-  time instead of retrying for minutes (Prefect's defaults: 60 s per request, 5 retries).
+* Prefect: :func:`prefect_bounded` puts the gateway's request timeout
+  (``BOTAI_API_PREFECT_TIMEOUT_S``) and no client retries into Prefect's settings context
+  for the whole request, so every Prefect client the request opens (including the ones of
+  shared helpers such as ``tasks.training.assert_no_active_training``) gives up in time
+  instead of retrying for minutes (Prefect's defaults: 60 s per request, 5 retries, a
+  hung server held a request 120 s). :func:`prefect_call` retries busy answers (5xx, 429;
+  ``BOTAI_API_PREFECT_RETRIES``) but never a timeout.
 * Store: :func:`store_calls` bounds each store section with ``pymongo.timeout`` (per
   operation deadline, server selection included) and converts an unreachable, hung or
   restarting store into :class:`~core.exceptions.StoreUnavailableError`.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -54,7 +57,8 @@ def prefect_bounded(settings: ApiSettings) -> Iterator[None]:
             bounded = ctx.settings.copy_with_update(
                 updates={
                     PREFECT_API_REQUEST_TIMEOUT: settings.prefect_timeout_s,
-                    PREFECT_CLIENT_MAX_RETRIES: settings.prefect_retries,
+                    # retries of busy answers: prefect_call, never of timeouts
+                    PREFECT_CLIENT_MAX_RETRIES: 0,
                 }
             )
             if len(_bounded) > 64:  # settings contexts of finished tests or reloads
@@ -67,29 +71,41 @@ def prefect_bounded(settings: ApiSettings) -> Iterator[None]:
 def prefect_call(fn: Callable[[], T], settings: ApiSettings | None = None) -> T:
     """Run ``fn`` (Prefect client calls), naming the Prefect API in any outage.
 
+    An answer 5xx or 429 (a busy server: its SQLite database locked under load answers 503)
+    is retried ``settings.prefect_retries`` times, 0.5 s then 1 s apart; no answer in time
+    or no connection is not retried (the caller gets 503 at once and may retry).
+
     Returns:
         what ``fn`` returns.
 
     Raises:
         PrefectUnavailableError: no connection, no answer within the timeout, or a 5xx.
     """
-    try:
-        return fn()
-    except httpx.TimeoutException as e:
-        limit = f" within {settings.prefect_timeout_s:g} s" if settings else ""
-        raise PrefectUnavailableError(
-            f"{PREFECT}: no answer{limit} ({type(e).__name__}); retry in a few seconds"
-        ) from e
-    except httpx.TransportError as e:
-        raise PrefectUnavailableError(
-            f"{PREFECT}: {type(e).__name__}: {e}; retry in a few seconds"
-        ) from e
-    except PrefectHTTPStatusError as e:
-        if e.response.status_code < 500:
-            raise
-        raise PrefectUnavailableError(
-            f"{PREFECT}: it answered {e.response.status_code}; retry in a few seconds"
-        ) from e
+    retries = settings.prefect_retries if settings is not None else 0
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except httpx.TimeoutException as e:
+            limit = f" within {settings.prefect_timeout_s:g} s" if settings else ""
+            raise PrefectUnavailableError(
+                f"{PREFECT}: no answer{limit} ({type(e).__name__}); retry in a few seconds"
+            ) from e
+        except httpx.TransportError as e:
+            raise PrefectUnavailableError(
+                f"{PREFECT}: {type(e).__name__}: {e}; retry in a few seconds"
+            ) from e
+        except PrefectHTTPStatusError as e:
+            code = e.response.status_code
+            if code < 500 and code != 429:
+                raise
+            if attempt < retries:
+                log.info("Prefect API answered %d; retrying", code)
+                time.sleep(0.5 * 2**attempt)
+                continue
+            raise PrefectUnavailableError(
+                f"{PREFECT}: it answered {code}; retry in a few seconds"
+            ) from e
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @contextmanager

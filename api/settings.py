@@ -46,11 +46,11 @@ class ApiSettings(BaseSettings):
         description="Seconds the gateway waits for one Prefect API call before answering 503.",
     )
     prefect_retries: int = Field(
-        default=0,
+        default=2,
         ge=0,
         le=5,
-        description="Retries of a Prefect API call that failed or timed out (Prefect's own "
-        "default, 5 with backoff, would keep a caller waiting for minutes).",
+        description="Retries of Prefect API calls answered 5xx or 429 (a busy server), 0.5 s "
+        "then 1 s apart. A call that times out or cannot connect is not retried.",
     )
     store_timeout_s: float = Field(
         default=5.0,
