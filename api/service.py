@@ -118,26 +118,36 @@ def start_task(
         reservation = quotas.reserve(
             store, user.user, job.name, limit, job.quota_noun, now, idempotency_key, digest
         )
+        remaining = max(0, limit - quotas.used_today(store, user.user, job.name, now))
     try:
         run = prefect_call(
             lambda: _create_run(job, params, user, idempotency_key, priority), settings
         )
     except BaseException:
-        with store_calls(settings):
-            quotas.release(store, reservation)
+        try:
+            with store_calls(settings):
+                quotas.release(store, reservation)
+        except StoreUnavailableError:
+            log.warning("quota slot %s not given back: the store is unavailable", reservation)
         raise
     try:
         with store_calls(settings):
             confirmed = quotas.confirm(store, reservation, str(run.id))
-            if not confirmed:
-                # a concurrent request with the same key created (and counted) this run first
-                earlier = quotas.owner_of(store, str(run.id))
-                return _replay(earlier, digest, job, limit, store, user, now)
-            accepted = _accepted(str(run.id), job, limit, store, user, now)
-            accepted.priority = priority
     except StoreUnavailableError:
         _withdraw(run, "the store stopped answering before the run was recorded", settings)
         raise
+    if not confirmed:
+        # a concurrent request with the same key created (and counted) this run first
+        with store_calls(settings):
+            earlier = quotas.owner_of(store, str(run.id))
+            return _replay(earlier, digest, job, limit, store, user, now)
+    accepted = TaskAccepted(
+        task_id=str(run.id),
+        status_url=f"/api/tasks/{run.id}",
+        job=job.name,
+        quota_remaining_today=remaining,
+        priority=priority,
+    )
     log.info(
         "user %s started %s: run %s (%s, priority %s)",
         user.user,

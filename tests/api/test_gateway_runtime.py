@@ -80,7 +80,8 @@ def test_a_cancel_never_orphans_a_run_a_worker_has_just_claimed(pools, store: St
     and is refused, so it exits without running the flow. The gateway then finishes the run:
     at once when the recorded process is gone, else after the grace period. A run whose flow
     has started is left to its worker (SIGTERM, checkpoint)."""
-    settings = load_api_settings(jwt_secret=SECRET, cancel_grace_s=2.0)
+    settings = load_api_settings(jwt_secret=SECRET, cancel_grace_s=30.0)
+    short = load_api_settings(jwt_secret=SECRET, cancel_grace_s=2.0)
     app = TestClient(create_app(settings, store_factory=lambda: store))
     user = bearer(settings, "cory")
     seed_august(store)
@@ -119,9 +120,10 @@ def test_a_cancel_never_orphans_a_run_a_worker_has_just_claimed(pools, store: St
         status, took = cancel_and_wait(claimed_run(process.pid), process)
         assert (status["status"], status["state"]) == ("REVOKED", "Cancelled"), status
         assert "process is gone" in status["message"] and took < 1.5, took
-    status, took = cancel_and_wait(claimed_run(None), None)  # no process recorded
+    app = TestClient(create_app(short, store_factory=lambda: store))
+    status, took = cancel_and_wait(claimed_run(None), None)  # no process: after the grace
     assert (status["status"], status["state"]) == ("REVOKED", "Cancelled"), status
-    assert took < 4.0, took
+    assert "never started within 2 s" in status["message"] and took < 4.0, took
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:  # the flow runs: its worker stops it (SIGTERM, checkpoint), not the gateway
         run_id = claimed_run(sleeper.pid, flow_started=True)
