@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,20 +24,17 @@ from prefect.client.schemas.filters import (
     FlowRunFilterTags,
 )
 from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
-from prefect.states import Cancelled
 
 from api import quotas
 from api.main import create_app
 from api.security import issue_token
 from api.settings import ApiSettings, load_api_settings
 from core.exceptions import ConfigurationError
-from flows.backtest_strategy import backtest_strategy
-from flows.train_model import train_model
 from integrations.market_data.synthetic import generate_candles
 from integrations.store import C, Store
-from tests.peers import create_process_deployment, create_process_pool, free_port, process_worker
+from tests.api.conftest import SECRET
+from tests.peers import free_port, process_worker
 
-SECRET = "s3cret-" + "k" * 40
 TRAIN = {"model_type": "gru", "symbol": "APIXUSDT", "timeframe": "4h", "epochs": 5}
 
 
@@ -51,45 +47,6 @@ def seed_candles(store: Store, symbol: str, timeframe: str, days: int) -> None:
     store.upsert_candles(
         symbol, timeframe, generate_candles(symbol, timeframe, start, bars), source="synthetic"
     )
-
-
-@pytest.fixture(scope="module")
-def pools(prefect_server: str) -> Iterator[dict[str, str]]:
-    """train-model on a pool nobody serves; backtest-strategy on a pool a test may serve.
-
-    Afterwards every run the gateway created (tag "api") that is still open is cancelled.
-    """
-    names = {"idle": f"api-idle-{uuid.uuid4().hex[:6]}", "work": f"api-work-{uuid.uuid4().hex[:6]}"}
-    create_process_pool(names["idle"], {"ml_training": None})
-    create_process_pool(names["work"], {"backtesting": None})
-    create_process_deployment(
-        train_model, "train-model", names["idle"], "ml_training", "flows/train_model.py:train_model"
-    )
-    create_process_deployment(
-        backtest_strategy,
-        "backtest-strategy",
-        names["work"],
-        "backtesting",
-        "flows/backtest_strategy.py:backtest_strategy",
-    )
-    yield names
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["api"])), limit=200
-        )
-        for run in runs:
-            if run.state is None or not run.state.is_final():
-                client.set_flow_run_state(run.id, Cancelled(), force=True)
-
-
-@pytest.fixture
-def settings() -> ApiSettings:
-    return load_api_settings(jwt_secret=SECRET, prefect_ui_url="http://ui.test")
-
-
-@pytest.fixture
-def client(pools, settings: ApiSettings, store: Store) -> TestClient:
-    return TestClient(create_app(settings, store_factory=lambda: store))
 
 
 def bearer(settings: ApiSettings, user: str, admin: bool = False, **kw) -> dict[str, str]:

@@ -26,15 +26,7 @@ from flows.backtest_strategy import backtest_strategy
 from integrations.embedded_mongo import start_embedded_mongo
 from integrations.market_data.synthetic import generate_candles
 from integrations.store import C, Store, connect
-from tests.api.test_gateway import (  # noqa: F401 - fixtures
-    SECRET,
-    bearer,
-    client,
-    pools,
-    runs_of,
-    seed_candles,
-    settings,
-)
+from tests.api.test_gateway import SECRET, bearer, runs_of
 from tests.peers import create_process_deployment, create_process_pool, free_port
 
 BACKTEST = {
