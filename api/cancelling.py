@@ -1,4 +1,4 @@
-"""Cancelling a task, including a run a worker has just claimed (TC-ASYNC-009).
+"""Cancelling a task, including a run a worker has just claimed (TC-ASYNC-005).
 
 Cause of the cancel race this module closes (reproduced against the Prefect 3.9 server): a
 run cancelled while Pending (a worker has claimed it, its process is starting) is set to

@@ -1,4 +1,4 @@
-"""Reject before queueing what cannot run: the data checks of the jobs (TC-ASYNC-001, 013, 066).
+"""Reject before queueing what cannot run: the data checks of the jobs (TC-ASYNC-008, 013, 066).
 
 Each check reads the store only (counts first, so a large range costs one count) and
 raises with the same words as the flow's own check, which stays in place for runs started

@@ -78,6 +78,7 @@ def test_settings_reject_missing_placeholder_and_short_secrets_without_echoing_t
     assert SECRET not in repr(load_api_settings(jwt_secret=SECRET))
 
 
+@pytest.mark.tc("TC-ASYNC-094")
 def test_unauthenticated_and_regular_users_cannot_train_and_nothing_is_queued(
     client: TestClient, settings: ApiSettings, store: Store, caplog
 ):
@@ -100,6 +101,7 @@ def test_unauthenticated_and_regular_users_cannot_train_and_nothing_is_queued(
     assert SECRET not in caplog.text
 
 
+@pytest.mark.tc("TC-ASYNC-002")
 def test_invalid_parameters_are_named_and_nothing_is_queued(
     client: TestClient, settings: ApiSettings, store: Store
 ):
@@ -119,6 +121,7 @@ def test_invalid_parameters_are_named_and_nothing_is_queued(
     assert store.col(C.API_USAGE).count_documents({}) == 0
 
 
+@pytest.mark.tc("TC-ASYNC-001", "TC-ASYNC-010")
 def test_admin_starts_a_training_reads_its_status_and_cannot_queue_a_duplicate(
     client: TestClient, settings: ApiSettings, store: Store
 ):
@@ -147,6 +150,7 @@ def test_admin_starts_a_training_reads_its_status_and_cannot_queue_a_duplicate(
     assert quotas.used_today(store, "alice", "train", datetime.now(UTC)) == 1
 
 
+@pytest.mark.tc("TC-ASYNC-095")
 def test_eleventh_training_of_the_day_is_refused_until_the_next_utc_day(
     client: TestClient, settings: ApiSettings, store: Store
 ):
@@ -187,6 +191,7 @@ def test_eleventh_training_of_the_day_is_refused_until_the_next_utc_day(
     assert quotas.used_today(store, "quinn", "train", tomorrow) == 1
 
 
+@pytest.mark.tc("TC-ASYNC-005", "TC-ASYNC-098")
 def test_users_see_and_cancel_only_their_own_tasks(
     client: TestClient, settings: ApiSettings, store: Store
 ):
@@ -224,6 +229,7 @@ def test_users_see_and_cancel_only_their_own_tasks(
     assert r.status_code == 409 and "already ended" in r.json()["error"]
 
 
+@pytest.mark.tc("TC-ASYNC-010")
 def test_a_retried_request_with_an_idempotency_key_gets_the_same_task(
     client: TestClient, settings: ApiSettings, store: Store
 ):
@@ -254,6 +260,7 @@ def test_a_retried_request_with_an_idempotency_key_gets_the_same_task(
     assert store.col(C.API_USAGE).count_documents({"user": "ike"}) == 1
 
 
+@pytest.mark.tc("TC-ASYNC-076")
 def test_unreachable_prefect_or_missing_deployment_is_503_and_uses_no_quota(
     client: TestClient, settings: ApiSettings, store: Store
 ):

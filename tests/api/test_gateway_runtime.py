@@ -43,7 +43,7 @@ def seed_august(store: Store) -> None:
     store.upsert_candles("BTCUSD", "1h", frame, source="synthetic")
 
 
-@pytest.mark.tc("TC-ASYNC-001", "TC-ASYNC-013", "TC-ASYNC-066")
+@pytest.mark.tc("TC-ASYNC-008", "TC-ASYNC-013", "TC-ASYNC-066")
 def test_jobs_that_cannot_run_on_the_stored_data_are_refused_before_queueing(
     client: TestClient, settings: ApiSettings, store: Store
 ):
@@ -65,7 +65,7 @@ def test_jobs_that_cannot_run_on_the_stored_data_are_refused_before_queueing(
     assert store.col(C.API_USAGE).count_documents({}) == 0
 
 
-@pytest.mark.tc("TC-ASYNC-009")
+@pytest.mark.tc("TC-ASYNC-005")
 def test_a_cancel_never_orphans_a_run_a_worker_has_just_claimed(pools, store: Store):
     """The cancel race, reproduced step by step against the real server: the worker claims
     the run (Pending), the gateway cancels it (Cancelling), the flow process proposes Running
