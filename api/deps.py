@@ -15,6 +15,7 @@ from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api import quotas
+from api.outages import store_calls
 from api.security import AuthenticationError, Principal, decode_token
 from api.settings import ApiSettings
 from integrations.store import Store
@@ -29,7 +30,12 @@ def get_settings(request: Request) -> ApiSettings:
 
 
 def get_store(request: Request) -> Store:
-    """The platform store, connected on first use (``app.state.store_factory``)."""
+    """The platform store, connected on first use (``app.state.store_factory``).
+
+    Raises:
+        ConfigurationError, PrefectUnavailableError, StoreUnavailableError: see
+        :func:`api.main.gateway_store` (nothing is cached; the next request tries again).
+    """
     state = request.app.state
     with _store_lock:
         if state.store is None:
@@ -79,6 +85,7 @@ def visible_task(
     task_id: Annotated[UUID, Path(description="The flow run id returned on creation.")],
     user: CurrentUser,
     store: StoreDep,
+    settings: SettingsDep,
 ) -> tuple[str, dict | None]:
     """A task the caller may see: their own, or any run for an admin.
 
@@ -88,8 +95,10 @@ def visible_task(
     Raises:
         HTTPException: 404 for a regular user and a run they did not start through the
             gateway; 403 for another user's task.
+        StoreUnavailableError: the store did not answer in time.
     """
-    owner = quotas.owner_of(store, str(task_id))
+    with store_calls(settings):
+        owner = quotas.owner_of(store, str(task_id))
     if not user.is_admin:
         if owner is None:
             raise HTTPException(404, f"No task {task_id} was started by you")

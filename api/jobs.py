@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from api import prechecks
 from core.schemas.analysis import BulkAnalysisParams, PredictPriceParams
 from core.schemas.backtest import BacktestParameters, OptimizeParameters
 from core.schemas.market_data import IngestParameters
@@ -21,7 +22,7 @@ from core.schemas.self_improvement import (
     StrategyEnableParams,
 )
 from core.schemas.training import TrainModelParams
-from integrations.store import C
+from integrations.store import C, Store
 from tasks.training import assert_no_active_training
 
 
@@ -41,7 +42,10 @@ class Job:
         who_field: parameter set to the caller's user id (overrides the body), or None.
         result_collection: where the flow saves its result by ``task_id``, or None.
         quota_noun: word in the 429 message ("Max 10 trainings per day exceeded").
-        precheck: raises before any quota is used or run created (e.g. a duplicate), or None.
+        precheck: Prefect check that raises before any quota is used or run created (train:
+            a duplicate queued or running), or None.
+        data_check: store check that raises before any quota is used or run created when
+            the job cannot run on the stored data (api.prechecks), or None.
     """
 
     name: str
@@ -53,6 +57,7 @@ class Job:
     result_collection: str | None = None
     quota_noun: str = "runs"
     precheck: Callable[[Any], None] | None = None
+    data_check: Callable[[Any, Store], None] | None = None
 
 
 JOBS: dict[str, Job] = {
@@ -68,6 +73,7 @@ JOBS: dict[str, Job] = {
             result_collection=C.TRAINING_JOBS,
             quota_noun="trainings",
             precheck=_no_active_training,
+            data_check=prechecks.training_data,
         ),
         Job(
             "backtest",
@@ -77,6 +83,7 @@ JOBS: dict[str, Job] = {
             summary="Backtest one strategy on stored candles.",
             result_collection=C.BACKTEST_RESULTS,
             quota_noun="backtests",
+            data_check=prechecks.range_data,
         ),
         Job(
             "optimize",
@@ -86,6 +93,7 @@ JOBS: dict[str, Job] = {
             summary="Grid, genetic or walk-forward optimisation of a strategy.",
             result_collection=C.OPTIMIZATION_RESULTS,
             quota_noun="optimisations",
+            data_check=prechecks.range_data,
         ),
         Job(
             "predict",
@@ -94,6 +102,7 @@ JOBS: dict[str, Job] = {
             admin_only=False,
             summary="Predict prices over the next hours with the deployed model.",
             quota_noun="predictions",
+            data_check=prechecks.prediction_data,
         ),
         Job(
             "bulk-analysis",

@@ -1,9 +1,13 @@
 """The gateway app: ``create_app(settings)``; ``botai api`` serves it with uvicorn.
 
 Every error answer is ``{"error": "<what went wrong and what to change>"}``. Platform
-exceptions map to status codes here, once: invalid input 422, not found 404, duplicate
-training 409, quota 429 (with Retry-After), misconfiguration and unreachable services 503.
-Unexpected errors answer 500 with the exception type only (the log has the traceback).
+exceptions map to status codes here, once: invalid input and data a job cannot run on 422,
+not found 404, duplicate training 409, quota 429 (with Retry-After), misconfiguration and
+unreachable services 503 (an outage names the service and carries Retry-After). Unexpected
+errors answer 500 with the exception type only (the log has the traceback).
+
+Every request runs inside :func:`api.outages.prefect_bounded`: its Prefect calls time out
+after ``prefect_timeout_s`` instead of Prefect's minutes of retries.
 """
 
 from __future__ import annotations
@@ -11,11 +15,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import httpx
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pymongo.errors import PyMongoError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.dead_letters import router as dead_letters_router
+from api.outages import prefect_bounded, unavailable_message
 from api.quotas import QuotaExceededError
 from api.routes import router
 from api.service import TaskConflictError
@@ -24,6 +32,7 @@ from core.echo import ECHO_LIMIT, echo, shorten
 from core.exceptions import (
     ConfigurationError,
     DuplicateRunError,
+    InsufficientDataError,
     InvalidInputError,
     NotFoundError,
     ServiceUnavailableError,
@@ -36,13 +45,18 @@ log = logging.getLogger(__name__)
 #: Platform exceptions and their HTTP status (the first matching class wins).
 STATUS_OF_ERROR: dict[type[Exception], int] = {
     InvalidInputError: 422,
+    InsufficientDataError: 422,
     NotFoundError: 404,
     DuplicateRunError: 409,
     TaskConflictError: 409,
     QuotaExceededError: 429,
     ConfigurationError: 503,
     ServiceUnavailableError: 503,
+    PyMongoError: 503,  # an outage; other store errors answer 500 (see platform_error)
+    httpx.TransportError: 503,  # the Prefect API, reached outside service.prefect_call
 }
+#: Seconds a caller is asked to wait after a 503 for an outage.
+RETRY_AFTER_OUTAGE_S = 5
 
 
 #: Invalid fields named in one 422 answer (a body can hold thousands of bad items).
@@ -83,22 +97,28 @@ def _install_handlers(app: FastAPI) -> None:
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(422, _validation_message(exc))
 
-    async def platform_error(_: Request, exc: Exception) -> JSONResponse:
+    async def platform_error(request: Request, exc: Exception) -> JSONResponse:
         status = next(code for cls, code in STATUS_OF_ERROR.items() if isinstance(exc, cls))
+        message, headers = str(exc), None
         if status == 503:
-            log.warning("request refused: %s", exc)
-        headers = None
+            outage = unavailable_message(exc)
+            if outage is None and not isinstance(exc, ConfigurationError):
+                return await unexpected(request, exc)  # a store refusal, not an outage
+            if outage is not None:
+                message, headers = outage, {"Retry-After": str(RETRY_AFTER_OUTAGE_S)}
+            log.warning("request refused: %s", message)
         if isinstance(exc, QuotaExceededError):
             headers = {"Retry-After": str(exc.retry_after_s)}
-        return _error(status, str(exc), headers)
+        return _error(status, message, headers)
 
     for cls in STATUS_OF_ERROR:
         app.add_exception_handler(cls, platform_error)
 
-    @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
         return _error(500, f"Internal error ({type(exc).__name__}); see the gateway log")
+
+    app.add_exception_handler(Exception, unexpected)
 
 
 def create_app(settings: ApiSettings, store_factory: Callable[[], Store] | None = None) -> FastAPI:
@@ -113,9 +133,10 @@ def create_app(settings: ApiSettings, store_factory: Callable[[], Store] | None 
         the FastAPI app (OpenAPI docs at ``/docs``).
     """
     if store_factory is None:
-        from blocks.loader import load_store
 
-        store_factory = load_store
+        def store_factory() -> Store:
+            return gateway_store(settings)
+
     app = FastAPI(
         title="BotAI task gateway",
         summary="Start and follow the trading bot's AI jobs (Prefect flow runs) over HTTP.",
@@ -127,7 +148,42 @@ def create_app(settings: ApiSettings, store_factory: Callable[[], Store] | None 
     _install_handlers(app)
     app.include_router(router)
     app.include_router(dead_letters_router)
+    app.add_middleware(BoundedPrefectCalls, settings=settings)
     return app
+
+
+class BoundedPrefectCalls:
+    """ASGI middleware: each request runs in :func:`api.outages.prefect_bounded` (the
+    handlers' worker threads inherit the context)."""
+
+    def __init__(self, app: ASGIApp, settings: ApiSettings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with prefect_bounded(self.settings):
+            await self.app(scope, receive, send)
+
+
+def gateway_store(settings: ApiSettings) -> Store:
+    """The store of the ``mongodb`` block, with the gateway's timeouts, indexes ensured.
+
+    Raises:
+        ConfigurationError: the block is missing. PrefectUnavailableError: Prefect did not
+        answer. StoreUnavailableError: the store did not answer.
+    """
+    from api.outages import prefect_call, store_calls
+    from blocks.loader import load_block
+    from blocks.mongodb import MongoDBBlock
+
+    block = prefect_call(lambda: load_block(MongoDBBlock), settings)
+    store = block.get_store(timeout_ms=int(settings.store_timeout_s * 1000))
+    with store_calls(settings):
+        store.ensure_indexes()
+    return store
 
 
 def serve(settings: ApiSettings) -> None:

@@ -8,7 +8,7 @@ FastAPI must see the job's parameter model itself, not a string naming a local v
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel
 
 from api import quotas, service
@@ -18,10 +18,12 @@ from api.deps import (
     StoreDep,
     VisibleTask,
     current_principal,
+    get_store,
     require_admin,
 )
 from api.jobs import JOBS, Job
-from api.schemas import ErrorBody, TaskAccepted, TaskStatus
+from api.outages import store_calls
+from api.schemas import ErrorBody, Priority, TaskAccepted, TaskStatus
 from api.security import Principal
 
 router = APIRouter(prefix="/api")
@@ -36,6 +38,15 @@ IdempotencyKey = Annotated[
         pattern=r"^[\x21-\x7e]+$",
         description="Optional. Retrying with the same key (same parameters) returns the "
         "task the first request created; no second run, no quota used.",
+    ),
+]
+
+#: Queue priority (TC-ASYNC-090): a high-priority task starts before normal ones queued earlier.
+PriorityParam = Annotated[
+    Priority,
+    Query(
+        description="high: the run starts before every normal-priority run waiting on its "
+        "work queue (after high-priority runs queued earlier); normal (default): FIFO."
     ),
 ]
 
@@ -56,9 +67,16 @@ def _start_route(job: Job) -> Any:
         store: StoreDep,
         settings: SettingsDep,
         idempotency_key: IdempotencyKey = None,
+        priority: PriorityParam = "normal",
     ) -> TaskAccepted:
         return service.start_task(
-            job, params, user, store, settings, idempotency_key=idempotency_key
+            job,
+            params,
+            user,
+            store,
+            settings,
+            idempotency_key=idempotency_key,
+            priority=priority,
         )
 
     start.__name__ = f"start_{job.name.replace('-', '_')}"
@@ -77,8 +95,16 @@ for _job in JOBS.values():
         responses={
             **ERRORS,
             409: {"model": ErrorBody, "description": "Same training already queued/running."},
+            422: {
+                "model": ErrorBody,
+                "description": "Invalid parameters, or the stored data cannot serve the job "
+                "(e.g. 'Insufficient data: expected 720 samples, found 120').",
+            },
             429: {"model": ErrorBody, "description": "Daily quota reached (Retry-After set)."},
-            503: {"model": ErrorBody, "description": "Prefect or MongoDB unavailable."},
+            503: {
+                "model": ErrorBody,
+                "description": "Prefect API or MongoDB store unavailable (named; Retry-After).",
+            },
         },
     )
 
@@ -87,18 +113,19 @@ for _job in JOBS.values():
 def list_my_tasks(user: CurrentUser, store: StoreDep, settings: SettingsDep) -> dict[str, Any]:
     """The caller's newest 50 tasks and their quota use today."""
     now = datetime.now(UTC)
-    tasks = [
-        {**doc, "status_url": f"/api/tasks/{doc['task_id']}"}
-        for doc in quotas.tasks_of(store, user.user)
-    ]
-    usage = {
-        job.name: {
-            "used": quotas.used_today(store, user.user, job.name, now),
-            "limit": service.daily_limit(job, settings),
+    with store_calls(settings):
+        tasks = [
+            {**doc, "status_url": f"/api/tasks/{doc['task_id']}"}
+            for doc in quotas.tasks_of(store, user.user)
+        ]
+        usage = {
+            job.name: {
+                "used": quotas.used_today(store, user.user, job.name, now),
+                "limit": service.daily_limit(job, settings),
+            }
+            for job in JOBS.values()
+            if not job.admin_only or user.is_admin
         }
-        for job in JOBS.values()
-        if not job.admin_only or user.is_admin
-    }
     return {"user": user.user, "is_admin": user.is_admin, "tasks": tasks, "quota_today": usage}
 
 
@@ -126,18 +153,21 @@ def cancel_task(
 ) -> TaskStatus:
     """Cancel a task: at once when still queued, else via its worker (training checkpoints)."""
     task_id, owner = task
-    service.cancel_task(task_id, user)
+    service.cancel_task(task_id, user, settings)
     return service.task_status(task_id, owner, store, settings)
 
 
 @router.get("/health", tags=["meta"])
-def health(store: StoreDep, response: Response) -> dict[str, Any]:
-    """Whether the gateway reaches MongoDB and the Prefect API (no token needed)."""
+def health(request: Request, settings: SettingsDep, response: Response) -> dict[str, Any]:
+    """Whether the gateway reaches MongoDB and the Prefect API (no token needed), each
+    within its timeout."""
     from prefect.client.orchestration import get_client
 
     checks: dict[str, Any] = {}
     try:
-        checks["mongodb_ms"] = round(store.ping(), 1)
+        store = get_store(request)
+        with store_calls(settings):
+            checks["mongodb_ms"] = round(store.ping(), 1)
     except Exception as e:  # noqa: BLE001 - reported, not raised
         checks["mongodb_error"] = type(e).__name__
     try:

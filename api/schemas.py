@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field
 
 #: Task status as the spec names it (Celery's words), from the Prefect state type.
 TaskStatusName = Literal["PENDING", "PROGRESS", "SUCCESS", "FAILURE", "REVOKED"]
+#: Queue priority of a new task (TC-ASYNC-090): "high" starts before waiting "normal" runs.
+Priority = Literal["high", "normal"]
 
 
 class ErrorBody(BaseModel):
@@ -25,6 +27,9 @@ class TaskAccepted(BaseModel):
     status_url: str
     job: str
     quota_remaining_today: int
+    priority: Priority = Field(
+        default="normal", description="high: starts before normal runs queued earlier."
+    )
     replayed: bool = Field(
         default=False,
         description="True when this Idempotency-Key had already created the task: same task, "
@@ -59,7 +64,9 @@ class TaskStatus(BaseModel):
     ended_at: datetime | None
     owner: str | None
     result: dict[str, Any] | None = Field(
-        description="The run's saved result document (train, backtest, optimize), when done."
+        description="The run's result document: {task_id, flow_name, result_type, result, "
+        "run_count, saved_at} once the run completed (every job); while a training runs, its "
+        "training_jobs record (per-epoch metrics); None before."
     )
     ui_url: str | None = None
     dead_letter: DeadLetterInfo | None = Field(

@@ -9,35 +9,41 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     ArtifactFilterType,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+    WorkQueueFilter,
+    WorkQueueFilterName,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.client.schemas.sorting import ArtifactSort
+from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 from prefect.exceptions import ObjectNotFound
-from prefect.states import Cancelled, Cancelling
+from prefect.states import Cancelled, Scheduled
 from pydantic import BaseModel
 
-from api import quotas
+from api import cancelling, quotas
 from api.jobs import JOBS, Job
-from api.schemas import DeadLetterInfo, TaskAccepted, TaskStatus, TaskStatusName
+from api.outages import prefect_call, store_calls
+from api.schemas import DeadLetterInfo, Priority, TaskAccepted, TaskStatus, TaskStatusName
 from api.security import Principal
 from api.settings import ApiSettings
 from core.exceptions import (
     ConfigurationError,
     InvalidInputError,
-    NotFoundError,
-    ServiceUnavailableError,
+    StoreUnavailableError,
 )
-from integrations.store import C, Store
+from integrations.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +58,10 @@ STATUS_OF: dict[StateType, TaskStatusName] = {
     StateType.CRASHED: "FAILURE",
     StateType.CANCELLED: "REVOKED",
 }
-#: States without a process yet: cancelling them needs no worker.
-_NOT_STARTED = {StateType.SCHEDULED, StateType.PAUSED}
 
 
-class TaskConflictError(Exception):
-    """The request conflicts with the task's state (HTTP 409), e.g. cancelling a finished run."""
+TaskConflictError = cancelling.TaskConflictError
+cancel_task = cancelling.cancel_task
 
 
 def daily_limit(job: Job, settings: ApiSettings) -> int:
@@ -73,23 +77,28 @@ def start_task(
     settings: ApiSettings,
     now: datetime | None = None,
     idempotency_key: str | None = None,
+    priority: Priority = "normal",
 ) -> TaskAccepted:
     """Create a flow run of ``job``'s deployment for ``user``.
 
     Order: a replay (same ``idempotency_key`` seen before for this user and job: the same
-    answer again, nothing new) -> the job's pre-check (train: no same model+symbol+timeframe
-    queued or running) -> one quota slot -> the run. A failure at any step leaves nothing
-    queued and no slot used.
+    answer again, nothing new) -> the job's pre-checks (train: no same model+symbol+timeframe
+    queued or running; the stored data the job needs, :mod:`api.prechecks`) -> one quota
+    slot -> the run (``priority`` "high": ahead of every normal run queued on its work
+    queue, :func:`high_priority_time`). A failure at any step leaves nothing queued and no
+    slot used; every Prefect and store call is bounded by the settings' timeouts.
 
     Returns:
         the 202 body (``replayed`` true when the key had already created the run).
 
     Raises:
-        InvalidInputError: the idempotency key was used before with other parameters.
+        InvalidInputError: the idempotency key was used before with other parameters, or
+            the job cannot run on the stored data (e.g. no candles of the symbol).
+        InsufficientDataError: too few candles (the flow's own message).
         DuplicateRunError: a training of the same key is queued or running.
         QuotaExceededError: the user's daily limit for the job is reached.
         ConfigurationError: the deployment is not registered.
-        ServiceUnavailableError: the Prefect API does not answer.
+        PrefectUnavailableError, StoreUnavailableError: a service did not answer in time.
     """
     now = now or datetime.now(UTC)
     if job.who_field:
@@ -97,24 +106,72 @@ def start_task(
     limit = daily_limit(job, settings)
     digest = _params_digest(params)
     if idempotency_key is not None:
-        earlier = quotas.find_by_key(store, user.user, job.name, idempotency_key)
-        if earlier is not None:
-            return _replay(earlier, digest, job, limit, store, user, now)
+        with store_calls(settings):
+            earlier = quotas.find_by_key(store, user.user, job.name, idempotency_key)
+            if earlier is not None:
+                return _replay(earlier, digest, job, limit, store, user, now)
     if job.precheck is not None:
-        _prefect_call(lambda: job.precheck(params))
-    reservation = quotas.reserve(
-        store, user.user, job.name, limit, job.quota_noun, now, idempotency_key, digest
-    )
+        prefect_call(lambda: job.precheck(params), settings)
+    with store_calls(settings):
+        if job.data_check is not None:
+            job.data_check(params, store)
+        reservation = quotas.reserve(
+            store, user.user, job.name, limit, job.quota_noun, now, idempotency_key, digest
+        )
+        remaining = max(0, limit - quotas.used_today(store, user.user, job.name, now))
     try:
-        run = _prefect_call(lambda: _create_run(job, params, user, idempotency_key))
+        run = prefect_call(
+            lambda: _create_run(job, params, user, idempotency_key, priority), settings
+        )
     except BaseException:
-        quotas.release(store, reservation)
+        try:
+            with store_calls(settings):
+                quotas.release(store, reservation)
+        except StoreUnavailableError:
+            log.warning("quota slot %s not given back: the store is unavailable", reservation)
         raise
-    if not quotas.confirm(store, reservation, str(run.id)):
+    try:
+        with store_calls(settings):
+            confirmed = quotas.confirm(store, reservation, str(run.id))
+    except StoreUnavailableError:
+        _withdraw(run, "the store stopped answering before the run was recorded", settings)
+        raise
+    if not confirmed:
         # a concurrent request with the same key created (and counted) this run first
-        return _replay(quotas.owner_of(store, str(run.id)), digest, job, limit, store, user, now)
-    log.info("user %s started %s: run %s (%s)", user.user, job.name, run.id, run.name)
-    return _accepted(str(run.id), job, limit, store, user, now)
+        with store_calls(settings):
+            earlier = quotas.owner_of(store, str(run.id))
+            return _replay(earlier, digest, job, limit, store, user, now)
+    accepted = TaskAccepted(
+        task_id=str(run.id),
+        status_url=f"/api/tasks/{run.id}",
+        job=job.name,
+        quota_remaining_today=remaining,
+        priority=priority,
+    )
+    log.info(
+        "user %s started %s: run %s (%s, priority %s)",
+        user.user,
+        job.name,
+        run.id,
+        run.name,
+        priority,
+    )
+    return accepted
+
+
+def _withdraw(run: FlowRun, why: str, settings: ApiSettings) -> None:
+    """Cancel a run the gateway created but could not record (best effort: logged)."""
+
+    def cancel() -> None:
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(
+                run.id, Cancelled(message=f"Withdrawn by the gateway: {why}"), force=True
+            )
+
+    try:
+        prefect_call(cancel, settings)
+    except Exception:  # noqa: BLE001 - the caller gets the 503 for the original outage
+        log.exception("could not withdraw run %s (%s)", run.id, why)
 
 
 def _params_digest(params: BaseModel) -> str:
@@ -163,7 +220,11 @@ def _replay(
 
 
 def _create_run(
-    job: Job, params: BaseModel, user: Principal, idempotency_key: str | None
+    job: Job,
+    params: BaseModel,
+    user: Principal,
+    idempotency_key: str | None,
+    priority: Priority = "normal",
 ) -> FlowRun:
     with get_client(sync_client=True) as client:
         try:
@@ -173,30 +234,62 @@ def _create_run(
                 f"deployment {job.deployment} is not registered: start the stack with "
                 "'botai up' (or run 'prefect deploy --all')"
             ) from None
+        state = None
+        if priority == "high":
+            at = high_priority_time(client, deployment.work_pool_name, deployment.work_queue_name)
+            state = Scheduled(scheduled_time=at) if at is not None else None
         return client.create_flow_run_from_deployment(
             deployment.id,
             parameters={"params": params.model_dump(mode="json")},
-            tags=["api", f"user:{user.user}"],
+            tags=["api", f"user:{user.user}", f"priority:{priority}"],
             # Prefect returns the existing run for a key it has seen (per flow, forever)
             idempotency_key=(
                 f"api:{user.user}:{job.name}:{idempotency_key}" if idempotency_key else None
             ),
+            state=state,
         )
 
 
-def _prefect_call(fn: Any) -> Any:
-    """Run ``fn``, turning an unreachable Prefect API into ServiceUnavailableError."""
-    try:
-        return fn()
-    except httpx.TransportError as e:
-        raise ServiceUnavailableError(f"Prefect API unreachable: {e}") from e
+def high_priority_time(client: Any, pool: str | None, queue: str | None) -> datetime | None:
+    """When a high-priority run must be scheduled to start before every normal-priority run
+    waiting on its work queue, after the high-priority runs already waiting (FIFO among them).
+
+    A worker takes a queue's runs in the order of their scheduled start time, as many as
+    the queue's concurrency limit allows (Prefect's ``get_scheduled_flow_runs`` query), so
+    the run is scheduled just before the oldest waiting normal run: it shares the queue's
+    limit (never more trainings at once) and is next when a slot frees. Prefect's queue
+    priorities order runs across queues only, each queue with its own limit.
+
+    Returns:
+        the scheduled time, or None when no normal run waits (now is then first anyway).
+    """
+    if not pool or not queue:
+        return None
+    waiting = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+        ),
+        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
+        work_queue_filter=WorkQueueFilter(name=WorkQueueFilterName(any_=[queue])),
+        sort=FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC,
+        limit=200,
+    )
+    now = datetime.now(UTC)
+
+    def at(run: FlowRun) -> datetime:
+        return run.next_scheduled_start_time or run.expected_start_time or now
+
+    normal = [at(r) for r in waiting if "priority:high" not in (r.tags or [])]
+    if not normal or min(normal) >= now:
+        return None
+    first_normal = min(normal)
+    high = [at(r) for r in waiting if "priority:high" in (r.tags or []) and at(r) < first_normal]
+    if not high:
+        return first_normal - timedelta(seconds=1)
+    return max(high) + (first_normal - max(high)) / 2
 
 
-def _read_run(client: Any, task_id: str) -> FlowRun:
-    try:
-        return client.read_flow_run(UUID(task_id))
-    except ObjectNotFound:
-        raise NotFoundError(f"No task {task_id}") from None
+_read_run = cancelling.read_run
 
 
 def _latest_progress(client: Any, run_id: UUID) -> tuple[float | None, str | None]:
@@ -213,10 +306,20 @@ def _latest_progress(client: Any, run_id: UUID) -> tuple[float | None, str | Non
     return float(artifacts[0].data), artifacts[0].description
 
 
+def read_result(store: Store, task_id: str, job: Job | None) -> dict[str, Any] | None:
+    """The result document of a run: its ``task_results`` document once the flow saved it
+    (every job, ``tasks.results.save_task_result``), else the job's own record while it runs
+    (train: ``training_jobs`` with the per-epoch metrics), else None."""
+    doc = store.task_result_get(task_id)
+    if doc is None and job is not None and job.result_collection:
+        doc = store.jobs.result_get(job.result_collection, task_id)
+    return doc
+
+
 def task_status(
     task_id: str, owner: dict[str, Any] | None, store: Store, settings: ApiSettings
 ) -> TaskStatus:
-    """Status, progress and (for train/backtest/optimize) the saved result of a run.
+    """Status, progress and the saved result of a run (see :func:`read_result`).
 
     Raises:
         NotFoundError: Prefect knows no such run.
@@ -226,21 +329,22 @@ def task_status(
     def read() -> tuple[FlowRun, str | None, float | None, str | None]:
         with get_client(sync_client=True) as client:
             run = _read_run(client, task_id)
+            if cancelling.finish_claimed_cancel(client, run, settings.cancel_grace_s):
+                run = _read_run(client, task_id)
             flow_name = client.read_flow(run.flow_id).name
             pct, stage = _latest_progress(client, run.id)
         return run, flow_name, pct, stage
 
-    run, flow_name, pct, stage = _prefect_call(read)
+    run, flow_name, pct, stage = prefect_call(read, settings)
     job = JOBS.get(owner["job"]) if owner else None
     if job is None:
         job = next((j for j in JOBS.values() if j.deployment.split("/")[0] == flow_name), None)
-    result = None
-    if job is not None and job.result_collection:
-        result = store.col(job.result_collection).find_one({"task_id": task_id}, {"_id": 0})
+    with store_calls(settings):
+        result = read_result(store, task_id, job)
+        letter = store.dead_letters.dead_letter_get(task_id)
     state_type = run.state.type if run.state else StateType.SCHEDULED
     if pct is not None and state_type != StateType.COMPLETED:
         pct = min(pct, 99.0)  # 100 means done: only a Completed run reads 100
-    letter = store.col(C.DEAD_LETTERS).find_one({"task_id": task_id}, {"_id": 0})
     return TaskStatus(
         task_id=task_id,
         job=job.name if job else None,
@@ -266,29 +370,3 @@ def task_status(
             else None
         ),
     )
-
-
-def cancel_task(task_id: str, user: Principal) -> None:
-    """Cancel a run: at once if no process has it yet, else through its worker (SIGTERM,
-    so training writes its checkpoint first).
-
-    Raises:
-        NotFoundError: no such run.
-        TaskConflictError: the run already ended.
-        ServiceUnavailableError: the Prefect API does not answer.
-    """
-
-    def cancel() -> None:
-        with get_client(sync_client=True) as client:
-            run = _read_run(client, task_id)
-            if run.state is not None and run.state.is_final():
-                raise TaskConflictError(
-                    f"Task {task_id} already ended ({run.state.name}); nothing to cancel"
-                )
-            message = f"Cancelled by {user.user} through the gateway"
-            not_started = run.state is None or run.state.type in _NOT_STARTED
-            state = Cancelled(message=message) if not_started else Cancelling(message=message)
-            client.set_flow_run_state(run.id, state, force=True)
-
-    _prefect_call(cancel)
-    log.info("user %s cancelled run %s", user.user, task_id)

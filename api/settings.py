@@ -39,6 +39,32 @@ class ApiSettings(BaseSettings):
     tasks_per_day: int = Field(
         default=200, ge=0, description="Runs of each other job one user may start per UTC day."
     )
+    prefect_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=120,
+        description="Seconds the gateway waits for one Prefect API call before answering 503.",
+    )
+    prefect_retries: int = Field(
+        default=2,
+        ge=0,
+        le=5,
+        description="Retries of Prefect API calls answered 5xx or 429 (a busy server), 0.5 s "
+        "then 1 s apart. A call that times out or cannot connect is not retried.",
+    )
+    store_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=120,
+        description="Seconds the gateway waits for one store operation before answering 503.",
+    )
+    cancel_grace_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="A run cancelled after a worker claimed it, before its flow started, is "
+        "set Cancelled once its process is gone, or after this many seconds.",
+    )
     prefect_ui_url: str | None = Field(
         default=None, description="Prefect UI base URL, to link each task's run page."
     )

@@ -147,6 +147,10 @@ def prefect_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
             ),
             "PREFECT_SERVER_SERVICES_DB_VACUUM_LOOP_SECONDS": f"{settings.cleanup_interval_s:g}",
             "PREFECT_SERVER_DATABASE_CONNECTION_URL": prefect_database_url(settings),
+            # flow results persisted as JSON for prefect CLI users, task values not (tasks/results.py)
+            "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+            "PREFECT_TASKS_DEFAULT_PERSIST_RESULT": "false",
+            "PREFECT_RESULTS_DEFAULT_SERIALIZER": "json",
             "BOTAI_REPO_ROOT": str(REPO_ROOT),
             "BOTAI_STATE_DIR": str(settings.state_dir),
             "BOTAI_HOST": settings.host,

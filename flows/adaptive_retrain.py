@@ -32,6 +32,7 @@ from core.schemas.training import HARD_TIME_LIMIT_S, TrainModelParams
 from core.settings import Settings
 from flows.train_model import train_model
 from tasks.notify import build_notifier, send_notification
+from tasks.results import save_task_result
 from tasks.retrain import (
     acquire_retrain_lock,
     build_registry,
@@ -123,9 +124,7 @@ def adaptive_retrain(params: AdaptiveRetrainParams) -> AdaptiveRetrainResult:
             }
         )
         logger.info("adaptive retrain %s\n%s", status, summary)
-        if status == "failed":  # nothing was retrained: the job did not do its work
-            raise TrainingError(f"Adaptive retrain failed: every training failed: {summary}")
-        return AdaptiveRetrainResult(
+        result = AdaptiveRetrainResult(
             status=status,
             task_id=run_id,
             reason=params.reason,
@@ -133,6 +132,10 @@ def adaptive_retrain(params: AdaptiveRetrainParams) -> AdaptiveRetrainResult:
             errors=errors,
             notification=notification,
         )
+        save_task_result(result, store)  # what was (not) done, for every caller
+        if status == "failed":  # nothing was retrained: the job did not do its work
+            raise TrainingError(f"Adaptive retrain failed: every training failed: {summary}")
+        return result
     except asyncio.CancelledError as e:  # the flow's timeout interrupts the body this way
         raise TrainingError(
             f"Adaptive retrain stopped at its hard time limit of {3 * HARD_TIME_LIMIT_S:g} s"

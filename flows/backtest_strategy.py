@@ -24,6 +24,7 @@ from tasks.backtest import (
     save_backtest_result,
 )
 from tasks.progress import ProgressReporter
+from tasks.results import save_task_result
 
 
 @flow(name="backtest-strategy", validate_parameters=True, timeout_seconds=1200)
@@ -66,4 +67,4 @@ def backtest_strategy(params: BacktestParameters) -> BacktestResult:
         m.total_trades,
         m.win_rate_pct,
     )
-    return result
+    return save_task_result(result, store)

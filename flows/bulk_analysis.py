@@ -24,6 +24,7 @@ from core.settings import Settings
 from ml.analysis import batch_symbols, split_valid_symbols, summarize
 from tasks.analysis import analyze_batch, find_deployed_models
 from tasks.progress import ProgressReporter
+from tasks.results import save_task_result
 from tasks.runners import dask_task_runner
 
 N_WORKERS = 2
@@ -95,4 +96,4 @@ def bulk_analysis(params: BulkAnalysisParams) -> BulkAnalysisResult:
         len(batches),
         result.elapsed_s,
     )
-    return result
+    return save_task_result(result)

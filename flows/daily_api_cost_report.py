@@ -17,6 +17,7 @@ from core.schemas.monitoring import CostReportResult, ReportParameters
 from core.settings import Settings
 from tasks.monitoring import compute_cost_report
 from tasks.notify import build_notifier, send_notification
+from tasks.results import save_task_result
 
 
 @flow(name="daily-api-cost-report", validate_parameters=True, timeout_seconds=300)
@@ -81,4 +82,4 @@ def daily_api_cost_report(
                 dedupe_key=f"cost:{report.report_date}:{report.level}",
             )
         )
-    return result
+    return save_task_result(result, store)

@@ -25,6 +25,7 @@ from integrations.reports import (
 )
 from tasks.monitoring import fetch_closed_trades, trigger_self_analysis
 from tasks.notify import build_notifier, send_notification
+from tasks.results import save_task_result
 from tasks.strategy_control import critical_strategies, trigger_strategy_disable
 
 
@@ -119,6 +120,7 @@ def daily_performance_analysis(
                 dedupe_key=f"performance:{status}:{end.date()}",
             )
         )
+    save_task_result(result, store)  # what was (not) done, for every caller
     if disable_error:
         raise JobFailedError(
             f"Performance analysis done ({status}), but {disable_error}", result=result

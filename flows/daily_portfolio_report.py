@@ -16,6 +16,7 @@ from core.settings import Settings
 from integrations.reports import portfolio_report
 from tasks.monitoring import fetch_portfolio, load_engine_client
 from tasks.notify import build_notifier, send_notification
+from tasks.results import save_task_result
 
 
 @flow(name="daily-portfolio-report", validate_parameters=True, timeout_seconds=300)
@@ -46,4 +47,4 @@ def daily_portfolio_report(
                 dedupe_key=f"portfolio-report:{report.report_date}",
             )
         )
-    return result
+    return save_task_result(result, store)

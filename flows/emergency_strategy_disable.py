@@ -28,6 +28,7 @@ from core.schemas.self_improvement import (
 from core.settings import Settings
 from tasks.monitoring import load_engine_client
 from tasks.notify import build_notifier, send_notification
+from tasks.results import save_task_result
 from tasks.strategy_control import disable_strategy, record_disabled
 
 _GRACE_S = 5.0  # a task's result is awaited this long past the deadline
@@ -156,6 +157,7 @@ def emergency_strategy_disable(params: StrategyDisableParams) -> StrategyDisable
         description=f"{status}: {summary}",
     )
     result.elapsed_s = round(time.monotonic() - t0, 2)
+    save_task_result(result, store)  # what was (not) done, for every caller
     if status != "success":
         raise JobFailedError(f"Emergency strategy disable {status}: {summary}", result=result)
     return result

@@ -22,6 +22,7 @@ from tasks.market_data import (
     store_candles_task,
 )
 from tasks.progress import ProgressReporter
+from tasks.results import save_task_result
 
 
 @flow(name="ingest-market-data", validate_parameters=True, timeout_seconds=3600)
@@ -75,4 +76,4 @@ def ingest_market_data(params: IngestParameters) -> IngestResult:
             r.quality.rejected or "",
             r.quality.gaps,
         )
-    return result
+    return save_task_result(result, store)

@@ -36,6 +36,7 @@ from tasks.llm import (
 )
 from tasks.monitoring import fetch_closed_trades
 from tasks.notify import build_notifier, send_notification
+from tasks.results import save_task_result
 
 
 @flow(name="llm-self-analysis", validate_parameters=True, timeout_seconds=900)
@@ -93,7 +94,7 @@ def llm_self_analysis(
         )
         logger.info("skipped: %s", result.skip_reason)
         store.llm_analysis_save({**history, "status": "skipped", "decision": result.skip_reason})
-        return result
+        return save_task_result(result, store)
 
     prompt = build_prompt(
         {**metrics.model_dump(), "status": status, "reasons": reasons},
@@ -176,4 +177,4 @@ def llm_self_analysis(
             "cost_usd": result.cost_usd,
         }
     )
-    return result
+    return save_task_result(result, store)

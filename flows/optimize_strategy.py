@@ -31,6 +31,7 @@ from tasks.backtest import (
     save_optimization_result,
 )
 from tasks.progress import ProgressReporter
+from tasks.results import save_task_result
 from tasks.runners import dask_task_runner
 
 N_WORKERS = 2
@@ -163,4 +164,4 @@ def optimize_strategy(params: OptimizeParameters) -> OptimizationResult:
         result.headline_metrics.total_return_pct,
         in_sample.metrics.sharpe_ratio,
     )
-    return result
+    return save_task_result(result, store)

@@ -22,6 +22,7 @@ from core.schemas.analysis import PredictPriceParams, PredictPriceResult
 from core.settings import Settings
 from ml.forecast import ForecastConfig
 from tasks.prediction import find_deployed_model, forecast_prices_task, load_prediction_candles
+from tasks.results import save_task_result
 
 
 @flow(name="predict-price", validate_parameters=True, timeout_seconds=300)
@@ -75,4 +76,4 @@ def predict_price(params: PredictPriceParams) -> PredictPriceResult:
         if result.coverage_after_training
         else result.coverage_after_training_note,
     )
-    return result
+    return save_task_result(result, store)

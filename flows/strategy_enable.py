@@ -14,6 +14,7 @@ from core.schemas.self_improvement import StrategyEnableParams, StrategyEnableRe
 from core.settings import Settings
 from tasks.monitoring import load_engine_client
 from tasks.notify import build_notifier, send_notification
+from tasks.results import save_task_result
 from tasks.strategy_control import enable_strategy, record_enabled
 
 
@@ -38,10 +39,11 @@ def strategy_enable(params: StrategyEnableParams) -> StrategyEnableResult:
         f"Strategy {params.strategy} re-enabled by {params.reviewer}",
         f"Review note: {params.note}",
     )
-    return StrategyEnableResult(
+    result = StrategyEnableResult(
         status="success",
         task_id=run_id,
         strategy=params.strategy,
         reviewer=params.reviewer,
         note=params.note,
     )
+    return save_task_result(result, store)

@@ -17,6 +17,7 @@ from integrations.health import load_checks
 from tasks.monitoring import open_health_store, run_health_checks
 from tasks.notify import build_notifier
 from tasks.queue_health import check_queue_health
+from tasks.results import save_task_result
 
 
 @flow(name="system-health-check", validate_parameters=True, timeout_seconds=120)
@@ -34,4 +35,4 @@ def system_health_check(
     report = run_health_checks(
         specs, settings, store, notifier, PREFECT_API_URL.value(), params.notify, queues
     )
-    return HealthCheckResult(health_report=report)
+    return save_task_result(HealthCheckResult(health_report=report), store, best_effort=True)

@@ -37,6 +37,7 @@ from core.exceptions import TrainingError
 from core.schemas.training import HARD_TIME_LIMIT_S, TrainModelParams, TrainModelResult
 from core.settings import Settings
 from tasks.progress import ProgressReporter
+from tasks.results import save_task_result
 from tasks.training import (
     load_training_candles,
     open_job,
@@ -97,7 +98,7 @@ def train_model(params: TrainModelParams) -> TrainModelResult:
             result.model_id,
             result.model_status,
         )
-        return result
+        return save_task_result(result, store)
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
         raise

@@ -10,69 +10,43 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterTags,
+)
 from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
-from prefect.states import Cancelled
 
 from api import quotas
 from api.main import create_app
 from api.security import issue_token
 from api.settings import ApiSettings, load_api_settings
 from core.exceptions import ConfigurationError
-from flows.backtest_strategy import backtest_strategy
-from flows.train_model import train_model
-from integrations.market_data.csv_source import read_candles_csv
+from integrations.market_data.synthetic import generate_candles
 from integrations.store import C, Store
-from tests.peers import create_process_deployment, create_process_pool, free_port, process_worker
+from tests.api.conftest import SECRET
+from tests.peers import free_port, process_worker
 
-SECRET = "s3cret-" + "k" * 40
 TRAIN = {"model_type": "gru", "symbol": "APIXUSDT", "timeframe": "4h", "epochs": 5}
 
 
-@pytest.fixture(scope="module")
-def pools(prefect_server: str) -> Iterator[dict[str, str]]:
-    """train-model on a pool nobody serves; backtest-strategy on a pool a test may serve.
+def seed_candles(store: Store, symbol: str, timeframe: str, days: int) -> None:
+    """Store ``days`` of generated candles of ``symbol`` (a training's data pre-check passes)."""
+    from core.market import bars_per_day
 
-    Afterwards every run the gateway created (tag "api") that is still open is cancelled.
-    """
-    names = {"idle": f"api-idle-{uuid.uuid4().hex[:6]}", "work": f"api-work-{uuid.uuid4().hex[:6]}"}
-    create_process_pool(names["idle"], {"ml_training": None})
-    create_process_pool(names["work"], {"backtesting": None})
-    create_process_deployment(
-        train_model, "train-model", names["idle"], "ml_training", "flows/train_model.py:train_model"
+    bars = days * bars_per_day(timeframe)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    store.upsert_candles(
+        symbol, timeframe, generate_candles(symbol, timeframe, start, bars), source="synthetic"
     )
-    create_process_deployment(
-        backtest_strategy,
-        "backtest-strategy",
-        names["work"],
-        "backtesting",
-        "flows/backtest_strategy.py:backtest_strategy",
-    )
-    yield names
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["api"])), limit=200
-        )
-        for run in runs:
-            if run.state is None or not run.state.is_final():
-                client.set_flow_run_state(run.id, Cancelled(), force=True)
-
-
-@pytest.fixture
-def settings() -> ApiSettings:
-    return load_api_settings(jwt_secret=SECRET, prefect_ui_url="http://ui.test")
-
-
-@pytest.fixture
-def client(pools, settings: ApiSettings, store: Store) -> TestClient:
-    return TestClient(create_app(settings, store_factory=lambda: store))
 
 
 def bearer(settings: ApiSettings, user: str, admin: bool = False, **kw) -> dict[str, str]:
@@ -105,7 +79,7 @@ def test_settings_reject_missing_placeholder_and_short_secrets_without_echoing_t
     assert SECRET not in repr(load_api_settings(jwt_secret=SECRET))
 
 
-@pytest.mark.tc("TC-ASYNC-094", "TC-ASYNC-029")
+@pytest.mark.tc("TC-ASYNC-029", "TC-ASYNC-094")
 def test_unauthenticated_and_regular_users_cannot_train_and_nothing_is_queued(
     client: TestClient, settings: ApiSettings, store: Store, caplog
 ):
@@ -148,11 +122,12 @@ def test_invalid_parameters_are_named_and_nothing_is_queued(
     assert store.col(C.API_USAGE).count_documents({}) == 0
 
 
-@pytest.mark.tc("TC-ASYNC-010")
+@pytest.mark.tc("TC-ASYNC-001", "TC-ASYNC-010")
 def test_admin_starts_a_training_reads_its_status_and_cannot_queue_a_duplicate(
     client: TestClient, settings: ApiSettings, store: Store
 ):
     admin = bearer(settings, "alice", admin=True)
+    seed_candles(store, "APIXUSDT", "4h", 30)
     r = client.post("/api/tasks/train", json={**TRAIN, "requested_by": "mallory"}, headers=admin)
     assert r.status_code == 202, r.json()
     body = r.json()
@@ -176,15 +151,23 @@ def test_admin_starts_a_training_reads_its_status_and_cannot_queue_a_duplicate(
     assert quotas.used_today(store, "alice", "train", datetime.now(UTC)) == 1
 
 
-@pytest.mark.tc("TC-ASYNC-095", "TC-ASYNC-028")
+@pytest.mark.tc("TC-ASYNC-028", "TC-ASYNC-095")
 def test_eleventh_training_of_the_day_is_refused_until_the_next_utc_day(
     client: TestClient, settings: ApiSettings, store: Store
 ):
     """TC-ASYNC-095: max 10 trainings per user per day, 429 with Retry-After."""
     admin = bearer(settings, "quinn", admin=True)
+    for timeframe in ("5m", "15m", "1h", "4h"):
+        seed_candles(store, "APIQUSDT", timeframe, 7)
+    seed_candles(store, "APIRUSDT", "4h", 30)
     keys = [(m, tf) for m in ("lstm", "gru", "transformer") for tf in ("5m", "15m", "1h", "4h")]
     for i, (model_type, timeframe) in enumerate(keys[:11]):
-        body = {"model_type": model_type, "symbol": "APIQUSDT", "timeframe": timeframe}
+        body = {
+            "model_type": model_type,
+            "symbol": "APIQUSDT",
+            "timeframe": timeframe,
+            "days_of_data": 7,
+        }
         r = client.post("/api/tasks/train", json=body, headers=admin)
         if i < 10:
             assert r.status_code == 202, (i, r.json())
@@ -209,12 +192,16 @@ def test_eleventh_training_of_the_day_is_refused_until_the_next_utc_day(
     assert quotas.used_today(store, "quinn", "train", tomorrow) == 1
 
 
-@pytest.mark.tc("TC-ASYNC-098")
+@pytest.mark.tc("TC-ASYNC-005", "TC-ASYNC-098")
 def test_users_see_and_cancel_only_their_own_tasks(
     client: TestClient, settings: ApiSettings, store: Store
 ):
     """TC-ASYNC-098: results of a task are visible to its owner and admins only."""
     carol, dave = bearer(settings, "carol"), bearer(settings, "dave")
+    start = datetime(2019, 8, 1, tzinfo=UTC)
+    store.upsert_candles(
+        "BTCUSD", "1h", generate_candles("BTCUSD", "1h", start, 31 * 24), source="synthetic"
+    )
     body = {
         "strategy_name": "rsi",
         "symbol": "BTCUSD",
@@ -248,6 +235,8 @@ def test_a_retried_request_with_an_idempotency_key_gets_the_same_task(
     client: TestClient, settings: ApiSettings, store: Store
 ):
     admin = bearer(settings, "ike", admin=True)
+    seed_candles(store, "APIKUSDT", "4h", 30)
+    seed_candles(store, "APILUSDT", "4h", 30)
     body = {**TRAIN, "symbol": "APIKUSDT"}
     first = client.post("/api/tasks/train", json=body, headers={**admin, "Idempotency-Key": "k-1"})
     assert first.status_code == 202 and first.json()["replayed"] is False
@@ -276,33 +265,41 @@ def test_a_retried_request_with_an_idempotency_key_gets_the_same_task(
 def test_unreachable_prefect_or_missing_deployment_is_503_and_uses_no_quota(
     client: TestClient, settings: ApiSettings, store: Store
 ):
-    user = bearer(settings, "olga")
-    r = client.post("/api/tasks/predict", json={"symbol": "BTCUSDT"}, headers=user)
-    assert r.status_code == 503  # predict-price is not deployed on the test server
-    assert "deployment predict-price/predict-price is not registered" in r.json()["error"]
+    admin, user = bearer(settings, "olga", admin=True), bearer(settings, "olga")
+    body = {"source": "synthetic", "symbols": ["BTCUSDT"], "days": 1}
+    r = client.post("/api/tasks/ingest", json=body, headers=admin)
+    assert r.status_code == 503  # ingest-market-data is not deployed on the test server
+    assert "deployment ingest-market-data/ingest-market-data is not registered" in r.json()["error"]
     assert "botai up" in r.json()["error"]
+    start = datetime(2019, 8, 1, tzinfo=UTC)
+    store.upsert_candles(
+        "BTCUSD", "1h", generate_candles("BTCUSD", "1h", start, 31 * 24), source="synthetic"
+    )
     closed = f"http://127.0.0.1:{free_port()}/api"
     with temporary_settings({PREFECT_API_URL: closed, PREFECT_CLIENT_MAX_RETRIES: 0}):
         body = {"strategy_name": "rsi", "symbol": "BTCUSD", "start_date": "2019-08-01"}
         r = client.post(
             "/api/tasks/backtest", json={**body, "end_date": "2019-09-01"}, headers=user
         )
-    assert r.status_code == 503 and "Prefect API unreachable" in r.json()["error"]
+    assert r.status_code == 503 and "Prefect API unavailable" in r.json()["error"]
+    assert r.headers["Retry-After"] == "5"
     assert store.col(C.API_USAGE).count_documents({}) == 0
 
 
-@pytest.mark.tc("TC-ASYNC-066")
-def test_a_backtest_runs_end_to_end_through_a_worker(
+@pytest.mark.tc("TC-ASYNC-011", "TC-ASYNC-066")
+def test_a_backtest_runs_end_to_end_through_a_worker_and_every_caller_reads_its_result(
     pools,
     settings: ApiSettings,
     mongo_block: Store,
-    shared_data_dir: Path,
     tmp_path: Path,
     prefect_server: str,
+    monkeypatch,
 ):
-    """POST -> PENDING -> PROGRESS -> SUCCESS with progress 100 and the saved result."""
-    frame = read_candles_csv(shared_data_dir / "Coinbase_BTCUSD_1h.csv").frame.sort_index()
-    mongo_block.upsert_candles("BTCUSD", "1h", frame.loc["2019-07-01":"2019-09-30"], source="csv")
+    """POST -> PENDING -> SUCCESS with progress 100; the result is in task_results (read back
+    through the gateway), on the run's page as an artifact and in the persisted flow result."""
+    start = datetime(2019, 7, 1, tzinfo=UTC)
+    frame = generate_candles("BTCUSD", "1h", start, 92 * 24)
+    mongo_block.upsert_candles("BTCUSD", "1h", frame, source="synthetic")
     client = TestClient(create_app(settings, store_factory=lambda: mongo_block))
     user = bearer(settings, "nina")
     body = {
@@ -314,8 +311,12 @@ def test_a_backtest_runs_end_to_end_through_a_worker(
     }
     r = client.post("/api/tasks/backtest", json=body, headers=user)
     assert r.status_code == 202, r.json()
-    url = r.json()["status_url"]
+    url, task_id = r.json()["status_url"], r.json()["task_id"]
     seen = set()
+    # the worker's environment as botai up gives it (deployments.services.prefect_env)
+    monkeypatch.setenv("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
+    monkeypatch.setenv("PREFECT_TASKS_DEFAULT_PERSIST_RESULT", "false")
+    monkeypatch.setenv("PREFECT_RESULTS_DEFAULT_SERIALIZER", "json")
     with process_worker(pools["work"], prefect_server, tmp_path / "worker.log"):
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -327,10 +328,25 @@ def test_a_backtest_runs_end_to_end_through_a_worker(
     assert status["status"] == "SUCCESS", (status, (tmp_path / "worker.log").read_text()[-3000:])
     assert "PENDING" in seen
     assert status["progress_pct"] == 100.0
-    result = status["result"]["result"]
-    assert status["result"]["task_id"] == r.json()["task_id"]
+    saved = status["result"]
+    assert saved["task_id"] == task_id and saved["flow_name"] == "backtest-strategy"
+    assert saved["result_type"] == "BacktestResult" and saved["run_count"] == 1
+    result = saved["result"]
+    assert result["task_id"] == task_id
     assert result["metrics"]["total_trades"] == len(result["trades"]) > 0
     assert len(result["equity_curve"]) == 31  # one point per day of August
+    assert mongo_block.col(C.TASK_RESULTS).count_documents({"task_id": task_id}) == 1
+    with get_client(sync_client=True) as prefect:
+        run = prefect.read_flow_run(uuid.UUID(task_id))
+        persisted = run.state.result()  # what `prefect` CLI / flow-run API users read
+        (artifact,) = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
+                key=ArtifactFilterKey(any_=["backtest-strategy-result"]),
+            )
+        )
+    assert persisted.metrics.total_trades == result["metrics"]["total_trades"]
+    assert task_id in artifact.data and "metrics.total_trades" in artifact.data
 
 
 @pytest.mark.tc("TC-ASYNC-031")
