@@ -43,6 +43,7 @@ import re
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,9 @@ if TYPE_CHECKING:
 
 #: Seconds between two polls of the pool's queues by the warm worker.
 WARM_QUERY_SECONDS = 0.25
+
+#: Seconds a deployment's entrypoint and pull steps are reused without reading them again.
+DEPLOYMENT_CACHE_S = 30.0
 
 #: Modules the fork server imports once, before it forks any run (plus every flows.*).
 PRELOAD_MODULES = [
@@ -106,8 +110,9 @@ def _settings_env() -> dict[str, str]:
 def _run_flow_run(flow_run_id: str, env: dict[str, str], cwd: str) -> None:
     """Body of the forked child: run flow run ``flow_run_id`` like ``python -m prefect.engine``.
 
-    Sets the environment and working directory, refreshes Prefect's settings and logging
-    from that environment, then executes the engine's ``__main__`` block. Exits with the
+    Sets the environment and working directory (Prefect's settings and logging are rebuilt
+    only when the job's env changes a setting against the fork server's), then executes
+    the engine's ``__main__`` block. Exits with the
     engine's status (SystemExit); Prefect's at-exit hooks (log and event flushing) are run
     explicitly because a multiprocessing child leaves with ``os._exit``.
     """
@@ -364,6 +369,7 @@ def _worker_class() -> type:
             self._code_root = code_root or Path(__file__).resolve().parent.parent
             self._fingerprint: tuple = ()
             self._in_flight = 0
+            self._deployments: dict[Any, tuple[float, str | None, Any]] = {}
             self._restart_lock = anyio.Lock()
 
         async def __aenter__(self) -> WarmProcessWorker:
@@ -403,10 +409,16 @@ def _worker_class() -> type:
         async def _entrypoint(self, flow_run: Any, env: dict[str, str | None]) -> Any:
             if not flow_run.deployment_id:
                 return None
-            deployment = await self.client.read_deployment(flow_run.deployment_id)
-            return preloaded_entrypoint(
-                deployment.entrypoint, deployment.pull_steps, env, set(self._preload)
-            )
+            cached = self._deployments.get(flow_run.deployment_id)
+            if cached is None or time.monotonic() - cached[0] > DEPLOYMENT_CACHE_S:
+                try:
+                    deployment = await self.client.read_deployment(flow_run.deployment_id)
+                except Exception:  # the child then loads the flow the stock way
+                    self._logger.warning("could not read deployment of %s", flow_run.id)
+                    return None
+                cached = (time.monotonic(), deployment.entrypoint, deployment.pull_steps)
+                self._deployments[flow_run.deployment_id] = cached
+            return preloaded_entrypoint(cached[1], cached[2], env, set(self._preload))
 
         async def run(
             self,

@@ -177,3 +177,31 @@ def test_real_flow_runs_end_to_end_on_the_warm_worker(warm_pool, mongo_block: St
             f"{(states['COMPLETED'] - run.created).total_seconds():.2f} s, "
             f"load {os.getloadavg()[0]:.1f}"
         )
+
+
+@pytest.mark.tc("TC-ASYNC-088")
+def test_flow_is_taken_from_the_fork_server_only_when_that_is_the_deployed_code():
+    from deployments.warm_worker import preload_modules, preloaded_entrypoint
+
+    preloaded = set(preload_modules())
+    cwd = [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}]
+    templated = [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $BOTAI_ROOT }}"}}
+    ]
+    ep = "flows/bulk_analysis.py:bulk_analysis"
+    assert preloaded_entrypoint(ep, cwd, {}, preloaded) == (
+        REPO_ROOT,
+        "flows.bulk_analysis:bulk_analysis",
+    )
+    env = {"BOTAI_ROOT": str(REPO_ROOT)}
+    assert (
+        preloaded_entrypoint(ep, templated, env, preloaded)[1]
+        == "flows.bulk_analysis:bulk_analysis"
+    )
+    # another checkout, other pull steps, a module the server did not import: stock loading
+    assert preloaded_entrypoint(ep, cwd[:0], {}, preloaded) is None
+    other = [{"prefect.deployments.steps.set_working_directory": {"directory": "/tmp"}}]
+    assert preloaded_entrypoint(ep, other, {}, preloaded) is None
+    clone = [*cwd, {"prefect.deployments.steps.git_clone": {"repository": "x"}}]
+    assert preloaded_entrypoint(ep, clone, {}, preloaded) is None
+    assert preloaded_entrypoint("bench/latency_job.py:latency_job", cwd, {}, preloaded) is None
