@@ -1,6 +1,7 @@
 """Start latency of one short job: warm worker vs Prefect's stock process worker vs Celery.
 
-Run: ``.venv/bin/python bench/bench_latency.py [runs]`` (default 20 runs per path).
+Run: ``.venv/bin/python bench/bench_latency.py [runs] [budget_s]`` (default 20 runs per
+path within 1800 s; when the budget ends first, the rounds done so far are reported).
 
 The same short job (bench/latency_job.py: the indicator signal of one symbol, a few ms)
 runs, in one bench run and interleaved (warm, stock, Celery, warm, ...) so that all three
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -87,7 +89,7 @@ def wait_online(client, pool: str, proc: subprocess.Popen, timeout_s: float) -> 
     raise SystemExit(f"no worker online in {pool} after {timeout_s} s")
 
 
-def prefect_once(client, deployment_id, timeout_s: float = 120) -> tuple[float, float]:  # noqa: ANN001
+def prefect_once(client, deployment_id, timeout_s: float = 600) -> tuple[float, float]:  # noqa: ANN001
     """Request one run and wait for its end. Returns (request->Running, request->Completed)."""
     t0 = time.time()
     run = client.create_flow_run_from_deployment(deployment_id, parameters={})
@@ -114,7 +116,8 @@ def celery_once(task) -> tuple[float, float]:  # noqa: ANN001
     return out["started_at"] - t0, done - t0
 
 
-def main(runs: int = 20) -> None:
+def main(runs: int = 20, budget_s: float = 1800) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up workers on SIGTERM
     notes = ensure_brokers()
     tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     os.environ["PREFECT_HOME"] = str(tmp / "prefect")
@@ -177,12 +180,22 @@ def main(runs: int = 20) -> None:
                 "stock": lambda: prefect_once(client, deployments["stock"]),
                 "celery": lambda: celery_once(short_job_task),
             }
+            deadline = time.monotonic() + budget_s
             for i in range(runs):
-                for kind, once in paths.items():
-                    load = os.getloadavg()[0]
-                    running, completed = once()
-                    samples[kind].append((running, completed, load))
-                    time.sleep(0.3)  # the worker is idle again before the next request
+                if time.monotonic() > deadline:
+                    notes.append(f"budget of {budget_s:.0f} s ended after {i} rounds")
+                    break
+                try:
+                    for kind, once in paths.items():
+                        load = os.getloadavg()[0]
+                        running, completed = once()
+                        samples[kind].append((running, completed, load))
+                        time.sleep(0.3)  # the worker is idle again before the next request
+                except SystemExit as e:  # one run failed or never finished: report the rest
+                    notes.append(f"round {i + 1} stopped: {e}")
+                    for rows in samples.values():
+                        del rows[i:]
+                    break
                 print(f"  run {i + 1}/{runs} done, load {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         for p in procs:
@@ -193,7 +206,7 @@ def main(runs: int = 20) -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
-    report(samples, notes, runs)
+    report(samples, notes, len(samples["celery"]))
 
 
 def report(
@@ -235,4 +248,4 @@ def report(
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20)
+    main(*(int(a) for a in sys.argv[1:2]), *(float(a) for a in sys.argv[2:3]))
