@@ -121,11 +121,12 @@ def seed_candles(store, symbols: list[str], start: datetime) -> None:  # noqa: A
     from integrations.market_data.synthetic import generate_candles
     from integrations.store import C, _frame_to_docs
 
-    docs = []
-    for s in symbols:
-        frame = generate_candles(s, "1h", start, 300)
-        docs += _frame_to_docs(s, "1h", frame, bar_length("1h"), "synthetic")
-    store.col(C.MARKET_DATA).insert_many(docs, ordered=False)
+    for i in range(0, len(symbols), 20):  # 6,000 documents per insert
+        docs = []
+        for s in symbols[i : i + 20]:
+            frame = generate_candles(s, "1h", start, 300)
+            docs += _frame_to_docs(s, "1h", frame, bar_length("1h"), "synthetic")
+        store.col(C.MARKET_DATA).insert_many(docs, ordered=False)
 
 
 def crossover(store, mongo_block, model_dir, key, models, symbols, n_symbols):  # noqa: ANN001

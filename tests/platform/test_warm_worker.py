@@ -181,7 +181,7 @@ def test_real_flow_runs_end_to_end_on_the_warm_worker(warm_pool, mongo_block: St
 
 @pytest.mark.tc("TC-ASYNC-088")
 def test_flow_is_taken_from_the_fork_server_only_when_that_is_the_deployed_code():
-    from deployments.warm_worker import preload_modules, preloaded_entrypoint
+    from deployments.fork_server import preload_modules, preloaded_entrypoint
 
     preloaded = set(preload_modules())
     cwd = [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}]
