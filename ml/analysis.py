@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 #: Fewest valid symbols for which bulk analysis fans out to a long-lived Dask cluster
 #: (DASK_ADDRESS); below it one process is faster. Measured by bench/bench_bulk_analysis.py.
-DASK_MIN_SYMBOLS = 200
+DASK_MIN_SYMBOLS = 50
 
 REASON_INVALID = "invalid symbol"
 REASON_NO_DATA = "no data"
