@@ -166,9 +166,13 @@ def test_real_flow_runs_end_to_end_on_the_warm_worker(warm_pool, mongo_block: St
         _wait(lambda: client.read_flow_run(run.id).state.is_final(), 120, "bulk-analysis")
         final = client.read_flow_run(run.id)
         assert final.state.is_completed(), final.state.message
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
-        summary = [r.message for r in logs if r.message.startswith("bulk analysis 1h:")]
-        assert summary and "2/3 analysed" in summary[0] and "1 failed" in summary[0], summary
+
+        def summary_lines() -> list[str]:  # the run's logs reach the API shortly after it ends
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+            return [r.message for r in logs if r.message.startswith("bulk analysis 1h:")]
+
+        summary = _wait(summary_lines, 30, "the run's summary log line")
+        assert "2/3 analysed" in summary[0] and "1 failed" in summary[0], summary
         assert final.infrastructure_pid.startswith(f"{socket.gethostname()}:")
         states = {s.type.value: s.timestamp for s in client.read_flow_run_states(run.id)}
         print(
