@@ -346,22 +346,21 @@ def worker_name(settings: Settings) -> str:
     return f"botai-worker-{settings.prefect_port}"
 
 
+def worker_command(settings: Settings) -> list[str]:
+    """The worker's command line: the warm process worker (deployments/warm_worker.py;
+    each run in its own process, forked from a pre-imported parent) serving every queue
+    of ``settings.work_pool``."""
+    from deployments.warm_worker import worker_command as warm_worker_command
+
+    return [*warm_worker_command(settings), "--name", worker_name(settings)]
+
+
 def start_worker(settings: Settings, env: Mapping[str, str]) -> subprocess.Popen:
-    """Start ``prefect worker start --pool <work_pool>`` serving every queue of the pool.
+    """Start the worker (:func:`worker_command`) serving every queue of the pool.
 
     Returns the worker process (its readiness shows as the pool's worker heartbeat).
     """
-    cmd = _prefect_cmd(
-        "worker",
-        "start",
-        "--pool",
-        settings.work_pool,
-        "--type",
-        "process",
-        "--name",
-        worker_name(settings),
-    )
-    return spawn("prefect-worker", cmd, env, settings)
+    return spawn("prefect-worker", worker_command(settings), env, settings)
 
 
 def wait_worker_online(settings: Settings, proc: subprocess.Popen, timeout_s: float) -> float:

@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Fewest valid symbols for which bulk analysis fans out to a long-lived Dask cluster
+#: (DASK_ADDRESS); below it one process is faster. Measured by bench/bench_bulk_analysis.py.
+DASK_MIN_SYMBOLS = 50
+
 REASON_INVALID = "invalid symbol"
 REASON_NO_DATA = "no data"
 REASON_TOO_LITTLE = "too little data"
@@ -231,6 +235,13 @@ def split_valid_symbols(symbols: Iterable[str]) -> tuple[list[str], list[FailedS
                 )
             )
     return valid, failed
+
+
+def use_dask(n_symbols: int, dask_address: str | None, min_symbols: int = DASK_MIN_SYMBOLS) -> bool:
+    """Whether ``n_symbols`` are analysed on Dask: only with a long-lived cluster
+    (``dask_address``; a cluster started per run costs more than it saves) and from
+    ``min_symbols`` on. Returns True for the Dask path."""
+    return bool(dask_address) and n_symbols >= min_symbols
 
 
 def batch_symbols(symbols: list[str], n_workers: int, max_batch: int = 50) -> list[list[str]]:

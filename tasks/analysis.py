@@ -1,9 +1,11 @@
 """Prefect tasks of the ``bulk-analysis`` flow.
 
-One task analyses a coarse batch of symbols (each Prefect task on Dask costs ~150 ms, a
-symbol a few milliseconds): it opens its own store from the MongoDB block it is given,
-reads each symbol's newest candles and computes the signal (:mod:`ml.analysis`). Keras is
-imported only by a batch holding a symbol with a deployed model.
+The flow reads every symbol's candles in ONE batched store read (:func:`load_candles_batch`),
+then analyses them in coarse chunks: in the flow's own process (:func:`analyze_loaded`), or,
+from :data:`ml.analysis.DASK_MIN_SYMBOLS` symbols on and only on a long-lived cluster
+(``DASK_ADDRESS``), as plain Dask futures (:func:`analyze_on_dask`; a Prefect task on Dask
+costs ~150 ms, a symbol a few milliseconds). Keras is imported only for a symbol with a
+deployed model; each model is loaded once and run once (one batched inference) per symbol.
 """
 
 from __future__ import annotations
@@ -46,6 +48,150 @@ def find_deployed_models(
     return best_deployed_per_symbol(docs, symbols)
 
 
+@task(
+    name="load-candles-batch",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(2),
+    retry_condition_fn=retry_only_retryable,
+    cache_policy=NONE,
+)
+def load_candles_batch(
+    store: Store, symbols: list[str], timeframe: str, bars: int
+) -> dict[str, pd.DataFrame]:
+    """The newest ``bars`` candles of every symbol, in one batched read.
+
+    Returns:
+        ``{symbol: frame}`` (empty frame: no candles stored).
+
+    Raises:
+        ServiceUnavailableError (retried): MongoDB unreachable.
+    """
+    return store.load_candles_many(symbols, timeframe, last_n=bars)
+
+
+def analyze_frames(
+    symbols: list[str],
+    frames: dict[str, pd.DataFrame],
+    store: Store | None,
+    model_docs: dict[str, dict[str, Any]],
+    model_dir: str | None,
+    model_key: SecretBytes | None,
+    config: SignalConfig | None = None,
+) -> list[SymbolAnalysis | FailedSymbol]:
+    """Analyse ``symbols`` from candles already read (pure of Prefect; runs on Dask too).
+
+    Args:
+        store: where the model registry reads model documents (needed only when
+            ``model_docs`` is not empty).
+        model_docs: deployed model documents of ``symbols``.
+        model_dir, model_key: the model-store block's folder and AES key.
+
+    Returns:
+        one outcome per symbol, in order.
+    """
+    loaded: dict[str, Any] = {}
+
+    def model_for(symbol: str) -> Any:
+        doc = model_docs.get(symbol)
+        if doc is None or model_key is None or model_dir is None or store is None:
+            return None
+        if doc["model_id"] not in loaded:
+            from ml.registry import ModelRecord, ModelRegistry  # imports keras: only if needed
+
+            registry = ModelRegistry(store, Path(model_dir), model_key.get_secret_value())
+            loaded[doc["model_id"]] = registry.load(ModelRecord.from_doc(doc))
+        return loaded[doc["model_id"]]
+
+    return analyze_symbols(symbols, frames.__getitem__, model_for, config)
+
+
+def _analyze_frames_remote(
+    symbols: list[str],
+    frames: dict[str, pd.DataFrame],
+    mongo: MongoDBBlock,
+    model_docs: dict[str, dict[str, Any]],
+    model_dir: str | None,
+    model_key: SecretBytes | None,
+) -> list[SymbolAnalysis | FailedSymbol]:
+    """Body of one Dask future: opens a store only when a model must be loaded."""
+    store = mongo.get_store() if model_docs else None
+    try:
+        return analyze_frames(symbols, frames, store, model_docs, model_dir, model_key)
+    finally:
+        if store is not None:
+            store.client.close()
+
+
+@task(name="analyze-loaded-symbols", cache_policy=NONE)
+def analyze_loaded(
+    symbols: list[str],
+    frames: dict[str, pd.DataFrame],
+    store: Store,
+    model_docs: dict[str, dict[str, Any]],
+    model_dir: str | None,
+    model_key: SecretBytes | None,
+) -> list[SymbolAnalysis | FailedSymbol]:
+    """Prefect task around :func:`analyze_frames` in the flow's process (one chunk).
+
+    Returns:
+        one outcome per symbol, in order; per-symbol failures are outcomes, not errors.
+    """
+    return analyze_frames(symbols, frames, store, model_docs, model_dir, model_key)
+
+
+def analyze_on_dask(
+    address: str,
+    batches: list[list[str]],
+    frames: dict[str, pd.DataFrame],
+    mongo: MongoDBBlock,
+    model_docs: dict[str, dict[str, Any]],
+    model_dir: str | None,
+    model_key: SecretBytes | None,
+    on_batch: Any = None,
+) -> list[SymbolAnalysis | FailedSymbol]:
+    """Analyse ``batches`` on the long-lived Dask cluster at ``address`` (one plain future
+    per batch, each carrying its symbols' candles); ``on_batch(outcomes)`` is called as
+    each batch finishes.
+
+    Returns:
+        the outcomes of every batch (in completion order).
+
+    Raises:
+        ServiceUnavailableError: the scheduler did not answer.
+    """
+    from distributed import Client, as_completed
+
+    from core.exceptions import ServiceUnavailableError
+
+    try:
+        client = Client(address, timeout="10s")
+    except OSError as e:
+        raise ServiceUnavailableError(f"Dask scheduler at {address} did not answer: {e}") from e
+    try:
+        futures = [
+            client.submit(
+                _analyze_frames_remote,
+                b,
+                {s: frames[s] for s in b},
+                mongo,
+                {s: model_docs[s] for s in b if s in model_docs},
+                model_dir,
+                model_key,
+                pure=False,
+            )
+            for b in batches
+        ]
+        out: list[SymbolAnalysis | FailedSymbol] = []
+        for future in as_completed(futures):
+            batch = future.result()
+            out.extend(batch)
+            if on_batch is not None:
+                on_batch(batch)
+        return out
+    finally:
+        client.close()
+
+
 def run_analysis_batch(
     symbols: list[str],
     timeframe: str,
@@ -56,7 +202,7 @@ def run_analysis_batch(
     model_key: SecretBytes | None,
     config: SignalConfig | None = None,
 ) -> list[SymbolAnalysis | FailedSymbol]:
-    """Analyse one batch of symbols (the body of :func:`analyze_batch`, callable directly).
+    """Read and analyse one batch of symbols with a store of its own (one batched read).
 
     Args:
         bars: newest candles read per symbol.
@@ -71,25 +217,9 @@ def run_analysis_batch(
         ServiceUnavailableError: MongoDB unreachable while reading the batch's candles.
     """
     store = mongo.get_store()
-    loaded: dict[str, Any] = {}
-    frames = store.load_candles_many(symbols, timeframe, last_n=bars)
-
-    def load(symbol: str) -> pd.DataFrame:
-        return frames[symbol]
-
-    def model_for(symbol: str) -> Any:
-        doc = model_docs.get(symbol)
-        if doc is None or model_key is None or model_dir is None:
-            return None
-        if doc["model_id"] not in loaded:
-            from ml.registry import ModelRecord, ModelRegistry  # imports keras: only if needed
-
-            registry = ModelRegistry(store, Path(model_dir), model_key.get_secret_value())
-            loaded[doc["model_id"]] = registry.load(ModelRecord.from_doc(doc))
-        return loaded[doc["model_id"]]
-
     try:
-        return analyze_symbols(symbols, load, model_for, config)
+        frames = store.load_candles_many(symbols, timeframe, last_n=bars)
+        return analyze_frames(symbols, frames, store, model_docs, model_dir, model_key, config)
     finally:
         store.close()
 

@@ -18,14 +18,16 @@ from core.schemas.analysis import BulkAnalysisParams, FailedSymbol, SymbolAnalys
 from integrations.market_data.synthetic import generate_candles
 from integrations.store import Store
 from ml.analysis import (
+    DASK_MIN_SYMBOLS,
     SignalConfig,
     analyze_candles,
     batch_symbols,
     indicator_snapshot,
     split_valid_symbols,
     summarize,
+    use_dask,
 )
-from tasks.analysis import run_analysis_batch
+from tasks.analysis import analyze_frames, analyze_on_dask, run_analysis_batch
 from tests.ml.conftest import deploy_small_model, make_candles
 
 START = datetime(2026, 9, 1, tzinfo=UTC)
@@ -150,11 +152,12 @@ def test_batch_reads_the_store_and_reports_short_and_missing_data(
 
 
 @pytest.mark.tc("TC-ASYNC-011", "TC-ASYNC-012")
-def test_bulk_analysis_flow_on_dask_with_invalid_symbols_and_a_model(
+def test_bulk_analysis_flow_with_invalid_symbols_and_a_model(
     mongo_block: Store, model_store_block, prefect_server: str
 ) -> None:
     """TC-ASYNC-012: 10 symbols, 2 invalid -> 8 analysed, 2 failed with reasons, sorted;
-    BTCUSDT has a deployed model and gets its signal (source model)."""
+    BTCUSDT has a deployed model and gets its signal (source model). Below the Dask
+    crossover the flow analyses in its own process: one batch, no cluster."""
     from flows.bulk_analysis import bulk_analysis
     from ml.registry import ModelRegistry
 
@@ -181,7 +184,7 @@ def test_bulk_analysis_flow_on_dask_with_invalid_symbols_and_a_model(
     assert {r.symbol for r in result.results} == set(GOOD)
     conf = [r.confidence for r in result.results]
     assert conf == sorted(conf, reverse=True)
-    assert result.batches == 2
+    assert result.batches == 1
     by_symbol = {r.symbol: r for r in result.results}
     btc = by_symbol["BTCUSDT"]
     assert btc.source == "model" and btc.model_id == record.model_id
@@ -210,3 +213,40 @@ def test_bulk_analysis_flow_on_dask_with_invalid_symbols_and_a_model(
     progress = [a for a in arts if a.type == "progress"]
     assert progress and progress[0].data == 100.0
     assert progress[0].description == "Analyzed 10/10 symbols"
+
+
+@pytest.mark.tc("TC-ASYNC-011")
+def test_dask_only_on_a_long_lived_cluster_and_above_the_crossover() -> None:
+    assert not use_dask(10_000, None)  # no cluster is ever started per run
+    assert not use_dask(DASK_MIN_SYMBOLS - 1, "tcp://127.0.0.1:8786")
+    assert use_dask(DASK_MIN_SYMBOLS, "tcp://127.0.0.1:8786")
+
+
+@pytest.mark.tc("TC-ASYNC-011", "TC-ASYNC-012")
+def test_dask_path_gives_the_in_process_signals(
+    store: Store, mongo_uri: str, mongo_db_name: str
+) -> None:
+    from distributed import LocalCluster
+
+    names = GOOD[:4] + ["NODATAUSDT"]
+    for s in GOOD[:4]:
+        store.upsert_candles(s, "1h", generate_candles(s, "1h", START, 200), source="synthetic")
+    frames = store.load_candles_many(names, "1h", last_n=200)
+    local = analyze_frames(names, frames, store, {}, None, None)
+    mongo = MongoDBBlock(uri=mongo_uri, database=mongo_db_name)
+    seen: list[int] = []
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        remote = analyze_on_dask(
+            cluster.scheduler_address,
+            batch_symbols(names, 2),
+            frames,
+            mongo,
+            {},
+            None,
+            None,
+            lambda batch: seen.append(len(batch)),
+        )
+    assert sorted(seen) == [2, 3]
+    by_symbol = {o.symbol: o for o in remote}
+    assert [by_symbol[o.symbol] for o in local] == local
+    assert by_symbol["NODATAUSDT"].reason.startswith("no data")
