@@ -298,11 +298,12 @@ def summarize(
 def best_deployed_per_symbol(
     model_docs: Iterable[dict[str, Any]], symbols: Iterable[str]
 ) -> dict[str, dict[str, Any]]:
-    """Pick, per symbol, the deployed model with the best ``metrics.val_accuracy``
+    """Pick, per symbol, the deployed model with the best held-out accuracy
+    (:func:`ml.metrics.selection_accuracy`)
     (the rule of ``ModelRegistry.deployed`` without a model type).
 
     Args:
-        model_docs: ``models`` documents with status deployed of one timeframe.
+        model_docs: the deployed ``models`` documents of one timeframe (the pointers' models).
 
     Returns:
         ``{symbol: document}`` for the symbols in ``symbols`` that have one.
@@ -310,15 +311,13 @@ def best_deployed_per_symbol(
     wanted = set(symbols)
     best: dict[str, dict[str, Any]] = {}
 
+    from ml.metrics import selection_accuracy  # sklearn: imported only when ranking models
+
     def acc(d: dict[str, Any]) -> float:
-        return float((d.get("metrics") or {}).get("val_accuracy") or 0.0)
+        return selection_accuracy(d.get("metrics"))
 
     for d in model_docs:
         s = d.get("symbol")
-        if (
-            s in wanted
-            and d.get("status") == "deployed"
-            and (s not in best or acc(d) > acc(best[s]))
-        ):
+        if s in wanted and (s not in best or acc(d) > acc(best[s])):
             best[s] = d
     return best

@@ -93,3 +93,14 @@ def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[flo
         return float("nan"), float("nan")
     se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
     return float(d.mean()), se
+
+
+def selection_accuracy(metrics: dict[str, Any] | None) -> float:
+    """The accuracy to rank deployed models by: ``holdout_accuracy`` (measured on bars that
+    neither training nor epoch selection saw) when the model has one, else the older, optimistic
+    ``val_accuracy``; 0.0 when neither is recorded."""
+    m = metrics or {}
+    value = m.get("holdout_accuracy")
+    if value is None:
+        value = m.get("val_accuracy")
+    return float(value or 0.0)

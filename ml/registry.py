@@ -31,6 +31,7 @@ from core.exceptions import ConfigurationError, InvalidInputError, NotFoundError
 from integrations.store import DuplicateKeyStoreError, Store
 from ml.encryption import decrypt_bytes, encrypt_bytes
 from ml.files import atomic_write_bytes
+from ml.metrics import selection_accuracy
 from ml.predictor import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -272,14 +273,14 @@ class ModelRegistry:
 
         Returns:
             with ``model_type``: that type's deployed model; without: the deployed model with
-            the best ``metrics.val_accuracy`` across types. None when nothing is deployed.
+            the best held-out accuracy (``ml.metrics.selection_accuracy``) across types. None when nothing is deployed.
         """
         docs = self.store.deployed_model_docs(
             symbol=symbol, timeframe=timeframe, model_type=model_type
         )
         if not docs:
             return None
-        best = max(docs, key=lambda d: float(d.get("metrics", {}).get("val_accuracy") or 0.0))
+        best = max(docs, key=lambda d: selection_accuracy(d.get("metrics")))
         return ModelRecord.from_doc(best)
 
     def history(

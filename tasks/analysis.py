@@ -44,7 +44,7 @@ def find_deployed_models(
     Raises:
         ServiceUnavailableError (retried): MongoDB unreachable.
     """
-    docs = store.models_find({"status": "deployed", "timeframe": timeframe})
+    docs = store.deployed_model_docs(timeframe=timeframe)
     return best_deployed_per_symbol(docs, symbols)
 
 

@@ -14,6 +14,7 @@ from core.exceptions import InsufficientDataError, NotFoundError
 from core.schemas.analysis import PredictPriceParams, PredictPriceResult
 from integrations.store import Store
 from ml.forecast import ForecastConfig
+from ml.metrics import selection_accuracy
 from ml.prediction import predict_prices
 from ml.registry import ModelRecord, ModelRegistry
 from tasks.retry import retry_only_retryable
@@ -53,7 +54,7 @@ def find_deployed_model(store: Store, params: PredictPriceParams) -> ModelRecord
     )
     if not docs:
         raise NotFoundError(no_model_message(params.model_type, params.symbol))
-    best = max(docs, key=lambda d: float((d.get("metrics") or {}).get("val_accuracy") or 0.0))
+    best = max(docs, key=lambda d: selection_accuracy(d.get("metrics")))
     return ModelRecord.from_doc(best)
 
 
