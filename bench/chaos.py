@@ -332,6 +332,9 @@ def main() -> int:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BOTAI_"))}
     base.update(BOTAI_MIN_FREE_DISK_GB=str(settings.min_free_disk_gb))
     env = services.prefect_env(settings, base)
+    # this process's own Prefect clients call the stack's API with its auth string (prefect is
+    # not imported yet, so its settings read it from the environment)
+    os.environ["PREFECT_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"]
     os.environ.update({k: v for k, v in env.items() if k.startswith("PREFECT_")})
     chaos = Chaos(settings, env, args.attach)
     _say(f"chaos: seed {args.seed}, {args.runs} runs, state {settings.state_dir}; {load()}")

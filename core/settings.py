@@ -408,6 +408,16 @@ class Settings(BaseSettings):
         return self.state_dir / "prefect"
 
     @property
+    def prefect_auth_string_path(self) -> Path:
+        """File (0600) holding the stack's Prefect API auth string (``deployments.secrets``)."""
+        return self.state_dir / "secrets" / "prefect-api-auth"
+
+    def prefect_auth_string(self) -> str | None:
+        """The stack's Prefect API auth string, or None when this state folder has none."""
+        path = self.prefect_auth_string_path
+        return path.read_text().strip() if path.exists() else None
+
+    @property
     def mongodb_dir(self) -> Path:
         return self.state_dir / "mongodb"
 

@@ -30,7 +30,6 @@ from core.settings import Settings
 log = logging.getLogger(__name__)
 
 AUTH_USER = "botai"
-AUTH_FILE = "prefect-api-auth"
 ENCRYPTION_KEY_FILE = "prefect-encryption-key"
 
 #: The gateway's JWT signing secret: only the gateway process gets it.
@@ -76,7 +75,7 @@ def _private_file(path: Path, make: str) -> str:
 
 def auth_string_path(settings: Settings) -> Path:
     """The file holding the Prefect API auth string."""
-    return secrets_dir(settings) / AUTH_FILE
+    return settings.prefect_auth_string_path
 
 
 def prefect_auth_string(settings: Settings) -> str:

@@ -172,20 +172,23 @@ def quick_client(
     Yields the client."""
     from prefect.client.orchestration import get_client
     from prefect.settings import (
+        PREFECT_API_AUTH_STRING,
         PREFECT_API_URL,
         PREFECT_CLIENT_MAX_RETRIES,
         PREFECT_HOME,
         temporary_settings,
     )
 
+    updates = {
+        PREFECT_API_URL: api_url or settings.prefect_api_url,
+        PREFECT_HOME: settings.prefect_home,
+        PREFECT_CLIENT_MAX_RETRIES: 0,
+    }
+    auth = settings.prefect_auth_string() if api_url is None else None
+    if auth is not None:  # the stack's server requires it (docs/security.md)
+        updates[PREFECT_API_AUTH_STRING] = auth
     with (
-        temporary_settings(
-            updates={
-                PREFECT_API_URL: api_url or settings.prefect_api_url,
-                PREFECT_HOME: settings.prefect_home,
-                PREFECT_CLIENT_MAX_RETRIES: 0,
-            }
-        ),
+        temporary_settings(updates=updates),
         get_client(sync_client=True, httpx_settings={"timeout": timeout_s}) as client,
     ):
         yield client
@@ -253,7 +256,7 @@ def queue_health_services(
     """The pool's health as health-report entries: one for the workers, one per queue.
 
     A problem is ``severity`` critical/warning with its text in ``error``; ``health`` None
-    (the API did not answer) gives one ``skipped`` entry: the Prefect API check reports it.
+    (the API did not answer) gives one ``unknown`` entry: the Prefect API check reports it.
     Returns name -> entry.
     """
     if health is None:
@@ -261,7 +264,7 @@ def queue_health_services(
             "Work queues": ServiceHealth(
                 name="Work queues",
                 kind="work_queue",
-                status="skipped",
+                status="unknown",
                 note=f"not read: {error or 'Prefect API unavailable'}",
             )
         }
@@ -297,7 +300,7 @@ def check_queue_health(settings: Settings, api_url: str | None = None) -> dict[s
     """Task: read the pool of ``api_url`` (the run's own API) within
     ``health_check_timeout_s`` per request, no retries, and judge it.
 
-    Returns :func:`queue_health_services` (a ``skipped`` entry when the API failed: the
+    Returns :func:`queue_health_services` (an ``unknown`` entry when the API failed: the
     Prefect API check reports that).
     """
     try:

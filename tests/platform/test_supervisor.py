@@ -83,9 +83,11 @@ class Stack:
 
     def api(self, path: str, body: dict | None = None) -> httpx.Response:
         url = f"{self.settings.prefect_api_url}{path}"
+        user, _, password = (self.settings.prefect_auth_string() or ":").partition(":")
+        auth = (user, password)  # the stack's API needs its auth string (docs/security.md)
         if body is None:
-            return httpx.get(url, timeout=10)
-        return httpx.post(url, json=body, timeout=10)
+            return httpx.get(url, timeout=10, auth=auth)
+        return httpx.post(url, json=body, timeout=10, auth=auth)
 
     def alerts(self, title_part: str) -> list[dict]:
         client = connect(self.settings.embedded_mongodb_uri, timeout_ms=5000)

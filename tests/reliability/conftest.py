@@ -173,12 +173,11 @@ def _load_candles(store: Store) -> None:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The whole stack (see the module doc); every process is stopped at the end."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-
     from blocks.model_store import ModelStoreBlock, generate_model_key
     from blocks.mongodb import MongoDBBlock
     from blocks.slack import SlackBlock
     from deployments.automations import ensure_crash_detection
+    from deployments.up import prefect_api
 
     state = tmp_path_factory.mktemp("rel") / "state"
     base = {
@@ -206,9 +205,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(settings, env, mongo, store, slack)
     try:
         stack.start_server()
-        with temporary_settings(
-            updates={PREFECT_API_URL: settings.prefect_api_url, PREFECT_HOME: settings.prefect_home}
-        ):
+        with prefect_api(settings):
             MongoDBBlock(uri=mongo.uri, database=settings.mongodb_database).save(
                 "mongodb", overwrite=True
             )
