@@ -12,21 +12,9 @@ from typing import Any
 from backtest.service import MIN_BARS, check_range, range_bounds
 from core.exceptions import InsufficientDataError, InvalidInputError
 from core.market import bar_length
+from core.schemas.analysis import PREDICTION_TIMEFRAME, no_model_message
 from integrations.store import C, Store
 from tasks.training import expected_samples
-
-#: predict-price reads hourly candles and models (``tasks.prediction.PREDICTION_TIMEFRAME``;
-#: not imported: that module loads Keras and JAX, 16 s and hundreds of MB in the gateway).
-PREDICTION_TIMEFRAME = "1h"
-
-
-def no_model_message(model_type: str, symbol: str) -> str:
-    """predict-price's own text (``tasks.prediction.no_model_message``) for a missing model."""
-    return (
-        f"No deployed {model_type} model for {symbol} ({PREDICTION_TIMEFRAME}): train one with "
-        f"the train-model flow (model_type={model_type}, symbol={symbol}, "
-        f"timeframe={PREDICTION_TIMEFRAME}) or deploy a candidate, then predict again"
-    )
 
 
 def _candles(symbol: str, timeframe: str, **extra: Any) -> dict[str, Any]:

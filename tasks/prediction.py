@@ -11,25 +11,18 @@ from prefect.tasks import exponential_backoff
 from pydantic import SecretBytes
 
 from core.exceptions import InsufficientDataError, NotFoundError
-from core.schemas.analysis import PredictPriceParams, PredictPriceResult
+from core.schemas.analysis import (
+    PREDICTION_TIMEFRAME,
+    PredictPriceParams,
+    PredictPriceResult,
+    no_model_message,
+)
 from integrations.store import Store
 from ml.forecast import ForecastConfig
 from ml.metrics import selection_accuracy
 from ml.prediction import predict_prices
 from ml.registry import ModelRecord, ModelRegistry
 from tasks.retry import retry_only_retryable
-
-#: Timeframe of the models predict-price uses (its horizon is in hours).
-PREDICTION_TIMEFRAME = "1h"
-
-
-def no_model_message(model_type: str, symbol: str) -> str:
-    """The error text when nothing is deployed for ``model_type`` + ``symbol``."""
-    return (
-        f"No deployed {model_type} model for {symbol} ({PREDICTION_TIMEFRAME}): train one with "
-        f"the train-model flow (model_type={model_type}, symbol={symbol}, "
-        f"timeframe={PREDICTION_TIMEFRAME}) or deploy a candidate, then predict again"
-    )
 
 
 @task(

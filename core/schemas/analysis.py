@@ -117,6 +117,20 @@ class BulkAnalysisResult(BaseModel):
     elapsed_s: float
 
 
+#: Timeframe of the models predict-price uses (its horizon is in hours).
+PREDICTION_TIMEFRAME = "1h"
+
+
+def no_model_message(model_type: str, symbol: str) -> str:
+    """predict-price's error text when nothing is deployed for ``model_type`` + ``symbol``
+    (the flow and the gateway's pre-queue check say the same)."""
+    return (
+        f"No deployed {model_type} model for {symbol} ({PREDICTION_TIMEFRAME}): train one with "
+        f"the train-model flow (model_type={model_type}, symbol={symbol}, "
+        f"timeframe={PREDICTION_TIMEFRAME}) or deploy a candidate, then predict again"
+    )
+
+
 class PredictPriceParams(BaseModel):
     """What to forecast: hourly prices of one symbol from its deployed model."""
 
