@@ -64,6 +64,7 @@ from deployments.run_processes import (
     kill_processes,
     local_flow_processes,
     process_alive,
+    processes_of,
 )
 from integrations.store import Store
 
@@ -218,7 +219,7 @@ def _detect_dead(
             continue
         alive = process_alive(run, procs, settings)
         if alive and stopped_since is not None:
-            hung_s = hung_for_s(procs.get(str(run.id), []), str(run.id), stopped_since, now)
+            hung_s = hung_for_s(processes_of(run, procs), str(run.id), stopped_since, now)
             if hung_s >= settings.recovery_hung_after_s:
                 new = Crashed(
                     message=f"Crashed: its process is stopped (hung) for {hung_s:.0f} s; "
@@ -287,7 +288,7 @@ def _resubmit_or_dead_letter(
             continue
         if settings.recovery_local_workers:
             procs = local_flow_processes() if procs is None else procs
-            leftover = procs.get(str(run.id), [])
+            leftover = processes_of(run, procs)
             if leftover:  # e.g. a stopped (SIGSTOP) process the heartbeat check crashed
                 kill_processes(leftover)
                 report.killed.append(str(run.id))

@@ -62,6 +62,25 @@ def local_flow_processes() -> dict[str, list[psutil.Process]]:
     return out
 
 
+def processes_of(run: Any, procs: dict[str, list[psutil.Process]]) -> list[psutil.Process]:
+    """The live local processes of ``run``: those carrying its id in their environment
+    (:func:`local_flow_processes`) plus the process its ``infrastructure_pid`` names when that
+    is on this host. The warm worker's runs are forked from a pre-imported parent, so their
+    environment block (``/proc/<pid>/environ``) does not show the run id: only the recorded
+    pid finds them."""
+    found = list(procs.get(str(run.id), []))
+    host, pid = parse_infrastructure_pid(getattr(run, "infrastructure_pid", None))
+    local = host is None or host in (socket.gethostname(), "localhost", "127.0.0.1")
+    if pid is not None and local and pid not in {p.pid for p in found}:
+        try:
+            proc = psutil.Process(pid)
+            if _alive(proc):
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
 def kill_processes(procs: Iterable[psutil.Process]) -> int:
     """SIGKILL ``procs`` and their descendants (stopped ones too). Returns how many got it."""
     targets: dict[int, psutil.Process] = {}

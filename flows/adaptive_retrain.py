@@ -124,6 +124,8 @@ def adaptive_retrain(params: AdaptiveRetrainParams) -> AdaptiveRetrainResult:
             }
         )
         logger.info("adaptive retrain %s\n%s", status, summary)
+        if status == "failed":  # nothing was retrained: the job did not do its work
+            raise TrainingError(f"Adaptive retrain failed: every training failed: {summary}")
         result = AdaptiveRetrainResult(
             status=status,
             task_id=run_id,
@@ -132,10 +134,7 @@ def adaptive_retrain(params: AdaptiveRetrainParams) -> AdaptiveRetrainResult:
             errors=errors,
             notification=notification,
         )
-        save_task_result(result, store)  # what was (not) done, for every caller
-        if status == "failed":  # nothing was retrained: the job did not do its work
-            raise TrainingError(f"Adaptive retrain failed: every training failed: {summary}")
-        return result
+        return save_task_result(result, store)
     except asyncio.CancelledError as e:  # the flow's timeout interrupts the body this way
         raise TrainingError(
             f"Adaptive retrain stopped at its hard time limit of {3 * HARD_TIME_LIMIT_S:g} s"

@@ -194,10 +194,21 @@ def _prediction_markdown(r: PredictPriceResult) -> str:
         f"{r.symbol} {r.model_type} (model `{r.model_id}`), origin {r.origin_time:%Y-%m-%d %H:%M} "
         f"UTC, last price {r.last_price:.6g}, probability of a rise {r.up_probability:.3f}"
     )
-    if r.coverage is not None:
+    after = r.coverage_after_training
+    if after is not None:
+        se = f" ± {after.standard_error:.1%}" if after.standard_error is not None else ""
         text += (
-            f"; the {level} interval contained {r.coverage.coverage:.1%} of "
-            f"{r.coverage.origins} recent origins"
+            f"; after the model's training window the {level} interval contained "
+            f"{after.coverage:.1%}{se} of {after.pairs} (origin, hour) pairs"
+        )
+    else:
+        text += (
+            f"; coverage after the training window: not measured ({r.coverage_after_training_note})"
+        )
+    if r.recent_calibration_fit is not None:
+        text += (
+            f"; recent calibration fit (hours the model may have trained on, not a forecast "
+            f"check): {r.recent_calibration_fit.coverage:.1%}"
         )
     text += f".\n\n## Forecast per hour ({level} interval)\n\n"
     rows = [

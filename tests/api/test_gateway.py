@@ -35,7 +35,13 @@ from integrations.store import C, Store
 from tests.api.conftest import SECRET
 from tests.peers import free_port, process_worker
 
-TRAIN = {"model_type": "gru", "symbol": "APIXUSDT", "timeframe": "4h", "epochs": 5}
+TRAIN = {
+    "model_type": "gru",
+    "symbol": "APIXUSDT",
+    "timeframe": "4h",
+    "epochs": 5,
+    "days_of_data": 30,
+}
 
 
 def seed_candles(store: Store, symbol: str, timeframe: str, days: int) -> None:

@@ -51,7 +51,7 @@ def test_jobs_that_cannot_run_on_the_stored_data_are_refused_before_queueing(
     frame = generate_candles("APIPUSDT", "1h", datetime(2026, 1, 1, tzinfo=UTC), 120)
     store.upsert_candles("APIPUSDT", "1h", frame, source="synthetic")
     cases = [
-        ("train", {"symbol": "APIPUSDT", "timeframe": "1h"}, "Insufficient data: expected 720 samples, found 120"),
+        ("train", {"symbol": "APIPUSDT", "timeframe": "1h", "days_of_data": 30}, "Insufficient data: expected 720 samples, found 120"),
         ("train", {"symbol": "APINUSDT", "timeframe": "1h"}, "Invalid trading symbol 'APINUSDT'"),
         ("predict", {"symbol": "APINUSDT"}, "Insufficient data: no 1h candles of APINUSDT"),
         ("predict", {"symbol": "APIPUSDT"}, "No deployed lstm model for APIPUSDT"),

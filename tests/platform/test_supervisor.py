@@ -85,9 +85,15 @@ class Stack:
         url = f"{self.settings.prefect_api_url}{path}"
         user, _, password = (self.settings.prefect_auth_string() or ":").partition(":")
         auth = (user, password)  # the stack's API needs its auth string (docs/security.md)
-        if body is None:
-            return httpx.get(url, timeout=10, auth=auth)
-        return httpx.post(url, json=body, timeout=10, auth=auth)
+        for _ in range(10):  # a busy SQLite answers 503, which Prefect's own clients retry too
+            if body is None:
+                r = httpx.get(url, timeout=10, auth=auth)
+            else:
+                r = httpx.post(url, json=body, timeout=10, auth=auth)
+            if r.status_code != 503:
+                break
+            time.sleep(0.5)
+        return r
 
     def alerts(self, title_part: str) -> list[dict]:
         client = connect(self.settings.embedded_mongodb_uri, timeout_ms=5000)

@@ -94,9 +94,13 @@ class Stack:
 
     def flow_processes(self, run_id: UUID | str) -> list[psutil.Process]:
         """Live processes of a flow run (the worker's supervisor and its engine child)."""
-        from deployments.run_processes import local_flow_processes
+        from prefect.client.orchestration import get_client
 
-        return local_flow_processes().get(str(run_id), [])
+        from deployments.run_processes import local_flow_processes, processes_of
+
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(UUID(str(run_id)))
+        return processes_of(run, local_flow_processes())
 
     def engine_process(self, run_id: UUID | str) -> psutil.Process:
         """The process executing the flow body (the innermost of the run's processes)."""

@@ -146,7 +146,8 @@ def test_worker_killed_its_run_completes_once_and_no_slot_or_409_is_left(stack: 
     assert job["status"] == "completed" and job["model_id"] == models[0]["model_id"]
     # nothing of it holds an ml_training slot or answers a new identical training with 409
     assert_no_active_training("lstm", "BTCUSDT", "1h")
-    assert not stack.flow_processes(run_id)
+    # the process that ran it exits once its run is final (it joins its heartbeat thread first)
+    wait_for(lambda: not stack.flow_processes(run_id), 30, "the run's process to exit")
 
 
 @pytest.mark.tc("TC-ASYNC-103")
