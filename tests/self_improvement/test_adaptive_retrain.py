@@ -8,7 +8,6 @@ import threading
 import time
 from datetime import UTC, datetime
 
-import numpy as np
 import pandas as pd
 import pytest
 from pytest_httpserver import HTTPServer
@@ -16,6 +15,7 @@ from pytest_httpserver import HTTPServer
 from core.exceptions import DataQualityError, DuplicateRunError
 from core.schemas.self_improvement import AdaptiveRetrainParams
 from integrations.store import C, Store
+from tests.ml.conftest import make_gated_candles
 from tests.self_improvement.conftest import slack_messages
 
 SMALL = dict(days_of_data=25, epochs=8, batch_size=32, learning_rate=3e-3, units=8, lookback=12)
@@ -24,32 +24,9 @@ GATED = dict(days_of_data=42, epochs=10, batch_size=32, learning_rate=5e-3, unit
 
 
 def make_candles(n_bars: int, end: pd.Timestamp, seed: int = 7, gate: float = 0.7) -> pd.DataFrame:
-    """Hourly candles with a signal logistic regression cannot see but a network can: after an
-    above-median-volume bar the return follows the last one (AR ``gate``), after a quiet bar
-    it reverses (a negative ``gate`` swaps the regimes)."""
-    rng = np.random.default_rng(seed)
-    eps = rng.normal(0, 0.004, n_bars)
-    volume = rng.lognormal(3, 0.3, n_bars)
-    loud = np.where(volume > np.median(volume), 1.0, -1.0)
-    r = np.zeros(n_bars)
-    for i in range(1, n_bars):
-        r[i] = gate * loud[i - 1] * r[i - 1] + eps[i]
-    close = 30000 * np.exp(np.cumsum(r))
-    open_ = np.concatenate([[close[0]], close[:-1]])
-    wiggle = np.abs(rng.normal(0, 0.002, n_bars))
-    idx = pd.date_range(end=end, periods=n_bars, freq="1h", name="open_time")
-    return pd.DataFrame(
-        {
-            "open": open_,
-            "high": np.maximum(open_, close) * (1 + wiggle),
-            "low": np.minimum(open_, close) * (1 - wiggle),
-            "close": close,
-            "volume": volume,
-            "quote_volume": volume * close,
-            "trades_count": 100,
-        },
-        index=idx,
-    )
+    """Hourly candles with the volume-gated signal of :func:`tests.ml.conftest.make_gated_candles`
+    (a negative ``gate`` swaps the regimes), ending at ``end``."""
+    return make_gated_candles(n_bars, seed=seed, gate=gate, end=str(end))
 
 
 def deploy_old_regime(store: Store, model_store_block, candles: pd.DataFrame):  # noqa: ANN001, ANN201
