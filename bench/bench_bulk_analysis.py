@@ -119,7 +119,8 @@ def seed_candles(store, symbols: list[str], start: datetime) -> None:  # noqa: A
     O(collection) each on nx-27017: 400 symbols took over 10 minutes)."""
     from core.market import bar_length
     from integrations.market_data.synthetic import generate_candles
-    from integrations.store import C, _frame_to_docs
+    from integrations.store import C
+    from integrations.store.market import _frame_to_docs
 
     for i in range(0, len(symbols), 20):  # 6,000 documents per insert
         docs = []
