@@ -1,8 +1,17 @@
-"""A model loaded from the registry (decrypted in memory), ready to predict from candles."""
+"""A model loaded from the registry (decrypted in memory), ready to predict from candles.
+
+Inference of many models of one architecture (bulk-analysis: one deployed model per
+symbol) goes through :class:`SharedForward`: on the JAX backend the forward pass is
+compiled once per architecture and called with each model's weights (measured: the first
+``predict`` of a freshly loaded small GRU costs ~0.2 s of tracing and compiling, a call of
+the shared compiled pass 0.3 ms).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +30,64 @@ if TYPE_CHECKING:
     from ml.registry import ModelRecord
 
 
+class SharedForward:
+    """One compiled forward pass per network architecture, shared by every model of it.
+
+    Models are grouped by their Keras config and variable shapes: identical architectures
+    differ only in weights, which are passed as arguments of one ``jax.jit``-compiled
+    ``stateless_call``. On another Keras backend it falls back to ``model.predict``.
+    Holds references to one model per architecture: make one per batch of work, not per
+    process.
+    """
+
+    def __init__(self) -> None:
+        self._passes: dict[str, Callable[..., Any]] = {}
+
+    @staticmethod
+    def _key(model: keras.Model, x: np.ndarray) -> str:
+        """The architecture: the model's config with its own and its layers' names replaced
+        by their positions (names differ between otherwise identical models, wiring does
+        not), the variables' shapes and the input's shape and dtype."""
+        names = {layer.name: f"#{i}" for i, layer in enumerate(model.layers)}
+        names[model.name] = "#model"
+
+        def anonymous(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: anonymous(v) for k, v in value.items()}
+            if isinstance(value, list | tuple):
+                return [anonymous(v) for v in value]
+            return names.get(value, value) if isinstance(value, str) else value
+
+        shapes = [list(v.shape) for v in model.variables]
+        return json.dumps(
+            [anonymous(model.get_config()), shapes, list(x.shape[1:]), str(x.dtype)],
+            sort_keys=True,
+            default=str,
+        )
+
+    def __call__(self, model: keras.Model, x: np.ndarray) -> np.ndarray:
+        """``model``'s output for the batch ``x``, as a float numpy array."""
+        import keras
+
+        if keras.backend.backend() != "jax":
+            return np.asarray(model.predict(x, batch_size=512, verbose=0))
+        key = self._key(model, x)
+        fwd = self._passes.get(key)
+        if fwd is None:
+            import jax
+
+            template = model
+
+            def forward(trainable: list[Any], non_trainable: list[Any], batch: Any) -> Any:
+                out, _ = template.stateless_call(trainable, non_trainable, batch, training=False)
+                return out
+
+            fwd = self._passes[key] = jax.jit(forward)
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+        return np.asarray(fwd(trainable, non_trainable, x))
+
+
 @dataclass
 class LoadedModel:
     """A registered model with its network in memory.
@@ -28,10 +95,17 @@ class LoadedModel:
     Attributes:
         record: the registry record (type, symbol, timeframe, feature_spec, horizon_bars...).
         model: the Keras network.
+        forward: the shared compiled forward pass to use (None: ``model.predict``).
     """
 
     record: ModelRecord
     model: keras.Model
+    forward: SharedForward | None = field(default=None, repr=False)
+
+    def _predict(self, windows: np.ndarray) -> np.ndarray:
+        if self.forward is not None:
+            return self.forward(self.model, windows).reshape(-1)
+        return self.model.predict(windows, batch_size=512, verbose=0).reshape(-1)
 
     @property
     def spec(self) -> FeatureSpec:
@@ -52,8 +126,7 @@ class LoadedModel:
         out = np.full(len(candles), np.nan)
         windows, ends = inference_windows(candles, self.spec)
         if len(ends):
-            p = self.model.predict(windows, batch_size=512, verbose=0).reshape(-1)
-            out[ends] = p
+            out[ends] = self._predict(windows)
         return out
 
     def predict_up_probability(self, candles: pd.DataFrame) -> float:
@@ -65,12 +138,17 @@ class LoadedModel:
         spec = self.spec
         # recursive indicators (Wilder RSI, MACD EMAs) need ~250 bars to forget their seed
         tail = candles.iloc[-(spec.lookback + WARMUP_BARS) :]
-        p = self.predict_up_probabilities(tail)
-        if not len(p) or not np.isfinite(p[-1]):
+        windows, ends = inference_windows(tail, spec)
+        if not len(ends) or ends[-1] != len(tail) - 1:
             raise InsufficientDataError(
                 f"Insufficient data: the model needs at least {spec.lookback + 40} recent candles "
                 f"({spec.lookback + WARMUP_BARS} recommended), "
                 f"got {len(candles)}"
+            )
+        p = self._predict(windows[-1:])  # only the newest window is needed
+        if not np.isfinite(p[-1]):
+            raise InsufficientDataError(
+                f"the model gave no probability for the newest bar: {p[-1]}"
             )
         return float(p[-1])
 

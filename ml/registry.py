@@ -32,7 +32,7 @@ from integrations.store import DuplicateKeyStoreError, Store
 from ml.encryption import decrypt_bytes, encrypt_bytes
 from ml.files import atomic_write_bytes
 from ml.metrics import selection_accuracy
-from ml.predictor import LoadedModel
+from ml.predictor import LoadedModel, SharedForward
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +89,11 @@ def model_to_bytes(model: Any) -> bytes:
 
 
 def model_from_bytes(data: bytes) -> Any:
-    """Build a Keras model from ``.keras`` zip bytes held in memory."""
+    """Build a Keras model from ``.keras`` zip bytes held in memory, for inference or as
+    initial weights (not compiled: no optimizer state is built; ``compile()`` before fitting)."""
     from keras.src.saving import saving_lib
 
-    return saving_lib.load_model(io.BytesIO(data), compile=True)
+    return saving_lib.load_model(io.BytesIO(data), compile=False)
 
 
 class ModelRegistry:
@@ -295,8 +296,12 @@ class ModelRegistry:
         docs = self.store.models_find(query, sort=[("created_at", -1), ("version", -1)])
         return [ModelRecord.from_doc(d) for d in docs]
 
-    def load(self, record: ModelRecord) -> LoadedModel:
+    def load(self, record: ModelRecord, forward: SharedForward | None = None) -> LoadedModel:
         """Decrypt the model file in memory and build the network.
+
+        Args:
+            forward: a shared compiled forward pass for many models of one architecture
+                (bulk-analysis); None predicts with the model's own ``predict``.
 
         Returns:
             a :class:`ml.predictor.LoadedModel`.
@@ -309,4 +314,4 @@ class ModelRegistry:
         if not path.exists():
             raise NotFoundError(f"model file of {record.model_id} is missing: {path}")
         plain = decrypt_bytes(path.read_bytes(), self._key, path.name.encode())
-        return LoadedModel(record=record, model=model_from_bytes(plain))
+        return LoadedModel(record=record, model=model_from_bytes(plain), forward=forward)

@@ -90,16 +90,20 @@ def analyze_frames(
         one outcome per symbol, in order.
     """
     loaded: dict[str, Any] = {}
+    forward: Any = None  # one compiled pass per architecture, shared by the chunk's models
 
     def model_for(symbol: str) -> Any:
+        nonlocal forward
         doc = model_docs.get(symbol)
         if doc is None or model_key is None or model_dir is None or store is None:
             return None
         if doc["model_id"] not in loaded:
-            from ml.registry import ModelRecord, ModelRegistry  # imports keras: only if needed
+            from ml.predictor import SharedForward  # keras: imported only when needed
+            from ml.registry import ModelRecord, ModelRegistry
 
+            forward = forward or SharedForward()
             registry = ModelRegistry(store, Path(model_dir), model_key.get_secret_value())
-            loaded[doc["model_id"]] = registry.load(ModelRecord.from_doc(doc))
+            loaded[doc["model_id"]] = registry.load(ModelRecord.from_doc(doc), forward)
         return loaded[doc["model_id"]]
 
     return analyze_symbols(symbols, frames.__getitem__, model_for, config)

@@ -67,3 +67,47 @@ def test_encrypted_round_trip_and_lifecycle(
     dep = reg.deployed("BTCUSDT", "1h")
     assert dep.model_id == rec2.model_id and dep.deployed_at is not None
     assert [r.version for r in reg.history(symbol="BTCUSDT")] == [2, 1]
+
+
+@pytest.mark.tc("TC-ASYNC-011")
+def test_shared_forward_pass_matches_each_models_own_predict(
+    store: Store, tmp_path: Path, key: bytes, signal_candles
+):
+    """bulk-analysis runs many models of one architecture through one compiled pass: each
+    model's probabilities must be its own (weights passed per call), for every architecture."""
+    from ml.predictor import SharedForward
+
+    ds = prepare_dataset(signal_candles, lookback=12, horizon_bars=1)
+    reg = ModelRegistry(store, tmp_path / "models", key)
+    shared = SharedForward()
+    records = []
+    for i, model_type in enumerate(["gru", "gru", "gru", "lstm"]):
+        model = build_model(model_type, 12, ds.spec.n_features, units=8 if i < 3 else 6)
+        model.fit(ds.x_train[: 64 * (i + 1)], ds.y_train[: 64 * (i + 1)], epochs=1, verbose=0)
+        records.append(
+            reg.register(
+                model,
+                model_type=model_type,
+                symbol=f"S{i}USDT",
+                timeframe="1h",
+                metrics={"val_accuracy": 0.5},
+                feature_spec=ds.spec.to_dict(),
+                horizon_bars=1,
+                created_by="test",
+            )
+        )
+    newest = []
+    for rec in records:
+        own = reg.load(rec)
+        via_shared = reg.load(rec, shared)
+        np.testing.assert_allclose(
+            via_shared.predict_up_probabilities(signal_candles),
+            own.predict_up_probabilities(signal_candles),
+            rtol=1e-5,
+            equal_nan=True,
+        )
+        p = via_shared.predict_up_probability(signal_candles)
+        np.testing.assert_allclose(p, own.predict_up_probability(signal_candles), rtol=1e-5)
+        newest.append(p)
+    assert len(set(np.round(newest, 6))) == len(newest)  # four different models, four answers
+    assert len(shared._passes) == 2  # one GRU architecture, one LSTM
