@@ -120,6 +120,18 @@ def celery_once(task) -> tuple[float, float]:  # noqa: ANN001
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
+def api_auth_env() -> dict[str, str]:
+    """``PREFECT_API_AUTH_STRING`` of the current Prefect settings (the stack's server
+    requires it), for the workers the bench starts; empty when the server needs none."""
+    from prefect.settings import PREFECT_API_AUTH_STRING
+
+    auth = PREFECT_API_AUTH_STRING.value()
+    if auth is None:
+        return {}
+    value = auth.get_secret_value() if hasattr(auth, "get_secret_value") else str(auth)
+    return {"PREFECT_API_AUTH_STRING": value}
+
+
 @contextlib.contextmanager
 def prefect_server(tmp: Path) -> Iterator[None]:
     """A Prefect server for the bench, the API of this process pointed at it.
@@ -193,6 +205,7 @@ def main(runs: int = 20, budget_s: float = 1800) -> None:
         ):
             api = PREFECT_API_URL.value()
             env = {**os.environ, "PREFECT_API_URL": api, "PYTHONPATH": str(REPO)}
+            env.update(api_auth_env())
             deployments = {}
             for kind in ("warm", "stock"):
                 pool = f"latency-{kind}"

@@ -23,8 +23,10 @@ run takes no other run down (the worker reports it Crashed), cancellation is Pre
 exits. If the fork server dies, the next run starts a new one. Runs re-run under the same
 flow-run id (crash recovery) are picked up like any scheduled run.
 
-Pickup: the worker polls its queues every ``--query-seconds`` (default
-:data:`WARM_QUERY_SECONDS`) instead of the stock 2-10 s, one cheap API call per poll.
+Pickup: the worker polls its queues at once when the server streams a
+``prefect.flow-run.Scheduled`` event of its pool (deployments/wakeup.py), and every
+``--query-seconds`` (default :data:`WARM_QUERY_SECONDS`) instead of the stock 2-10 s, one
+cheap API call per poll; the poll alone picks runs up when events are unavailable.
 
 Run: ``python -m deployments.warm_worker --pool botai-process`` (see :func:`worker_command`).
 """
@@ -53,6 +55,7 @@ from deployments.fork_server import (  # noqa: F401 (_noop, _run_flow_run: see b
     settings_env,
     warm_up,
 )
+from deployments.wakeup import ScheduledRunWaker
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -129,10 +132,18 @@ def _worker_class() -> type:
             # its API client, control channel and cancellation observer serve every run
             self._exec_ctx = FlowRunExecutorContext()
             await self._exec_ctx.__aenter__()
+            # pickup on event: a run scheduled on this pool is polled for at once
+            self._waker = ScheduledRunWaker(
+                self.get_and_submit_flow_runs,
+                lambda: str(self._work_pool.id) if self._work_pool else None,
+                self._logger,
+            )
+            self._waker.start()
             return self
 
         async def __aexit__(self, *exc_info: Any) -> None:
             try:
+                await self._waker.stop()
                 await super().__aexit__(*exc_info)
             finally:
                 await self._exec_ctx.__aexit__(None, None, None)

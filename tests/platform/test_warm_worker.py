@@ -33,6 +33,7 @@ from tests.peers import create_process_deployment, create_process_pool
 from tests.platform.warm_flows import warm_probe
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+SLOW_POLL_S = 20
 
 
 def _wait(predicate, timeout_s: float, what: str):
@@ -60,7 +61,8 @@ def warm_pool(prefect_server: str, tmp_path_factory) -> Iterator[dict]:
     log_path = tmp_path_factory.mktemp("warm") / "worker.log"
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "PYTHONPATH": str(REPO_ROOT)}
     cmd = [sys.executable, "-m", "deployments.warm_worker", "--pool", pool]
-    cmd += ["--preload", "tests.platform.warm_flows"]
+    # polling every 20 s: runs are picked up by the Scheduled event (the poll is the fallback)
+    cmd += ["--preload", "tests.platform.warm_flows", "--query-seconds", str(SLOW_POLL_S)]
     with open(log_path, "w") as log:
         worker = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
     try:
@@ -129,6 +131,22 @@ def test_kill_9_of_one_run_leaves_concurrent_run_and_worker_unharmed(warm_pool, 
         assert int((tmp_path / f"{other.id}.pid").read_text()) != other_pid
         # its memory went back: no process of the finished runs is left
         assert not psutil.pid_exists(other_pid) or psutil.Process(other_pid).status() == "zombie"
+
+
+@pytest.mark.tc("TC-ASYNC-088")
+def test_a_scheduled_run_is_picked_up_on_its_event_not_at_the_next_poll(warm_pool):
+    """The worker polls every 20 s; each of three runs must still be claimed (Pending)
+    within 3 s of its creation: only the Scheduled event can do that (by chance, a poll
+    would claim all three so fast with probability (3/20)^3, under 0.4 %)."""
+    with get_client(sync_client=True) as client:
+        claim_s = []
+        for _ in range(3):
+            run = client.create_flow_run_from_deployment(warm_pool["probe"], parameters={})
+            created = client.read_flow_run(run.id).created
+            _wait(lambda: _state(client, run.id) == "COMPLETED", 60, "the run to complete")
+            states = {s.type.value: s.timestamp for s in client.read_flow_run_states(run.id)}
+            claim_s.append((states["PENDING"] - created).total_seconds())
+        assert max(claim_s) < 3.0, claim_s
 
 
 @pytest.mark.tc("TC-ASYNC-005")
