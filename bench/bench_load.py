@@ -3,14 +3,16 @@
 Run: ``.venv/bin/python bench/bench_load.py [trainings] [short_runs] [budget_s]``
 (defaults 100, 200, 1500).
 
-Set-up (all real, in a temporary folder): a Prefect server, an nx-27017 store holding 20
+Set-up (all real, in a temporary folder): a Prefect server (on PostgreSQL when
+127.0.0.1:5432 answers, as bench_latency.py), an nx-27017 store holding 20
 synthetic symbols (760 hourly candles each), the MongoDB and model-store blocks, a process
 pool whose ``ml_training`` queue has concurrency 2 (as the platform's), the train-model and
 latency-job deployments, and the platform's warm worker (deployments/warm_worker.py).
 
 1. **TC-ASYNC-086**: ``trainings`` train-model runs (10 epochs, 20 symbols, LSTM/GRU in
-   turn) are created at once through the Prefect API (the gateway's quota allows 10
-   trainings per user per day, so 100 cannot go through it). Every second: how many runs
+   turn) are requested at once through the gateway (``POST /api/tasks/train``, the real
+   FastAPI app in this process, JWT-authenticated): one operator per 10 trainings, since
+   the gateway's quota allows 10 trainings per user per day. Every second: how many runs
    are Running (must never exceed 2), the RSS of the worker (worker + fork server) and of
    each flow-run process, and the machine's CPU utilisation (TC-ASYNC-092).
 2. **TC-ASYNC-091**: ``short_runs`` short runs (bench/latency_job.py) one after the other
@@ -77,8 +79,8 @@ def main(trainings: int = 100, short_runs: int = 200, budget_s: float = 1500) ->
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
 
+    from bench.bench_latency import api_auth_env, prefect_server
     from bench.latency_job import latency_job
     from blocks.model_store import ModelStoreBlock, generate_model_key
     from blocks.mongodb import MongoDBBlock
@@ -97,7 +99,7 @@ def main(trainings: int = 100, short_runs: int = 200, budget_s: float = 1500) ->
         for i, s in enumerate(SYMBOLS):
             store.upsert_candles(s, "1h", make_candles(760, seed=i), source="synthetic")
         with (
-            prefect_test_harness(server_startup_timeout=180),
+            prefect_server(tmp),  # PostgreSQL when 127.0.0.1:5432 answers, as in production
             get_client(sync_client=True) as client,
         ):
             MongoDBBlock(uri=mongo.uri, database="bench").save("mongodb", overwrite=True)
@@ -117,6 +119,7 @@ def main(trainings: int = 100, short_runs: int = 200, budget_s: float = 1500) ->
                 **os.environ,
                 "PREFECT_API_URL": PREFECT_API_URL.value(),
                 "PYTHONPATH": str(REPO),
+                **api_auth_env(),
             }
             cmd = [sys.executable, "-m", "deployments.warm_worker", "--pool", pool]
             cmd += ["--preload", "bench.latency_job"]
@@ -136,6 +139,7 @@ def main(trainings: int = 100, short_runs: int = 200, budget_s: float = 1500) ->
             print(f"worker online after {time.monotonic() - t0:.1f} s", flush=True)
             rss_idle, _ = worker_rss(worker, set())
             training_phase(
+                gateway(store),
                 client,
                 train_dep,
                 trainings,
@@ -158,7 +162,23 @@ def main(trainings: int = 100, short_runs: int = 200, budget_s: float = 1500) ->
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def gateway(store):  # noqa: ANN001, ANN201
+    """The gateway app on this process's Prefect API and ``store``, and a token maker.
+
+    Returns (TestClient, settings)."""
+    import secrets
+
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from api.settings import load_api_settings
+
+    settings = load_api_settings(jwt_secret=secrets.token_urlsafe(48))
+    return TestClient(create_app(settings, store_factory=lambda: store)), settings
+
+
 def training_phase(
+    gw,
     client,
     deployment_id,
     n,
@@ -185,15 +205,30 @@ def training_phase(
         )
         for i in range(n)
     ]
+    from uuid import UUID
+
+    from api.security import issue_token
+
+    http, api_settings = gw
+    per_user = api_settings.trainings_per_day
     t_queue = time.monotonic()
-    ids = [
-        client.create_flow_run_from_deployment(
-            deployment_id, parameters={"params": p.model_dump(mode="json")}
-        ).id
-        for p in params
-    ]
+    ids, refused = [], []
+    for i, p in enumerate(params):
+        user = f"operator{i // per_user:02d}"
+        token = issue_token(api_settings, user, admin=True)
+        body = p.model_dump(mode="json", exclude={"requested_by"})
+        r = http.post("/api/tasks/train", json=body, headers={"Authorization": f"Bearer {token}"})
+        if r.status_code == 202:
+            ids.append(UUID(r.json()["task_id"]))
+        else:
+            refused.append(f"{r.status_code}: {r.json().get('error', '')[:80]}")
     queued_s = time.monotonic() - t_queue
-    print(f"queued {n} trainings in {queued_s:.1f} s ({os.getloadavg()[0]:.1f} load)", flush=True)
+    print(
+        f"requested {n} trainings through the gateway in {queued_s:.1f} s: {len(ids)} accepted "
+        f"(202), {len(refused)} refused {refused[:3]} ({os.getloadavg()[0]:.1f} load)",
+        flush=True,
+    )
+    n = len(ids)
     psutil.cpu_percent(None)
     max_running, cpu, loads, peak_worker, peak_run = 0, [], [], 0, 0
     final: dict = {}
