@@ -120,13 +120,13 @@ def seed_candles(store, symbols: list[str], start: datetime) -> None:  # noqa: A
     from core.market import bar_length
     from integrations.market_data.synthetic import generate_candles
     from integrations.store import C
-    from integrations.store.market import _frame_to_docs
+    from integrations.store.candles import frame_to_docs
 
     for i in range(0, len(symbols), 20):  # 6,000 documents per insert
         docs = []
         for s in symbols[i : i + 20]:
             frame = generate_candles(s, "1h", start, 300)
-            docs += _frame_to_docs(s, "1h", frame, bar_length("1h"), "synthetic")
+            docs += frame_to_docs(s, "1h", frame, bar_length("1h"), "synthetic")
         store.col(C.MARKET_DATA).insert_many(docs, ordered=False)
 
 

@@ -22,8 +22,9 @@ from integrations.store.boundary import (
     is_temporary,
     shared_client,
 )
+from integrations.store.candles import CANDLE_FIELDS, FRAME_COLUMNS
 from integrations.store.facade import Store
-from integrations.store.market import CANDLE_FIELDS, FRAME_COLUMNS, UpsertReport
+from integrations.store.market import UpsertReport
 from integrations.store.schema import EXPIRING, INDEXES, C, Retention
 
 __all__ = [

@@ -8,33 +8,27 @@ unique on (symbol, timeframe, open_time). Frames use :data:`FRAME_COLUMNS`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from bson import json_util
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import BulkWriteError
 
 from core.market import bar_length
 from integrations.store.base import Repository
+from integrations.store.candles import (
+    CANDLE_FIELDS,
+    FRAME_COLUMNS,
+    docs_to_frame,
+    frame_to_docs,
+    group_datetime,
+    same_candle,
+)
 from integrations.store.schema import C
 
-CANDLE_FIELDS = (
-    "open_price",
-    "high_price",
-    "low_price",
-    "close_price",
-    "volume",
-    "quote_volume",
-    "trades_count",
-)
-#: Column names of the candle DataFrames used by ml/ and backtest/.
-FRAME_COLUMNS = ("open", "high", "low", "close", "volume", "quote_volume", "trades_count")
-_DOC_TO_FRAME = dict(zip(CANDLE_FIELDS, FRAME_COLUMNS, strict=True))
+__all__ = ["CANDLE_FIELDS", "FRAME_COLUMNS", "MarketData", "UpsertReport", "group_datetime"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +61,7 @@ class MarketData(Repository):
         """
         if frame.empty:
             return UpsertReport(0, 0, 0)
-        docs = _frame_to_docs(symbol, timeframe, frame, bar_length(timeframe), source)
+        docs = frame_to_docs(symbol, timeframe, frame, bar_length(timeframe), source)
         col = self.col(C.MARKET_DATA)
         key = {"symbol": symbol, "timeframe": timeframe}
 
@@ -78,7 +72,7 @@ class MarketData(Repository):
             changed = [
                 d
                 for d in docs
-                if d["open_time"] in existing and not _same_candle(d, existing[d["open_time"]])
+                if d["open_time"] in existing and not same_candle(d, existing[d["open_time"]])
             ]
             inserted = 0
             if new_docs:
@@ -136,7 +130,7 @@ class MarketData(Repository):
         docs = self.call("reading candles", read)
         if last_n:
             docs.reverse()
-        return _docs_to_frame(docs)
+        return docs_to_frame(docs)
 
     def candle_symbols(self, timeframe: str | None = None) -> list[str]:
         """Symbols with at least one stored candle (of ``timeframe`` when given), sorted."""
@@ -186,7 +180,7 @@ class MarketData(Repository):
         Raises:
             StoreUnavailableError: MongoDB unreachable (after the retry budget).
         """
-        out = {s: _docs_to_frame([]) for s in symbols}
+        out = {s: docs_to_frame([]) for s in symbols}
         if not symbols:
             return out
         col = self.col(C.MARKET_DATA)
@@ -219,81 +213,7 @@ class MarketData(Repository):
         for s, rows in by_symbol.items():
             for d in rows:
                 d.pop("timeframe", None)
-            out[s] = _docs_to_frame(rows).sort_index().iloc[-last_n:]
+            out[s] = docs_to_frame(rows).sort_index().iloc[-last_n:]
         for s in newest.keys() - set(together):
             out[s] = self.load_candles(s, timeframe, last_n=last_n)
         return out
-
-
-# ---------------------------------------------------------------- helpers
-def group_datetime(value: Any) -> datetime | None:
-    """A ``$max`` of datetimes from ``$group``: a datetime on MongoDB; nx-27017 returns it as
-    extended JSON text (``{"$date": "..."}``). Returns a UTC datetime, or None."""
-    if isinstance(value, str):
-        try:
-            value = json_util.loads(value)
-        except ValueError:
-            return None
-    if isinstance(value, Mapping) and "$date" in value:
-        value = pd.Timestamp(value["$date"]).to_pydatetime()
-    if not isinstance(value, datetime):
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _frame_to_docs(
-    symbol: str, timeframe: str, frame: pd.DataFrame, step: Any, source: str
-) -> list[dict[str, Any]]:
-    frame = frame.sort_index()
-    idx = pd.DatetimeIndex(frame.index)
-    idx = idx.tz_localize(UTC) if idx.tz is None else idx.tz_convert(UTC)
-    quote = frame["quote_volume"] if "quote_volume" in frame else frame["close"] * frame["volume"]
-    trades = frame["trades_count"] if "trades_count" in frame else pd.Series(0, index=frame.index)
-    docs = []
-    for t, o, h, lo, c, v, q, n in zip(
-        idx.to_pydatetime(),
-        frame["open"].to_numpy(float),
-        frame["high"].to_numpy(float),
-        frame["low"].to_numpy(float),
-        frame["close"].to_numpy(float),
-        frame["volume"].to_numpy(float),
-        np.asarray(quote, dtype=float),
-        np.asarray(trades.fillna(0), dtype=np.int64),
-        strict=True,
-    ):
-        docs.append(
-            {
-                "symbol": symbol,
-                "timeframe": timeframe,
-                "open_time": t,
-                "close_time": t + step,
-                "open_price": o,
-                "high_price": h,
-                "low_price": lo,
-                "close_price": c,
-                "volume": v,
-                "quote_volume": q,
-                "trades_count": int(n),
-                "source": source,
-            }
-        )
-    return docs
-
-
-def _same_candle(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
-    return all(new.get(f) == old.get(f) for f in (*CANDLE_FIELDS, "source"))
-
-
-def _docs_to_frame(docs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    docs = list(docs)
-    cols = [*FRAME_COLUMNS, "source"]
-    if not docs:
-        return pd.DataFrame(columns=cols, index=pd.DatetimeIndex([], tz=UTC, name="open_time"))
-    frame = pd.DataFrame.from_records(docs)
-    frame = frame.rename(columns=_DOC_TO_FRAME)
-    frame.index = pd.DatetimeIndex(
-        pd.to_datetime(frame.pop("open_time"), utc=True), name="open_time"
-    )
-    if "source" not in frame:
-        frame["source"] = None
-    return frame[cols]
