@@ -3,7 +3,9 @@
     {symbol, timeframe, open_time, close_time, open_price, high_price, low_price,
      close_price, volume, quote_volume, trades_count, source}
 
-unique on (symbol, timeframe, open_time). Frames use :data:`FRAME_COLUMNS`.
+unique on (symbol, timeframe, open_time). Frames use :data:`FRAME_COLUMNS`. Every write
+keeps the series' tail in ``candle_tails`` (:mod:`.tails`) up to date; batched reads use
+the tails that still match ``market_data``.
 """
 
 from __future__ import annotations
@@ -27,8 +29,23 @@ from integrations.store.candles import (
     same_candle,
 )
 from integrations.store.schema import C
+from integrations.store.tails import (
+    decode,
+    fingerprints,
+    mark_dirty,
+    new_writer,
+    read_usable,
+    rebuild,
+)
 
-__all__ = ["CANDLE_FIELDS", "FRAME_COLUMNS", "MarketData", "UpsertReport", "group_datetime"]
+__all__ = [
+    "CANDLE_FIELDS",
+    "FRAME_COLUMNS",
+    "CandleBatch",
+    "MarketData",
+    "UpsertReport",
+    "group_datetime",
+]
 
 
 @dataclass(frozen=True)
@@ -40,6 +57,21 @@ class UpsertReport:
     unchanged: int
 
 
+@dataclass(frozen=True)
+class CandleBatch:
+    """Outcome of a batched candle read.
+
+    Attributes:
+        frames: ``{symbol: frame}`` as :meth:`MarketData.load_candles`.
+        from_tails: symbols served from their tail in ``candle_tails``, in request order.
+        from_candles: symbols with candles read from ``market_data``, in request order.
+    """
+
+    frames: dict[str, pd.DataFrame]
+    from_tails: tuple[str, ...]
+    from_candles: tuple[str, ...]
+
+
 class MarketData(Repository):
     """The ``market_data`` collection (candles)."""
 
@@ -47,6 +79,9 @@ class MarketData(Repository):
         self, symbol: str, timeframe: str, frame: pd.DataFrame, *, source: str
     ) -> UpsertReport:
         """Write candles idempotently: new bars inserted, changed bars updated, equal bars kept.
+
+        The series' tail in ``candle_tails`` is marked dirty before and rebuilt after the
+        write (see :mod:`.tails`); the whole sequence is safe to repeat.
 
         Args:
             frame: columns ``open, high, low, close, volume`` (optional ``quote_volume``,
@@ -63,9 +98,12 @@ class MarketData(Repository):
             return UpsertReport(0, 0, 0)
         docs = frame_to_docs(symbol, timeframe, frame, bar_length(timeframe), source)
         col = self.col(C.MARKET_DATA)
+        tails = self.col(C.CANDLE_TAILS)
         key = {"symbol": symbol, "timeframe": timeframe}
 
         def write() -> UpsertReport:  # the whole write is repeatable: it starts by reading
+            writer = new_writer()
+            mark_dirty(tails, symbol, timeframe, writer, "candles being written")
             span = {"$gte": docs[0]["open_time"], "$lte": docs[-1]["open_time"]}
             existing = {d["open_time"]: d for d in col.find({**key, "open_time": span}, {"_id": 0})}
             new_docs = [dict(d) for d in docs if d["open_time"] not in existing]
@@ -82,6 +120,7 @@ class MarketData(Repository):
                     inserted = e.details.get("nInserted", 0)
             for d in changed:  # whole-document replace (see docs/architecture.md on nx-27017)
                 col.replace_one({**key, "open_time": d["open_time"]}, dict(d))
+            rebuild(col, tails, [symbol], timeframe, writer)
             return UpsertReport(inserted, len(changed), len(docs) - len(new_docs) - len(changed))
 
         return self.call("writing candles", write)
@@ -169,32 +208,45 @@ class MarketData(Repository):
     ) -> dict[str, pd.DataFrame]:
         """The newest ``last_n`` candles of each of ``symbols`` in a few queries.
 
-        One ``$group`` finds each symbol's newest bar; symbols ending within ``last_n`` bars
-        of the most recent one are read with one ``$in`` query (on nx-27017 a query costs
-        ~70 ms whatever it returns, so this is ~3x faster than a query per symbol); the rest
-        are read one by one.
-
         Returns:
-            ``{symbol: frame}`` as :meth:`load_candles` (empty frame: no candles stored).
+            ``{symbol: frame}`` as :meth:`load_candles` (empty frame: no candles stored);
+            see :meth:`load_candles_batch`.
 
         Raises:
             StoreUnavailableError: MongoDB unreachable (after the retry budget).
         """
+        return self.load_candles_batch(symbols, timeframe, last_n=last_n).frames
+
+    def load_candles_batch(self, symbols: list[str], timeframe: str, *, last_n: int) -> CandleBatch:
+        """The newest ``last_n`` candles of each of ``symbols``, and where they came from.
+
+        One ``$group`` gives each series' fingerprint and newest bar, one find the tails of
+        ``candle_tails``; a symbol whose tail still matches its series is served from it
+        (see :mod:`.tails`). Of the others, those ending within ``last_n`` bars of the most
+        recent one are read with one ``$in`` query (on nx-27017 a query costs ~70 ms
+        whatever it returns, so this is ~3x faster than a query per symbol); the rest one by
+        one. Nothing is written.
+
+        Returns:
+            the frames (as :meth:`load_candles`; empty frame: no candles stored) and which
+            symbols were served from tails.
+
+        Raises:
+            StoreUnavailableError: MongoDB unreachable (after the retry budget).
+        """
+        symbols = list(dict.fromkeys(symbols))
         out = {s: docs_to_frame([]) for s in symbols}
         if not symbols:
-            return out
+            return CandleBatch(out, (), ())
         col = self.col(C.MARKET_DATA)
+        tails = self.col(C.CANDLE_TAILS)
 
-        def read() -> tuple[dict[str, datetime], list[str], list[dict[str, Any]]]:
-            groups = col.aggregate(
-                [
-                    {"$match": {"symbol": {"$in": list(symbols)}, "timeframe": timeframe}},
-                    {"$group": {"_id": "$symbol", "last": {"$max": "$open_time"}}},
-                ]
-            )
-            newest = {d["_id"]: t for d in groups if (t := group_datetime(d.get("last")))}
+        def read() -> tuple[dict[str, Any], dict[str, datetime], list[str], list[dict[str, Any]]]:
+            current = fingerprints(col, symbols, timeframe)
+            served = read_usable(tails, current, symbols, timeframe, last_n)
+            newest = {s: fp.last_open_time for s, fp in current.items() if s not in served}
             if not newest:
-                return newest, [], []
+                return served, newest, [], []
             span = bar_length(timeframe) * last_n
             latest = max(newest.values())
             together = [s for s, t in newest.items() if latest - t < span]
@@ -204,9 +256,11 @@ class MarketData(Repository):
                 "timeframe": timeframe,
                 "open_time": {"$gt": since},
             }
-            return newest, together, list(col.find(query, {"_id": 0}))
+            return served, newest, together, list(col.find(query, {"_id": 0}))
 
-        newest, together, docs = self.call("reading candles", read)
+        served, newest, together, docs = self.call("reading candles", read)
+        for s, tail in served.items():
+            out[s] = decode(tail, last_n)
         by_symbol: dict[str, list[dict[str, Any]]] = {s: [] for s in together}
         for d in docs:
             by_symbol[d.pop("symbol")].append(d)
@@ -216,4 +270,31 @@ class MarketData(Repository):
             out[s] = docs_to_frame(rows).sort_index().iloc[-last_n:]
         for s in newest.keys() - set(together):
             out[s] = self.load_candles(s, timeframe, last_n=last_n)
-        return out
+        return CandleBatch(
+            out,
+            tuple(s for s in symbols if s in served),
+            tuple(s for s in symbols if s in newest),
+        )
+
+    def rebuild_candle_tails(self, symbols: list[str], timeframe: str) -> dict[str, str]:
+        """Rebuild the tails of ``symbols`` from ``market_data`` as a platform write does
+        (after candles were loaded around :meth:`upsert_candles`, e.g. by a bulk insert).
+
+        Returns:
+            ``{symbol: state written}`` ("valid", "dirty" or "skipped": see
+            :func:`~integrations.store.tails.rebuild`).
+
+        Raises:
+            StoreUnavailableError: MongoDB unreachable (after the retry budget).
+        """
+        symbols = list(dict.fromkeys(symbols))
+        col = self.col(C.MARKET_DATA)
+        tails = self.col(C.CANDLE_TAILS)
+
+        def write() -> dict[str, str]:
+            writer = new_writer()
+            for s in symbols:
+                mark_dirty(tails, s, timeframe, writer, "being rebuilt")
+            return rebuild(col, tails, symbols, timeframe, writer)
+
+        return self.call("rebuilding candle tails", write)
