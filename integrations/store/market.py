@@ -30,6 +30,7 @@ from integrations.store.candles import (
 )
 from integrations.store.schema import C
 from integrations.store.tails import (
+    Fingerprint,
     decode,
     fingerprints,
     mark_dirty,
@@ -225,7 +226,8 @@ class MarketData(Repository):
         (see :mod:`.tails`). Of the others, those ending within ``last_n`` bars of the most
         recent one are read with one ``$in`` query (on nx-27017 a query costs ~70 ms
         whatever it returns, so this is ~3x faster than a query per symbol); the rest one by
-        one. Nothing is written.
+        one, and so are those the ``$in`` window gave fewer bars than ``last_n`` of a longer
+        series (gaps in it). Nothing is written.
 
         Returns:
             the frames (as :meth:`load_candles`; empty frame: no candles stored) and which
@@ -241,12 +243,15 @@ class MarketData(Repository):
         col = self.col(C.MARKET_DATA)
         tails = self.col(C.CANDLE_TAILS)
 
-        def read() -> tuple[dict[str, Any], dict[str, datetime], list[str], list[dict[str, Any]]]:
+        def read() -> tuple[
+            dict[str, Any], dict[str, Fingerprint], list[str], list[dict[str, Any]]
+        ]:
             current = fingerprints(col, symbols, timeframe)
             served = read_usable(tails, current, symbols, timeframe, last_n)
-            newest = {s: fp.last_open_time for s, fp in current.items() if s not in served}
+            rest = {s: fp for s, fp in current.items() if s not in served}
+            newest = {s: fp.last_open_time for s, fp in rest.items()}
             if not newest:
-                return served, newest, [], []
+                return served, rest, [], []
             span = bar_length(timeframe) * last_n
             latest = max(newest.values())
             together = [s for s, t in newest.items() if latest - t < span]
@@ -256,9 +261,9 @@ class MarketData(Repository):
                 "timeframe": timeframe,
                 "open_time": {"$gt": since},
             }
-            return served, newest, together, list(col.find(query, {"_id": 0}))
+            return served, rest, together, list(col.find(query, {"_id": 0}))
 
-        served, newest, together, docs = self.call("reading candles", read)
+        served, rest, together, docs = self.call("reading candles", read)
         for s, tail in served.items():
             out[s] = decode(tail, last_n)
         by_symbol: dict[str, list[dict[str, Any]]] = {s: [] for s in together}
@@ -268,12 +273,13 @@ class MarketData(Repository):
             for d in rows:
                 d.pop("timeframe", None)
             out[s] = docs_to_frame(rows).sort_index().iloc[-last_n:]
-        for s in newest.keys() - set(together):
+        gapped = {s for s in together if len(out[s]) < min(last_n, rest[s].bars)}
+        for s in (rest.keys() - set(together)) | gapped:
             out[s] = self.load_candles(s, timeframe, last_n=last_n)
         return CandleBatch(
             out,
             tuple(s for s in symbols if s in served),
-            tuple(s for s in symbols if s in newest),
+            tuple(s for s in symbols if s in rest),
         )
 
     def rebuild_candle_tails(self, symbols: list[str], timeframe: str) -> dict[str, str]:
