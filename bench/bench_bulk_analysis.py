@@ -114,20 +114,25 @@ def main(n_symbols: int = 100) -> None:
     )
 
 
-def seed_candles(store, symbols: list[str], start: datetime) -> None:  # noqa: ANN001
+def seed_candles(store, symbols: list[str], start: datetime, *, tails: bool = True) -> None:  # noqa: ANN001
     """300 synthetic hours per symbol in one bulk insert (upserting symbol by symbol costs
-    O(collection) each on nx-27017: 400 symbols took over 10 minutes)."""
+    O(collection) each on nx-27017: 400 symbols took over 10 minutes), then the candle tails
+    built by the write path's own rebuild (``tails=False``: none, as after a writer that
+    bypasses the platform)."""
     from core.market import bar_length
     from integrations.market_data.synthetic import generate_candles
     from integrations.store import C
-    from integrations.store.market import _frame_to_docs
+    from integrations.store.candles import frame_to_docs
 
     for i in range(0, len(symbols), 20):  # 6,000 documents per insert
         docs = []
         for s in symbols[i : i + 20]:
             frame = generate_candles(s, "1h", start, 300)
-            docs += _frame_to_docs(s, "1h", frame, bar_length("1h"), "synthetic")
+            docs += frame_to_docs(s, "1h", frame, bar_length("1h"), "synthetic")
         store.col(C.MARKET_DATA).insert_many(docs, ordered=False)
+    if tails:
+        states = store.market.rebuild_candle_tails(symbols, "1h")
+        assert set(states.values()) == {"valid"}, states
 
 
 def crossover(store, mongo_block, model_dir, key, models, symbols, n_symbols):  # noqa: ANN001

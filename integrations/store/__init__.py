@@ -11,6 +11,8 @@ Layout:
   temporary ones retried within a budget) and the clients (:func:`connect`, :func:`shared_client`).
 * one repository per domain: :mod:`.market`, :mod:`.models`, :mod:`.jobs`, :mod:`.monitoring`,
   :mod:`.improvement`, :mod:`.usage`, :mod:`.dead_letters`.
+* :mod:`.candles` (the candle document schema and its frames) and :mod:`.tails` (the derived
+  ``candle_tails`` that serve batched candle reads), used by :mod:`.market`.
 * :mod:`~integrations.store.facade`: :class:`Store`, which holds them.
 """
 
@@ -22,8 +24,9 @@ from integrations.store.boundary import (
     is_temporary,
     shared_client,
 )
+from integrations.store.candles import CANDLE_FIELDS, FRAME_COLUMNS
 from integrations.store.facade import Store
-from integrations.store.market import CANDLE_FIELDS, FRAME_COLUMNS, UpsertReport
+from integrations.store.market import UpsertReport
 from integrations.store.schema import EXPIRING, INDEXES, C, Retention
 
 __all__ = [

@@ -15,7 +15,7 @@ from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
 from integrations.store.base import Repository
-from integrations.store.market import group_datetime
+from integrations.store.candles import group_datetime
 from integrations.store.schema import C
 
 

@@ -3,38 +3,50 @@
     {symbol, timeframe, open_time, close_time, open_price, high_price, low_price,
      close_price, volume, quote_volume, trades_count, source}
 
-unique on (symbol, timeframe, open_time). Frames use :data:`FRAME_COLUMNS`.
+unique on (symbol, timeframe, open_time). Frames use :data:`FRAME_COLUMNS`. Every write
+keeps the series' tail in ``candle_tails`` (:mod:`.tails`) up to date; batched reads use
+the tails that still match ``market_data``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from bson import json_util
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import BulkWriteError
 
 from core.market import bar_length
 from integrations.store.base import Repository
-from integrations.store.schema import C
-
-CANDLE_FIELDS = (
-    "open_price",
-    "high_price",
-    "low_price",
-    "close_price",
-    "volume",
-    "quote_volume",
-    "trades_count",
+from integrations.store.candles import (
+    CANDLE_FIELDS,
+    FRAME_COLUMNS,
+    docs_to_frame,
+    frame_to_docs,
+    group_datetime,
+    same_candle,
 )
-#: Column names of the candle DataFrames used by ml/ and backtest/.
-FRAME_COLUMNS = ("open", "high", "low", "close", "volume", "quote_volume", "trades_count")
-_DOC_TO_FRAME = dict(zip(CANDLE_FIELDS, FRAME_COLUMNS, strict=True))
+from integrations.store.schema import C
+from integrations.store.tails import (
+    Fingerprint,
+    decode,
+    fingerprints,
+    mark_dirty,
+    new_writer,
+    read_usable,
+    rebuild,
+)
+
+__all__ = [
+    "CANDLE_FIELDS",
+    "FRAME_COLUMNS",
+    "CandleBatch",
+    "MarketData",
+    "UpsertReport",
+    "group_datetime",
+]
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,21 @@ class UpsertReport:
     unchanged: int
 
 
+@dataclass(frozen=True)
+class CandleBatch:
+    """Outcome of a batched candle read.
+
+    Attributes:
+        frames: ``{symbol: frame}`` as :meth:`MarketData.load_candles`.
+        from_tails: symbols served from their tail in ``candle_tails``, in request order.
+        from_candles: symbols with candles read from ``market_data``, in request order.
+    """
+
+    frames: dict[str, pd.DataFrame]
+    from_tails: tuple[str, ...]
+    from_candles: tuple[str, ...]
+
+
 class MarketData(Repository):
     """The ``market_data`` collection (candles)."""
 
@@ -53,6 +80,9 @@ class MarketData(Repository):
         self, symbol: str, timeframe: str, frame: pd.DataFrame, *, source: str
     ) -> UpsertReport:
         """Write candles idempotently: new bars inserted, changed bars updated, equal bars kept.
+
+        The series' tail in ``candle_tails`` is marked dirty before and rebuilt after the
+        write (see :mod:`.tails`); the whole sequence is safe to repeat.
 
         Args:
             frame: columns ``open, high, low, close, volume`` (optional ``quote_volume``,
@@ -67,18 +97,21 @@ class MarketData(Repository):
         """
         if frame.empty:
             return UpsertReport(0, 0, 0)
-        docs = _frame_to_docs(symbol, timeframe, frame, bar_length(timeframe), source)
+        docs = frame_to_docs(symbol, timeframe, frame, bar_length(timeframe), source)
         col = self.col(C.MARKET_DATA)
+        tails = self.col(C.CANDLE_TAILS)
         key = {"symbol": symbol, "timeframe": timeframe}
 
         def write() -> UpsertReport:  # the whole write is repeatable: it starts by reading
+            writer = new_writer()
+            mark_dirty(tails, symbol, timeframe, writer, "candles being written")
             span = {"$gte": docs[0]["open_time"], "$lte": docs[-1]["open_time"]}
             existing = {d["open_time"]: d for d in col.find({**key, "open_time": span}, {"_id": 0})}
             new_docs = [dict(d) for d in docs if d["open_time"] not in existing]
             changed = [
                 d
                 for d in docs
-                if d["open_time"] in existing and not _same_candle(d, existing[d["open_time"]])
+                if d["open_time"] in existing and not same_candle(d, existing[d["open_time"]])
             ]
             inserted = 0
             if new_docs:
@@ -88,6 +121,7 @@ class MarketData(Repository):
                     inserted = e.details.get("nInserted", 0)
             for d in changed:  # whole-document replace (see docs/architecture.md on nx-27017)
                 col.replace_one({**key, "open_time": d["open_time"]}, dict(d))
+            rebuild(col, tails, [symbol], timeframe, writer)
             return UpsertReport(inserted, len(changed), len(docs) - len(new_docs) - len(changed))
 
         return self.call("writing candles", write)
@@ -136,7 +170,7 @@ class MarketData(Repository):
         docs = self.call("reading candles", read)
         if last_n:
             docs.reverse()
-        return _docs_to_frame(docs)
+        return docs_to_frame(docs)
 
     def candle_symbols(self, timeframe: str | None = None) -> list[str]:
         """Symbols with at least one stored candle (of ``timeframe`` when given), sorted."""
@@ -175,32 +209,49 @@ class MarketData(Repository):
     ) -> dict[str, pd.DataFrame]:
         """The newest ``last_n`` candles of each of ``symbols`` in a few queries.
 
-        One ``$group`` finds each symbol's newest bar; symbols ending within ``last_n`` bars
-        of the most recent one are read with one ``$in`` query (on nx-27017 a query costs
-        ~70 ms whatever it returns, so this is ~3x faster than a query per symbol); the rest
-        are read one by one.
-
         Returns:
-            ``{symbol: frame}`` as :meth:`load_candles` (empty frame: no candles stored).
+            ``{symbol: frame}`` as :meth:`load_candles` (empty frame: no candles stored);
+            see :meth:`load_candles_batch`.
 
         Raises:
             StoreUnavailableError: MongoDB unreachable (after the retry budget).
         """
-        out = {s: _docs_to_frame([]) for s in symbols}
-        if not symbols:
-            return out
-        col = self.col(C.MARKET_DATA)
+        return self.load_candles_batch(symbols, timeframe, last_n=last_n).frames
 
-        def read() -> tuple[dict[str, datetime], list[str], list[dict[str, Any]]]:
-            groups = col.aggregate(
-                [
-                    {"$match": {"symbol": {"$in": list(symbols)}, "timeframe": timeframe}},
-                    {"$group": {"_id": "$symbol", "last": {"$max": "$open_time"}}},
-                ]
-            )
-            newest = {d["_id"]: t for d in groups if (t := group_datetime(d.get("last")))}
+    def load_candles_batch(self, symbols: list[str], timeframe: str, *, last_n: int) -> CandleBatch:
+        """The newest ``last_n`` candles of each of ``symbols``, and where they came from.
+
+        One ``$group`` gives each series' fingerprint and newest bar, one find the tails of
+        ``candle_tails``; a symbol whose tail still matches its series is served from it
+        (see :mod:`.tails`). Of the others, those ending within ``last_n`` bars of the most
+        recent one are read with one ``$in`` query (on nx-27017 a query costs ~70 ms
+        whatever it returns, so this is ~3x faster than a query per symbol); the rest one by
+        one, and so are those the ``$in`` window gave fewer bars than ``last_n`` of a longer
+        series (gaps in it). Nothing is written.
+
+        Returns:
+            the frames (as :meth:`load_candles`; empty frame: no candles stored) and which
+            symbols were served from tails.
+
+        Raises:
+            StoreUnavailableError: MongoDB unreachable (after the retry budget).
+        """
+        symbols = list(dict.fromkeys(symbols))
+        out = {s: docs_to_frame([]) for s in symbols}
+        if not symbols:
+            return CandleBatch(out, (), ())
+        col = self.col(C.MARKET_DATA)
+        tails = self.col(C.CANDLE_TAILS)
+
+        def read() -> tuple[
+            dict[str, Any], dict[str, Fingerprint], list[str], list[dict[str, Any]]
+        ]:
+            current = fingerprints(col, symbols, timeframe)
+            served = read_usable(tails, current, symbols, timeframe, last_n)
+            rest = {s: fp for s, fp in current.items() if s not in served}
+            newest = {s: fp.last_open_time for s, fp in rest.items()}
             if not newest:
-                return newest, [], []
+                return served, rest, [], []
             span = bar_length(timeframe) * last_n
             latest = max(newest.values())
             together = [s for s, t in newest.items() if latest - t < span]
@@ -210,90 +261,46 @@ class MarketData(Repository):
                 "timeframe": timeframe,
                 "open_time": {"$gt": since},
             }
-            return newest, together, list(col.find(query, {"_id": 0}))
+            return served, rest, together, list(col.find(query, {"_id": 0}))
 
-        newest, together, docs = self.call("reading candles", read)
+        served, rest, together, docs = self.call("reading candles", read)
+        for s, tail in served.items():
+            out[s] = decode(tail, last_n)
         by_symbol: dict[str, list[dict[str, Any]]] = {s: [] for s in together}
         for d in docs:
             by_symbol[d.pop("symbol")].append(d)
         for s, rows in by_symbol.items():
             for d in rows:
                 d.pop("timeframe", None)
-            out[s] = _docs_to_frame(rows).sort_index().iloc[-last_n:]
-        for s in newest.keys() - set(together):
+            out[s] = docs_to_frame(rows).sort_index().iloc[-last_n:]
+        gapped = {s for s in together if len(out[s]) < min(last_n, rest[s].bars)}
+        for s in (rest.keys() - set(together)) | gapped:
             out[s] = self.load_candles(s, timeframe, last_n=last_n)
-        return out
-
-
-# ---------------------------------------------------------------- helpers
-def group_datetime(value: Any) -> datetime | None:
-    """A ``$max`` of datetimes from ``$group``: a datetime on MongoDB; nx-27017 returns it as
-    extended JSON text (``{"$date": "..."}``). Returns a UTC datetime, or None."""
-    if isinstance(value, str):
-        try:
-            value = json_util.loads(value)
-        except ValueError:
-            return None
-    if isinstance(value, Mapping) and "$date" in value:
-        value = pd.Timestamp(value["$date"]).to_pydatetime()
-    if not isinstance(value, datetime):
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _frame_to_docs(
-    symbol: str, timeframe: str, frame: pd.DataFrame, step: Any, source: str
-) -> list[dict[str, Any]]:
-    frame = frame.sort_index()
-    idx = pd.DatetimeIndex(frame.index)
-    idx = idx.tz_localize(UTC) if idx.tz is None else idx.tz_convert(UTC)
-    quote = frame["quote_volume"] if "quote_volume" in frame else frame["close"] * frame["volume"]
-    trades = frame["trades_count"] if "trades_count" in frame else pd.Series(0, index=frame.index)
-    docs = []
-    for t, o, h, lo, c, v, q, n in zip(
-        idx.to_pydatetime(),
-        frame["open"].to_numpy(float),
-        frame["high"].to_numpy(float),
-        frame["low"].to_numpy(float),
-        frame["close"].to_numpy(float),
-        frame["volume"].to_numpy(float),
-        np.asarray(quote, dtype=float),
-        np.asarray(trades.fillna(0), dtype=np.int64),
-        strict=True,
-    ):
-        docs.append(
-            {
-                "symbol": symbol,
-                "timeframe": timeframe,
-                "open_time": t,
-                "close_time": t + step,
-                "open_price": o,
-                "high_price": h,
-                "low_price": lo,
-                "close_price": c,
-                "volume": v,
-                "quote_volume": q,
-                "trades_count": int(n),
-                "source": source,
-            }
+        return CandleBatch(
+            out,
+            tuple(s for s in symbols if s in served),
+            tuple(s for s in symbols if s in rest),
         )
-    return docs
 
+    def rebuild_candle_tails(self, symbols: list[str], timeframe: str) -> dict[str, str]:
+        """Rebuild the tails of ``symbols`` from ``market_data`` as a platform write does
+        (after candles were loaded around :meth:`upsert_candles`, e.g. by a bulk insert).
 
-def _same_candle(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
-    return all(new.get(f) == old.get(f) for f in (*CANDLE_FIELDS, "source"))
+        Returns:
+            ``{symbol: state written}`` ("valid", "dirty" or "skipped": see
+            :func:`~integrations.store.tails.rebuild`).
 
+        Raises:
+            StoreUnavailableError: MongoDB unreachable (after the retry budget).
+        """
+        symbols = list(dict.fromkeys(symbols))
+        col = self.col(C.MARKET_DATA)
+        tails = self.col(C.CANDLE_TAILS)
 
-def _docs_to_frame(docs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    docs = list(docs)
-    cols = [*FRAME_COLUMNS, "source"]
-    if not docs:
-        return pd.DataFrame(columns=cols, index=pd.DatetimeIndex([], tz=UTC, name="open_time"))
-    frame = pd.DataFrame.from_records(docs)
-    frame = frame.rename(columns=_DOC_TO_FRAME)
-    frame.index = pd.DatetimeIndex(
-        pd.to_datetime(frame.pop("open_time"), utc=True), name="open_time"
-    )
-    if "source" not in frame:
-        frame["source"] = None
-    return frame[cols]
+        def write() -> dict[str, str]:
+            writer = new_writer()
+            for s in symbols:
+                mark_dirty(tails, s, timeframe, writer, "being rebuilt")
+            return rebuild(col, tails, symbols, timeframe, writer)
+
+        return self.call("rebuilding candle tails", write)

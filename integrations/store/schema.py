@@ -17,6 +17,7 @@ class C:
     """Collection names. Use these constants, never string literals, elsewhere."""
 
     MARKET_DATA = "market_data"
+    CANDLE_TAILS = "candle_tails"  # derived: newest bars of each market_data series, rebuilt
     MODELS = "models"
     DEPLOYED_MODELS = "deployed_models"  # one pointer per (model_type, symbol, timeframe)
     TRAINING_JOBS = "training_jobs"
@@ -42,7 +43,8 @@ class C:
 
 #: Results and job records: they carry ``expires_at`` and a TTL index removes them.
 #: Everything else (models, the deployed pointer, candles, trades, the LLM cost ledger and
-#: cost reports, the strategy-disable audit in ``strategy_state``, dead letters) is kept.
+#: cost reports, the strategy-disable audit in ``strategy_state``, dead letters) is kept;
+#: ``candle_tails`` too: it is derived from ``market_data`` and rebuilt by every candle write.
 EXPIRING: tuple[str, ...] = (
     C.TRAINING_JOBS,
     C.BACKTEST_RESULTS,
@@ -78,6 +80,11 @@ INDEXES: dict[str, list[IndexModel]] = {
             [("symbol", ASCENDING), ("timeframe", ASCENDING), ("open_time", ASCENDING)],
             unique=True,
             name="symbol_timeframe_open_time",
+        )
+    ],
+    C.CANDLE_TAILS: [
+        IndexModel(
+            [("symbol", ASCENDING), ("timeframe", ASCENDING)], unique=True, name="symbol_timeframe"
         )
     ],
     C.MODELS: [
