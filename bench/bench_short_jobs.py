@@ -101,6 +101,8 @@ def main(rounds: int = 20) -> None:
     from bench.bench_load import gateway
     from blocks.model_store import ModelStoreBlock, generate_model_key
     from blocks.mongodb import MongoDBBlock
+    from core.settings import Settings
+    from deployments.services import jax_cache_env
     from flows.backtest_strategy import backtest_strategy
     from flows.predict_price import predict_price
     from integrations.embedded_mongo import start_embedded_mongo
@@ -119,14 +121,12 @@ def main(rounds: int = 20) -> None:
         store.ensure_indexes()
         candles = generate_candles(SYMBOL, "1h", datetime(2026, 6, 1, tzinfo=UTC), 2000)
         store.upsert_candles(SYMBOL, "1h", candles, source="synthetic")
-        key = generate_model_key()
+        model_block = ModelStoreBlock(directory=str(tmp / "models"), key=generate_model_key())
         (tmp / "models").mkdir()
-        deploy_model(store, tmp / "models", key, candles)
+        deploy_model(store, tmp / "models", model_block.get_key(), candles)
         with prefect_server(tmp), get_client(sync_client=True) as client:
             MongoDBBlock(uri=mongo.uri, database="bench").save("mongodb", overwrite=True)
-            ModelStoreBlock(directory=str(tmp / "models"), key=key).save(
-                "model-store", overwrite=True
-            )
+            model_block.save("model-store", overwrite=True)
             pool = "short-jobs"
             create_process_pool(pool, {"analysis": None, "backtesting": None})
             create_process_deployment(
@@ -148,6 +148,8 @@ def main(rounds: int = 20) -> None:
                 "PREFECT_API_URL": PREFECT_API_URL.value(),
                 "PYTHONPATH": str(REPO),
                 **api_auth_env(),
+                # the stack's JAX compilation cache, as services.prefect_env sets it
+                **jax_cache_env(Settings()),
             }
             log = open(tmp / "worker.log", "w")  # noqa: SIM115
             worker = subprocess.Popen(
