@@ -143,7 +143,7 @@ def test_a_scheduled_run_is_picked_up_on_its_event_not_at_the_next_poll(warm_poo
         for _ in range(3):
             run = client.create_flow_run_from_deployment(warm_pool["probe"], parameters={})
             created = client.read_flow_run(run.id).created
-            _wait(lambda: _state(client, run.id) == "COMPLETED", 60, "the run to complete")
+            _wait(lambda r=run: _state(client, r.id) == "COMPLETED", 60, "the run to complete")
             states = {s.type.value: s.timestamp for s in client.read_flow_run_states(run.id)}
             claim_s.append((states["PENDING"] - created).total_seconds())
         assert max(claim_s) < 3.0, claim_s
