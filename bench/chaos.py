@@ -45,7 +45,10 @@ from integrations.embedded_mongo import free_port, start_embedded_mongo  # noqa:
 from integrations.store import C, Store, connect  # noqa: E402
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT"]
-TINY_TRAIN = {"timeframe": "1h", "days_of_data": 30, "epochs": 3, "batch_size": 32, "units": 8}
+TINY_TRAIN = {"timeframe": "1h", "days_of_data": 30, "epochs": 8, "batch_size": 32, "units": 8}
+#: Symbols given a deployed GRU at bootstrap, for the predict-price runs (a training deploys
+#: its model only when it beats the deployed one and the baselines on held-out data).
+PREDICT_SYMBOLS = SYMBOLS[:2]
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 
 
@@ -113,9 +116,12 @@ class Chaos:
         services.ensure_work_pool(s)
         ensure_crash_detection(s)
         end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        key = ModelStoreBlock.load("model-store").get_key()
         for i, sym in enumerate(SYMBOLS):
             frame = synthetic_range(sym, "1h", end - timedelta(days=90), end, seed=i)
             self.store.upsert_candles(sym, "1h", frame, source="synthetic")
+            if sym in PREDICT_SYMBOLS:
+                _deploy_small_gru(self.store, s.model_dir, key, sym, frame)
         with get_client(sync_client=True) as client:
             for flow, module, queue in (
                 (train_model, "train_model", "ml_training"),
@@ -161,12 +167,12 @@ class Chaos:
 
     # ------------------------------------------------------------ workload
     def workload(self, n: int, rng: random.Random) -> list[tuple[str, dict]]:
-        """``n`` runs: ~1/8 tiny trainings (distinct model+symbol), backtests, bulk analyses
-        and predictions (these last, after the trainings that deploy their models)."""
+        """``n`` runs: ~1/4 tiny trainings (distinct model+symbol), backtests, bulk analyses
+        and predictions (of the models deployed at bootstrap), trainings first."""
         today = date.today()
         combos = [(m, s) for m in ("lstm", "gru") for s in SYMBOLS]
         rng.shuffle(combos)
-        n_train = min(len(combos), max(2, n // 8))
+        n_train = min(len(combos), max(2, n // 4))
         items: list[tuple[str, dict]] = [
             ("train-model", {**TINY_TRAIN, "model_type": m, "symbol": s})
             for m, s in combos[:n_train]
@@ -186,12 +192,15 @@ class Chaos:
             elif kind == "bulk-analysis":
                 params = {"symbols": rng.sample(SYMBOLS, 3), "timeframe": "1h"}
             else:
-                m, s = rng.choice(combos[:n_train])
-                params = {"symbol": s, "model_type": m, "horizon_hours": 6}
+                params = {
+                    "symbol": rng.choice(PREDICT_SYMBOLS),
+                    "model_type": "gru",
+                    "horizon_hours": 6,
+                }
             items.append((kind, params))
         trains, others = items[:n_train], items[n_train:]
         rng.shuffle(others)
-        return trains + sorted(others, key=lambda it: it[0] == "predict-price")
+        return trains + others
 
     def submit(self, kind: str, params: dict) -> str:
         from prefect.client.orchestration import get_client
@@ -218,17 +227,25 @@ class Chaos:
 
     # ------------------------------------------------------------ faults
     def kill_flow_process(self, rng: random.Random, ids: list[str]) -> str | None:
-        from deployments.run_processes import local_flow_processes
+        """kill -9 the process executing one Running run (found by its recorded pid, as
+        forked runs do not carry their run id in their environment). Returns what was
+        killed, or None when no run is executing now."""
+        from deployments.run_processes import local_flow_processes, processes_of
 
-        procs = local_flow_processes()
-        mine = [i for i in ids if i in procs]
-        if not mine:
+        try:
+            running = [r for r in self.runs(ids).values() if r.state and r.state.name == "Running"]
+        except Exception:
             return None
-        run_id = rng.choice(mine)
-        pids = {p.pid for p in procs[run_id]}
-        leaf = [p for p in procs[run_id] if not any(c.pid in pids for c in p.children())]
-        (leaf or procs[run_id])[0].kill()
-        return f"flow-run process of {run_id[:8]}"
+        procs = local_flow_processes()
+        rng.shuffle(running)
+        for run in running:
+            found = processes_of(run, procs)
+            pids = {p.pid for p in found}
+            leaf = [p for p in found if not any(c.pid in pids for c in p.children())]
+            if leaf or found:
+                (leaf or found)[0].kill()
+                return f"flow-run process of {str(run.id)[:8]}"
+        return None
 
     def kill_service(self, name: str) -> str:
         record = {"worker": "prefect-worker", "server": "prefect-server", "store": "nx-27017"}[name]
@@ -268,20 +285,31 @@ class Chaos:
             self.procs["worker"] = services.start_worker(s, self.env)
 
 
-def _trained_models(chaos: Chaos, ids: list[str], kind_of: dict[str, str]) -> list[tuple]:
-    """(model_type, symbol) of the trainings that completed so far."""
-    trainings = [i for i in ids if kind_of[i] == "train-model"]
-    try:
-        runs = chaos.runs(trainings) if trainings else {}
-    except Exception:
-        return []
-    return [
-        (r.parameters["params"]["model_type"], r.parameters["params"]["symbol"])
-        for r in runs.values()
-        if r.state and r.state.type.value == "COMPLETED"
-    ]
+def _deploy_small_gru(store: Store, model_dir: Path, key: bytes, symbol: str, frame) -> None:  # noqa: ANN001
+    """Train a small GRU (1 epoch) on ``frame`` and deploy it for ``symbol`` 1h."""
+    from ml.features import prepare_dataset
+    from ml.models import build_model
+    from ml.registry import ModelRegistry
+
+    ds = prepare_dataset(frame, lookback=24, horizon_bars=1)
+    model = build_model("gru", 24, ds.spec.n_features, units=8)
+    model.fit(ds.x_train, ds.y_train, epochs=1, batch_size=64, verbose=0)
+    registry = ModelRegistry(store, model_dir, key)
+    rec = registry.register(
+        model,
+        model_type="gru",
+        symbol=symbol,
+        timeframe="1h",
+        metrics={"val_accuracy": 0.5},
+        feature_spec=ds.spec.to_dict(),
+        horizon_bars=1,
+        created_by="chaos",
+    )
+    registry.deploy(rec.model_id, by="chaos")
 
 
+#: Seconds a fault waits for a run to be executing before it is injected anyway.
+FAULT_WAIT_S = 90.0
 #: States of a run whose process exists or is being started (what a fault can interrupt).
 EXECUTING = {"RUNNING", "PENDING"}
 #: An interruption (Crashed or Failed) later than this after a fault is not blamed on it.
@@ -365,10 +393,13 @@ def main() -> int:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BOTAI_"))}
     base.update(BOTAI_MIN_FREE_DISK_GB=str(settings.min_free_disk_gb))
     env = services.prefect_env(settings, base)
-    # this process's own Prefect clients call the stack's API with its auth string (prefect is
-    # not imported yet, so its settings read it from the environment)
-    os.environ["PREFECT_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"]
+    # this process's own Prefect clients call the stack's API with its auth string; Prefect is
+    # already imported (prefect_env reads its settings), so its settings are rebuilt from the
+    # environment: without that they point at an ephemeral server of their own
     os.environ.update({k: v for k, v in env.items() if k.startswith("PREFECT_")})
+    import prefect.context
+
+    prefect.context.refresh_global_settings_context()
     chaos = Chaos(settings, env, args.attach)
     _say(f"chaos: seed {args.seed}, {args.runs} runs, state {settings.state_dir}; {load()}")
     t0 = time.monotonic()
@@ -389,17 +420,6 @@ def main() -> int:
             now = time.monotonic()
             if plan and now >= next_submit:
                 kind, params = plan.pop(0)
-                if kind == "predict-price":  # needs a model: one a finished training deployed
-                    trained = _trained_models(chaos, ids, kind_of)
-                    if not trained and now - start < args.fault_window_s + 120:
-                        plan.append((kind, params))
-                        next_submit = now + submit_every
-                        continue
-                    if trained:
-                        params = {
-                            **params,
-                            **dict(zip(("model_type", "symbol"), rng.choice(trained), strict=True)),
-                        }
                 try:
                     run_id = chaos.submit(kind, params)
                     ids.append(run_id)
@@ -412,8 +432,6 @@ def main() -> int:
                 _say("  worker exited on its own: restarting it (as the supervisor does)")
                 chaos.procs["worker"] = services.start_worker(settings, env)
             if fault_at and now - start >= fault_at[0]:
-                fault_at.pop(0)
-                kind = kinds.pop(0)
                 try:
                     states = chaos.runs(ids)
                     active = [
@@ -421,6 +439,11 @@ def main() -> int:
                     ]
                 except Exception:
                     active = list(ids)
+                if not active and now - start < fault_at[0] + FAULT_WAIT_S:
+                    time.sleep(0.5)  # faults are injected while work is executing
+                    continue
+                fault_at.pop(0)
+                kind = kinds.pop(0)
                 at = time.time()
                 what = (
                     chaos.kill_flow_process(rng, ids)

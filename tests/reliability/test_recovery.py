@@ -246,3 +246,32 @@ def test_prefect_server_killed_with_queued_and_running_runs_all_complete_exactly
     for r in runs:
         assert results.count_documents({"task_id": str(r)}) == 1
         assert len(stack.executions(r)) == 1, stack.states(r)
+
+
+@pytest.mark.tc("TC-ASYNC-078", "TC-ASYNC-079")
+def test_store_killed_mid_training_the_run_rides_the_outage_out_once(stack: Stack):
+    """kill -9 of the store (nx-27017) while a training writes its epochs: the job's store
+    calls retry (BOTAI_STORE_RETRY_S) until the store is back on its port, the run completes
+    in its first execution with every epoch recorded once, and the recovery service, which
+    also lost the store, goes on working."""
+    from integrations.embedded_mongo import start_embedded_mongo
+
+    run_id = stack.run("train-model", {"params": {**TRAIN, "symbol": "BTCUSDT"}})
+    wait_for(lambda: _epochs_recorded(stack, run_id) >= 2, 240, "2 epochs of training")
+    stack.mongo.process.kill()
+    stack.mongo.process.wait(10)
+    killed = datetime.now(UTC)
+    time.sleep(8)  # an outage several epochs long
+    stack.mongo = start_embedded_mongo(
+        stack.settings.mongodb_dir, port=stack.settings.mongodb_port
+    )
+    run = stack.wait_state(run_id, {"Completed"}, 240)
+    print(f"store kill -9: run completed {(datetime.now(UTC) - killed).total_seconds():.1f} s after")
+    names = [s.name for s in stack.states(run_id)]
+    assert run.run_count == 1 and "Crashed" not in names and "Failed" not in names, names
+    job = stack.store.training_job_get(str(run_id))
+    assert job["status"] == "completed" and job["error"] is None
+    epochs = [e["epoch"] for e in job["epochs"]]
+    assert epochs == list(range(1, TRAIN["epochs"] + 1)), epochs  # each epoch once, none lost
+    assert stack.store.col(C.MODELS).count_documents({"training_task_id": str(run_id)}) == 1
+    assert stack.procs["recovery"].poll() is None  # the recovery service survived the outage
