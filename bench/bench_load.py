@@ -9,8 +9,8 @@ synthetic symbols (760 hourly candles each), the MongoDB and model-store blocks,
 pool whose ``ml_training`` queue has concurrency 2 (as the platform's), the train-model and
 latency-job deployments, and the platform's warm worker (deployments/warm_worker.py).
 
-1. **TC-ASYNC-086**: ``trainings`` train-model runs (10 epochs, 20 symbols, LSTM/GRU in
-   turn) are requested at once through the gateway (``POST /api/tasks/train``, the real
+1. **TC-ASYNC-086**: ``trainings`` train-model runs (10 epochs, 20 symbols; LSTM, GRU and
+   Transformer on 1h and 4h candles in turn, so no two are the same training) are requested at once through the gateway (``POST /api/tasks/train``, the real
    FastAPI app in this process, JWT-authenticated): one operator per 10 trainings, since
    the gateway's quota allows 10 trainings per user per day. Every second: how many runs
    are Running (must never exceed 2), the RSS of the worker (worker + fork server) and of
@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -40,6 +41,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 MB = 1024 * 1024
 SYMBOLS = [f"L{i:02d}USDT" for i in range(20)]
+TIMEFRAMES = ("1h", "4h")
+DAYS = {"1h": 30, "4h": 120}  # 720 bars of either
 
 
 def tree_rss(proc: psutil.Process) -> tuple[int, list[tuple[int, int]]]:
@@ -99,7 +102,9 @@ def main(trainings: int = 100, short_runs: int = 200, budget_s: float = 1500) ->
         store = Store(connect(mongo.uri), "bench")
         store.ensure_indexes()
         for i, s in enumerate(SYMBOLS):
-            store.upsert_candles(s, "1h", make_candles(760, seed=i), source="synthetic")
+            for tf in TIMEFRAMES:  # 760 bars: 31 days of 1h, 126 days of 4h
+                frame = make_candles(760, seed=i, freq=tf)
+                store.upsert_candles(s, tf, frame, source="synthetic")
         with (
             prefect_server(tmp),  # PostgreSQL when 127.0.0.1:5432 answers, as in production
             get_client(sync_client=True) as client,
@@ -194,13 +199,16 @@ def training_phase(
     TrainModelParams,
 ):  # noqa: ANN001, N803
     """TC-ASYNC-086/092: queue ``n`` trainings at once, sample every second."""
-    kinds = ("lstm", "gru")
+    # distinct (model, timeframe) per symbol: the gateway refuses (409) a training of a
+    # model, symbol and timeframe that is already queued or running
+    combos = [(m, tf) for m in ("lstm", "gru", "transformer") for tf in TIMEFRAMES]
     params = [
         TrainModelParams(
-            model_type=kinds[(i // len(SYMBOLS)) % 2],
+            model_type=combos[(i // len(SYMBOLS)) % len(combos)][0],
+            timeframe=combos[(i // len(SYMBOLS)) % len(combos)][1],
             symbol=SYMBOLS[i % len(SYMBOLS)],
             epochs=10,
-            days_of_data=30,
+            days_of_data=DAYS[combos[(i // len(SYMBOLS)) % len(combos)][1]],
             batch_size=32,
             units=8,
             lookback=12,
@@ -216,31 +224,39 @@ def training_phase(
     http, api_settings = gw
     per_user = api_settings.trainings_per_day
     t_queue = time.monotonic()
-    ids, refused = [], []
-    for i, p in enumerate(params):
-        user = f"operator{i // per_user:02d}"
-        token = issue_token(api_settings, user, admin=True)
-        body = p.model_dump(mode="json", exclude={"requested_by"})
-        r = http.post("/api/tasks/train", json=body, headers={"Authorization": f"Bearer {token}"})
-        if r.status_code == 202:
-            ids.append(UUID(r.json()["task_id"]))
-        else:
-            refused.append(f"{r.status_code}: {r.json().get('error', '')[:80]}")
-    queued_s = time.monotonic() - t_queue
-    print(
-        f"requested {n} trainings through the gateway in {queued_s:.1f} s: {len(ids)} accepted "
-        f"(202), {len(refused)} refused {refused[:3]} ({os.getloadavg()[0]:.1f} load)",
-        flush=True,
-    )
-    n = len(ids)
+    ids: list[UUID] = []
+    refused: list[str] = []
+    queued: dict[str, float] = {}
+
+    def submit_all() -> None:  # requests go out while the sampling below already runs
+        for i, p in enumerate(params):
+            user = f"operator{i // per_user:02d}"
+            token = issue_token(api_settings, user, admin=True)
+            body = p.model_dump(mode="json", exclude={"requested_by"})
+            r = http.post(
+                "/api/tasks/train", json=body, headers={"Authorization": f"Bearer {token}"}
+            )
+            if r.status_code == 202:
+                ids.append(UUID(r.json()["task_id"]))
+            else:
+                refused.append(f"{r.status_code}: {r.json().get('error', '')[:80]}")
+        queued["s"], queued["load"] = time.monotonic() - t_queue, os.getloadavg()[0]
+
+    submitter = threading.Thread(target=submit_all, daemon=True)
+    submitter.start()
     psutil.cpu_percent(None)
     max_running, cpu, loads, peak_worker, peak_run = 0, [], [], 0, 0
     final: dict = {}
     run_pids: set[int] = set()
     deadline = time.monotonic() + budget_s
     while time.monotonic() < deadline:
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=n
+        known = list(ids)
+        runs = (
+            client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=known)), limit=len(known)
+            )
+            if known
+            else []
         )
         states = {r.id: r.state.type.value for r in runs}
         running = [r for r in runs if states[r.id] == "RUNNING"]
@@ -254,9 +270,20 @@ def training_phase(
         cpu.append(psutil.cpu_percent(None))
         loads.append(os.getloadavg()[0])
         final = states
-        if all(v in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for v in states.values()):
+        if (
+            not submitter.is_alive()
+            and states
+            and all(v in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for v in states.values())
+        ):
             break
         time.sleep(1.0)
+    print(
+        f"requested {len(params)} trainings through the gateway in {queued.get('s', float('nan')):.1f} s "
+        f"(while the first ones ran): {len(ids)} accepted (202), {len(refused)} refused "
+        f"{refused[:3]} (load {queued.get('load', float('nan')):.1f})",
+        flush=True,
+    )
+    n = len(ids)
     elapsed = time.monotonic() - t_queue
     counts: dict[str, int] = {}
     for v in final.values():

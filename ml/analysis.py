@@ -42,8 +42,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Fewest valid symbols for which bulk analysis fans out to a long-lived Dask cluster
-#: (DASK_ADDRESS); below it one process is faster. Measured by bench/bench_bulk_analysis.py.
-DASK_MIN_SYMBOLS = 50
+#: (DASK_ADDRESS); below it one process is used. Measured by bench/bench_bulk_analysis.py:
+#: once candles come from their tails and models share one compiled pass, analysing 300
+#: symbols in one process took 0.7 s and a 2-process cluster was 0.81-2.1x that time from 10
+#: to 300 symbols (never reliably faster), so only a run of the 500-symbol maximum fans out.
+DASK_MIN_SYMBOLS = 500
 
 REASON_INVALID = "invalid symbol"
 REASON_NO_DATA = "no data"

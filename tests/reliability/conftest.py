@@ -241,7 +241,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         slack.clear()
         slack.stop()
         client.close()
-        mongo.stop()
+        stack.mongo.stop()  # the one running now (a test may have restarted it)
 
 
 def _orphans(state: Path) -> dict[str, list[psutil.Process]]:
