@@ -262,11 +262,11 @@ def test_store_killed_mid_training_the_run_rides_the_outage_out_once(stack: Stac
     stack.mongo.process.wait(10)
     killed = datetime.now(UTC)
     time.sleep(8)  # an outage several epochs long
-    stack.mongo = start_embedded_mongo(
-        stack.settings.mongodb_dir, port=stack.settings.mongodb_port
-    )
+    stack.mongo = start_embedded_mongo(stack.settings.mongodb_dir, port=stack.settings.mongodb_port)
     run = stack.wait_state(run_id, {"Completed"}, 240)
-    print(f"store kill -9: run completed {(datetime.now(UTC) - killed).total_seconds():.1f} s after")
+    print(
+        f"store kill -9: run completed {(datetime.now(UTC) - killed).total_seconds():.1f} s after"
+    )
     names = [s.name for s in stack.states(run_id)]
     assert run.run_count == 1 and "Crashed" not in names and "Failed" not in names, names
     job = stack.store.training_job_get(str(run_id))
