@@ -237,31 +237,21 @@ def deploy_models(store, model_dir: Path, key: bytes, symbols: list[str]) -> dic
     Returns:
         ``{symbol: model_id}``.
     """
+    from bench.models import deploy_small_gru
     from integrations.market_data.synthetic import generate_candles
-    from ml.features import prepare_dataset
-    from ml.models import build_model
-    from ml.registry import ModelRegistry
 
-    registry = ModelRegistry(store, model_dir, key)
-    out = {}
-    for s in symbols:
-        candles = generate_candles(s, "1h", datetime(2026, 5, 1, tzinfo=UTC), 1500, seed=1)
-        ds = prepare_dataset(candles, lookback=12, horizon_bars=1)
-        model = build_model("gru", 12, ds.spec.n_features, units=8)
-        model.fit(ds.x_train, ds.y_train, epochs=2, batch_size=128, verbose=0)
-        p = model.predict(ds.x_val, verbose=0).reshape(-1)
-        rec = registry.register(
-            model,
-            model_type="gru",
-            symbol=s,
-            timeframe="1h",
-            metrics={"val_accuracy": float(((p > 0.5) == (ds.y_val > 0.5)).mean())},
-            feature_spec=ds.spec.to_dict(),
-            horizon_bars=1,
-            created_by="bench",
+    return {
+        s: deploy_small_gru(
+            store,
+            model_dir,
+            key,
+            s,
+            generate_candles(s, "1h", datetime(2026, 5, 1, tzinfo=UTC), 1500, seed=1),
+            lookback=12,
+            units=8,
         )
-        out[s] = registry.deploy(rec.model_id, by="bench").model_id
-    return out
+        for s in symbols
+    }
 
 
 if __name__ == "__main__":

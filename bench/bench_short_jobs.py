@@ -39,30 +39,6 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def deploy_model(store, model_dir: Path, key: bytes, candles) -> None:  # noqa: ANN001
-    """Train a small GRU (2 epochs) on ``candles`` and deploy it for SYMBOL 1h."""
-    from ml.features import prepare_dataset
-    from ml.models import build_model
-    from ml.registry import ModelRegistry
-
-    ds = prepare_dataset(candles, lookback=24, horizon_bars=1)
-    model = build_model("gru", 24, ds.spec.n_features, units=16)
-    model.fit(ds.x_train, ds.y_train, epochs=2, batch_size=128, verbose=0)
-    acc = float(((model.predict(ds.x_val, verbose=0).reshape(-1) > 0.5) == ds.y_val).mean())
-    registry = ModelRegistry(store, model_dir, key)
-    rec = registry.register(
-        model,
-        model_type="gru",
-        symbol=SYMBOL,
-        timeframe="1h",
-        metrics={"val_accuracy": acc},
-        feature_spec=ds.spec.to_dict(),
-        horizon_bars=1,
-        created_by="bench",
-    )
-    registry.deploy(rec.model_id, by="bench")
-
-
 def once(http, client, path: str, body: dict, headers: dict) -> tuple[float, float, float]:  # noqa: ANN001
     """Request one job through the gateway and follow it to its result.
 
@@ -99,6 +75,7 @@ def main(rounds: int = 20) -> None:
     from api.security import issue_token
     from bench.bench_latency import api_auth_env, prefect_server, wait_online
     from bench.bench_load import gateway
+    from bench.models import deploy_small_gru
     from blocks.model_store import ModelStoreBlock, generate_model_key
     from blocks.mongodb import MongoDBBlock
     from core.settings import Settings
@@ -123,7 +100,7 @@ def main(rounds: int = 20) -> None:
         store.upsert_candles(SYMBOL, "1h", candles, source="synthetic")
         model_block = ModelStoreBlock(directory=str(tmp / "models"), key=generate_model_key())
         (tmp / "models").mkdir()
-        deploy_model(store, tmp / "models", model_block.get_key(), candles)
+        deploy_small_gru(store, tmp / "models", model_block.get_key(), SYMBOL, candles)
         with prefect_server(tmp), get_client(sync_client=True) as client:
             MongoDBBlock(uri=mongo.uri, database="bench").save("mongodb", overwrite=True)
             model_block.save("model-store", overwrite=True)

@@ -98,6 +98,7 @@ class Chaos:
         from prefect.client.orchestration import get_client
         from prefect.utilities.callables import parameter_schema
 
+        from bench.models import deploy_small_gru
         from blocks.model_store import ModelStoreBlock, generate_model_key
         from blocks.mongodb import MongoDBBlock
         from deployments.automations import ensure_crash_detection
@@ -121,7 +122,9 @@ class Chaos:
             frame = synthetic_range(sym, "1h", end - timedelta(days=90), end, seed=i)
             self.store.upsert_candles(sym, "1h", frame, source="synthetic")
             if sym in PREDICT_SYMBOLS:
-                _deploy_small_gru(self.store, s.model_dir, key, sym, frame)
+                deploy_small_gru(
+                    self.store, s.model_dir, key, sym, frame, units=8, epochs=1, created_by="chaos"
+                )
         with get_client(sync_client=True) as client:
             for flow, module, queue in (
                 (train_model, "train_model", "ml_training"),
@@ -283,29 +286,6 @@ class Chaos:
             self.procs["server"] = services.start_prefect_server(s, self.env)
         else:
             self.procs["worker"] = services.start_worker(s, self.env)
-
-
-def _deploy_small_gru(store: Store, model_dir: Path, key: bytes, symbol: str, frame) -> None:  # noqa: ANN001
-    """Train a small GRU (1 epoch) on ``frame`` and deploy it for ``symbol`` 1h."""
-    from ml.features import prepare_dataset
-    from ml.models import build_model
-    from ml.registry import ModelRegistry
-
-    ds = prepare_dataset(frame, lookback=24, horizon_bars=1)
-    model = build_model("gru", 24, ds.spec.n_features, units=8)
-    model.fit(ds.x_train, ds.y_train, epochs=1, batch_size=64, verbose=0)
-    registry = ModelRegistry(store, model_dir, key)
-    rec = registry.register(
-        model,
-        model_type="gru",
-        symbol=symbol,
-        timeframe="1h",
-        metrics={"val_accuracy": 0.5},
-        feature_spec=ds.spec.to_dict(),
-        horizon_bars=1,
-        created_by="chaos",
-    )
-    registry.deploy(rec.model_id, by="chaos")
 
 
 #: Seconds a fault waits for a run to be executing before it is injected anyway.
