@@ -25,6 +25,7 @@ Figures are printed with the load average beside them.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import shutil
 import signal
@@ -242,7 +243,10 @@ def training_phase(
                 refused.append(f"{r.status_code}: {r.json().get('error', '')[:80]}")
         queued["s"], queued["load"] = time.monotonic() - t_queue, os.getloadavg()[0]
 
-    submitter = threading.Thread(target=submit_all, daemon=True)
+    # the thread runs in this context: Prefect's settings (the bench server's API) live in it
+    submitter = threading.Thread(
+        target=contextvars.copy_context().run, args=(submit_all,), daemon=True
+    )
     submitter.start()
     psutil.cpu_percent(None)
     max_running, cpu, loads, peak_worker, peak_run = 0, [], [], 0, 0
