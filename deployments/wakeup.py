@@ -58,7 +58,6 @@ class ScheduledRunWaker:
         self._logger = logger
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self.wakeups = 0  # polls started by an event (for tests and status)
 
     def start(self) -> None:
         """Start listening and polling on wake-up (in the running event loop)."""
@@ -105,7 +104,6 @@ class ScheduledRunWaker:
         while True:
             await self._wake.wait()
             self._wake.clear()  # events arriving during the poll cause one more poll
-            self.wakeups += 1
             try:
                 await self._poll()
             except asyncio.CancelledError:

@@ -148,7 +148,8 @@ class LoadedModel:
         p = self._predict(windows[-1:])  # only the newest window is needed
         if not np.isfinite(p[-1]):
             raise InsufficientDataError(
-                f"the model gave no probability for the newest bar: {p[-1]}"
+                f"model {self.record.model_id} gave no probability ({p[-1]}) for the newest "
+                "bar: its weights are not finite; retrain it"
             )
         return float(p[-1])
 
