@@ -44,8 +44,13 @@ FIRST_PIPELINE = (
 )
 
 
-class StopRequested(Exception):  # noqa: N818 - a signal, not an error
-    """SIGINT or SIGTERM arrived."""
+class StopRequested(BaseException):  # noqa: N818 - a signal, not an error
+    """SIGINT or SIGTERM arrived.
+
+    A ``BaseException`` like ``KeyboardInterrupt``: the supervisor catches ``Exception``
+    around every probe, restart and periodic job so that one bad round never ends
+    supervision, and a signal arriving inside one of them must still stop the stack.
+    """
 
 
 @dataclass

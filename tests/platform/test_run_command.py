@@ -220,7 +220,9 @@ def test_up_ready_serves_ui_and_deployments_then_sigint_leaves_nothing(tmp_path:
             up.wait(90)
         except subprocess.TimeoutExpired:
             up.kill()
-            raise
+            raise AssertionError(
+                "botai up did not stop within 90 s of SIGINT:\n" + out_path.read_text()[-3000:]
+            ) from None
     assert up.returncode == 0, out_path.read_text()[-3000:]
     left = [p for p in seen.values() if _alive(p)]
     assert not left, [(p.pid, p.cmdline()) for p in left]

@@ -332,3 +332,39 @@ def test_status_shows_restarts_uptime_and_last_exit_of_supervised_services(
         assert "WARNING: sleeper died: restarting" in out
     finally:
         services.stop_all(settings, owner=os.getpid(), timeout_s=2)
+
+
+@pytest.mark.tc("TC-ASYNC-105")
+def test_a_stop_signal_arriving_inside_a_probe_stops_the_supervisor(tmp_path: Path):
+    """The supervisor survives any ``Exception`` of a probe; SIGINT landing inside a slow
+    probe (a loaded machine) must still end ``botai up``, not be logged as a failed round."""
+    import threading
+
+    from deployments.up import StopRequested, _raise_stop
+
+    settings = _fast_settings(tmp_path)
+    env = services.prefect_env(settings)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    in_probe = threading.Event()
+
+    def slow_probe() -> str | None:
+        in_probe.set()
+        time.sleep(3)
+        return None
+
+    spec = ServiceSpec("slow", lambda: services.spawn("slow", sleeper, env, settings), slow_probe)
+    sup = Supervisor(settings, [spec], lambda *_: None)
+    sup.launch("slow")
+    previous = signal.signal(signal.SIGINT, _raise_stop)
+    sender = threading.Thread(
+        target=lambda: in_probe.wait(10) and os.kill(os.getpid(), signal.SIGINT), daemon=True
+    )
+    try:
+        sender.start()
+        started = time.monotonic()
+        with pytest.raises(StopRequested, match="SIGINT"):
+            sup.run(should_stop=lambda: time.monotonic() - started > 15)
+        assert in_probe.is_set() and time.monotonic() - started < 10
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        services.stop_all(settings, timeout_s=2)
