@@ -92,6 +92,10 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     raise StopRequested(signal.Signals(signum).name)
 
 
+def _already_stopping(signum: int, _frame: FrameType | None) -> None:
+    log.warning("%s received: already stopping every process", signal.Signals(signum).name)
+
+
 def list_deployments() -> list[str]:
     """Every deployment of the current API as ``flow-name/deployment-name``, sorted."""
     from prefect.client.orchestration import get_client
@@ -377,6 +381,8 @@ def up(
         raise SystemExit(0) from None
     finally:
         if stop_needed:
+            for s in previous:  # a second Ctrl-C must not abandon the stop half-way
+                signal.signal(s, _already_stopping)
             stopped = services.stop_all(settings, owner=os.getpid())
             state_path(settings).unlink(missing_ok=True)
             if info is not None and info.watch is not None:
