@@ -136,25 +136,30 @@ def api_auth_env() -> dict[str, str]:
 def prefect_server(tmp: Path) -> Iterator[None]:
     """A Prefect server for the bench, the API of this process pointed at it.
 
-    On PostgreSQL (a fresh database on 127.0.0.1:5432, dropped afterwards) when it
-    answers, as a production stack would run: the test harness's SQLite answered 503
-    ("database is locked") under the load of this machine. Else the SQLite test harness.
+    ``BENCH_PREFECT_DATABASE`` picks its database: ``postgresql`` (a fresh database on
+    127.0.0.1:5432, dropped afterwards, as a production stack would run), ``sqlite`` (the
+    stack's own server on SQLite in the state folder, as ``botai up`` runs by default) or
+    ``auto`` (the default: PostgreSQL when it answers; else the SQLite test harness, which
+    answered 503 "database is locked" under the load of this machine).
     """
     import asyncio
     import uuid
 
-    if not port_open(5432):
+    from core.settings import Settings
+    from deployments import services
+    from deployments.up import prefect_api
+    from integrations.embedded_mongo import free_port
+
+    choice = os.environ.get("BENCH_PREFECT_DATABASE", "auto")
+    if choice not in ("auto", "postgresql", "sqlite"):
+        raise SystemExit(f"BENCH_PREFECT_DATABASE={choice!r}: use auto, postgresql or sqlite")
+    if choice == "auto" and not port_open(5432):
         from prefect.testing.utilities import prefect_test_harness
 
         with prefect_test_harness(server_startup_timeout=180):
             yield
         return
     import asyncpg
-
-    from core.settings import Settings
-    from deployments import services
-    from deployments.up import prefect_api
-    from integrations.embedded_mongo import free_port
 
     async def pg(sql: str) -> None:
         conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=10)
@@ -164,23 +169,28 @@ def prefect_server(tmp: Path) -> Iterator[None]:
             await conn.close()
 
     name = f"bench_latency_{uuid.uuid4().hex[:8]}"
-    asyncio.run(pg(f'CREATE DATABASE "{name}"'))
+    database_url = None
+    if choice != "sqlite":
+        asyncio.run(pg(f'CREATE DATABASE "{name}"'))
+        database_url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     settings = Settings(
         state_dir=tmp / "state",
         prefect_port=free_port(),
-        prefect_database_url=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}",
+        prefect_database_url=database_url,
         startup_timeout_s=300,
     )
     base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env = services.prefect_env(settings, base)
     try:
         services.start_prefect_server(settings, env)
-        print(f"Prefect server on PostgreSQL database {name}", flush=True)
+        where = f"PostgreSQL database {name}" if database_url else "SQLite in the state folder"
+        print(f"Prefect server on {where}", flush=True)
         with prefect_api(settings):
             yield
     finally:
         services.stop_all(settings)
-        asyncio.run(pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if database_url:
+            asyncio.run(pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def main(runs: int = 20, budget_s: float = 1800) -> None:

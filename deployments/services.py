@@ -254,7 +254,8 @@ def wait_http_ok(
 
 
 def start_prefect_server(settings: Settings, env: Mapping[str, str]) -> subprocess.Popen:
-    """Start ``prefect server start`` on ``settings.host:prefect_port`` and wait for its health.
+    """Start the Prefect server (Prefect's app as ``prefect server start`` serves it, see
+    :mod:`deployments.prefect_server`) on ``settings.host:prefect_port``; wait for its health.
 
     The database is SQLite in ``<state_dir>/prefect`` or ``Settings.prefect_database_url``.
 
@@ -270,9 +271,9 @@ def start_prefect_server(settings: Settings, env: Mapping[str, str]) -> subproce
             "there (`botai down`) or set BOTAI_PREFECT_PORT"
         )
     settings.prefect_home.mkdir(parents=True, exist_ok=True)
-    cmd = _prefect_cmd(
-        "server", "start", "--host", settings.host, "--port", str(settings.prefect_port)
-    )
+    # Prefect's server app behind a replay of database-busy 503s (deployments.prefect_server)
+    cmd = [sys.executable, "-m", "deployments.prefect_server", "--host", settings.host]
+    cmd += ["--port", str(settings.prefect_port)]
     server_env = {**env, **secrets.server_env(settings, prefect_database_url(settings))}
     proc = spawn("prefect-server", cmd, server_env, settings)
     try:

@@ -79,15 +79,25 @@ def test_flow_process_killed_mid_training_resumes_from_checkpoint_same_run(stack
     run_id = stack.run("train-model", {"params": TRAIN})
     wait_for(lambda: _epochs_recorded(stack, run_id) >= 3, 240, "3 epochs of training")
     engine = stack.engine_process(run_id)
+    killed_what = f"pid {engine.pid}: {' '.join(engine.cmdline())[:120]}"
     killed = datetime.now(UTC)
     engine.kill()
     run = stack.wait_state(run_id, {"Completed"}, 240)
-    crashed = _state_at(stack, run_id, "Crashed", after=killed)
-    requeued = next(
-        s
+    history = [
+        (s.name, s.timestamp.isoformat(), (s.message or "")[:100])
         for s in sorted(stack.states(run_id), key=lambda s: s.timestamp)
-        if (s.message or "").startswith(RECOVERY_MARK) and s.timestamp >= killed
+    ]
+    crashed = _state_at(stack, run_id, "Crashed", after=killed)
+    assert crashed is not None, (killed_what, killed.isoformat(), history)
+    requeued = next(
+        (
+            s
+            for s in sorted(stack.states(run_id), key=lambda s: s.timestamp)
+            if (s.message or "").startswith(RECOVERY_MARK) and s.timestamp >= killed
+        ),
+        None,
     )
+    assert requeued is not None, (killed_what, killed.isoformat(), history)
     detect_s = (crashed.timestamp - killed).total_seconds()
     resubmit_s = (requeued.timestamp - crashed.timestamp).total_seconds()
     print(
