@@ -45,6 +45,10 @@ PRELOAD_MODULES = [
 ]
 
 
+#: Imported after the preload list: freezes what the server imported (see the module).
+FREEZE_MODULE = "deployments.fork_freeze"
+
+
 def preload_modules() -> list[str]:
     """The module names the fork server imports: :data:`PRELOAD_MODULES` and every
     module of the ``flows`` package (their tasks, ml and integrations come with them)."""
@@ -108,9 +112,20 @@ def _run_flow_run(flow_run_id: str, env: dict[str, str], cwd: str) -> None:
     sys.argv = ["prefect.engine", flow_run_id]
     # prefect.engine is imported already (preloaded): running it as __main__ is intended
     warnings.filterwarnings("ignore", message=".*found in sys.modules", category=RuntimeWarning)
+    profile_dir = env.get("BOTAI_PROFILE_RUNS_DIR")  # a developer's profile of each run
+    profiler = None
+    if profile_dir:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         runpy.run_module("prefect.engine", run_name="__main__", alter_sys=False)
     finally:
+        if profiler is not None:
+            profiler.disable()
+            Path(profile_dir).mkdir(parents=True, exist_ok=True)
+            profiler.dump_stats(str(Path(profile_dir) / f"{flow_run_id}.prof"))
         atexit._run_exitfuncs()
 
 
@@ -120,7 +135,8 @@ def fork_context(preload: list[str] | None = None) -> multiprocessing.context.Fo
     Returns the context (its server starts on first use or :func:`warm_up`).
     """
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(preload if preload is not None else preload_modules())
+    modules = preload if preload is not None else preload_modules()
+    ctx.set_forkserver_preload([*modules, FREEZE_MODULE])
     return ctx  # type: ignore[return-value]
 
 

@@ -185,8 +185,8 @@ def start_stack(settings: Settings, environ: Mapping[str, str], say: Say) -> Sta
         from integrations.market_data.pipeline import load_demo_data
 
         blocks = bootstrap_blocks(settings, environ)
-        store = load_store()
-        store.ensure_indexes()
+        store = load_store(ensure_indexes=False)
+        store.ensure_indexes(force=True)  # an index dropped by hand comes back at start-up
         services.ensure_work_pool(settings)
         worker = sup.launch("prefect-worker")
         say("loading demo market data...")

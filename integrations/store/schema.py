@@ -7,6 +7,8 @@ indexes and :data:`EXPIRING` the collections whose documents carry an ``expires_
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
@@ -39,6 +41,7 @@ class C:
     API_QUOTA = "api_quota"  # one counter per (user, job, day): the atomic quota
     TASK_RESULTS = "task_results"  # every job's result, one document per task (flow run) id
     DEAD_LETTERS = "dead_letters"  # runs that exhausted their recovery attempts
+    META = "botai_meta"  # one marker: the index set last applied (Store.ensure_indexes)
 
 
 #: Results and job records: they carry ``expires_at`` and a TTL index removes them.
@@ -163,3 +166,11 @@ class Retention:
         """``{collection: days kept}`` for every collection in :class:`C` (None: kept forever)."""
         names = [v for k, v in vars(C).items() if k.isupper()]
         return {name: self.days.get(name) for name in names}
+
+
+def indexes_fingerprint() -> str:
+    """A hash of :data:`INDEXES` (every collection's index keys and options): the store
+    records it once they are applied, and a run whose store carries the same hash skips
+    creating them again."""
+    spec = {name: [m.document for m in models] for name, models in sorted(INDEXES.items())}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()

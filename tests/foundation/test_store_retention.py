@@ -84,3 +84,19 @@ def test_retention_is_configurable_per_collection() -> None:
         Retention(7, {"models": 1})
     with pytest.raises(ValueError, match="> 0"):
         Retention(0)
+
+
+@pytest.mark.tc("TC-ASYNC-088", "TC-ASYNC-093")
+def test_indexes_are_applied_once_and_again_only_when_forced_or_changed(store: Store) -> None:
+    def has_task_id_index() -> bool:  # by its keys: nx-27017 names indexes its own way
+        info = store.col(C.TASK_RESULTS).index_information().values()
+        return any(v["key"] == [("task_id", 1)] and v.get("unique") for v in info)
+
+    assert store.ensure_indexes() is False  # the fixture applied this index set: one read
+    store.col(C.TASK_RESULTS).drop_index("task_id")
+    assert store.ensure_indexes() is False and not has_task_id_index()  # the marker is trusted
+    assert store.ensure_indexes(force=True) is True and has_task_id_index()  # botai up forces
+    store.col(C.META).update_one({"_id": "indexes"}, {"$set": {"fingerprint": "older set"}})
+    store.col(C.TASK_RESULTS).drop_index("task_id")
+    assert store.ensure_indexes() is True and has_task_id_index()  # another index set: applied
+    assert store.col(C.META).find_one({"_id": "indexes"})["fingerprint"] != "older set"
