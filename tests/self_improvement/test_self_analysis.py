@@ -63,18 +63,19 @@ CRITICAL = trades(6, 9, 1.0, 1.2)  # win rate 40%
 
 
 def deployed_models(store: Store, accuracy: dict[str, float]) -> None:
+    """One deployed BTCUSDT 1h model per type: its record and its deployed pointer."""
     for t, acc in accuracy.items():
-        store.model_insert(
-            {
-                "model_id": uuid.uuid4().hex,
-                "model_type": t,
-                "symbol": "BTCUSDT",
-                "timeframe": "1h",
-                "version": 1,
-                "status": "deployed",
-                "metrics": {"val_accuracy": acc},
-            }
-        )
+        doc = {
+            "model_id": uuid.uuid4().hex,
+            "model_type": t,
+            "symbol": "BTCUSDT",
+            "timeframe": "1h",
+            "version": 1,
+            "status": "deployed",
+            "metrics": {"val_accuracy": acc},
+        }
+        store.model_insert(doc)
+        store.models.deploy_pointer_set(doc, "test", datetime.now(UTC))
 
 
 @pytest.fixture
