@@ -97,7 +97,11 @@ def predict_prices(
     config = config or ForecastConfig()
     record = model.record
     close = candles["close"].to_numpy(np.float64)
-    p_up = model.predict_up_probability(candles)
+    n = len(close)
+    first = max(0, n - 1 - coverage_bars)
+    tail_from = max(0, first - model.spec.lookback - 100)
+    # the newest bar's P(up) and those of the coverage origins, in one forward pass
+    p_up, history = model.predict_newest_and_history(candles, tail_from)
     path = forecast_path(
         close,
         horizon_hours,
@@ -119,12 +123,9 @@ def predict_prices(
         for i, h in enumerate(path.hours)
     ]
     horizons = sorted({h for h in (1, 6, 24, horizon_hours) if h <= horizon_hours})
-    n = len(close)
-    first = max(0, n - 1 - coverage_bars)
     origins = np.arange(first, n - 1, coverage_step)
-    tail_from = max(0, first - model.spec.lookback - 100)
     probs = np.full(n, np.nan)
-    probs[tail_from:] = model.predict_up_probabilities(candles.iloc[tail_from:])
+    probs[tail_from:] = history
     data_end, source = model_data_end(record)
     times = pd.DatetimeIndex(candles.index)
     after = origins

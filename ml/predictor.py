@@ -129,8 +129,9 @@ class LoadedModel:
             out[ends] = self._predict(windows)
         return out
 
-    def predict_up_probability(self, candles: pd.DataFrame) -> float:
-        """Probability that the forward return from the newest bar is positive.
+    def _newest_window(self, candles: pd.DataFrame) -> np.ndarray:
+        """The feature window of the newest bar (shape ``(1, lookback, n_features)``), its
+        indicators computed over the last ``lookback + WARMUP_BARS`` bars.
 
         Raises:
             InsufficientDataError: the newest bar lacks a full feature window.
@@ -145,13 +146,46 @@ class LoadedModel:
                 f"({spec.lookback + WARMUP_BARS} recommended), "
                 f"got {len(candles)}"
             )
-        p = self._predict(windows[-1:])  # only the newest window is needed
-        if not np.isfinite(p[-1]):
+        return windows[-1:]
+
+    def _finite(self, p: float) -> float:
+        if not np.isfinite(p):
             raise InsufficientDataError(
-                f"model {self.record.model_id} gave no probability ({p[-1]}) for the newest "
+                f"model {self.record.model_id} gave no probability ({p}) for the newest "
                 "bar: its weights are not finite; retrain it"
             )
-        return float(p[-1])
+        return float(p)
+
+    def predict_up_probability(self, candles: pd.DataFrame) -> float:
+        """Probability that the forward return from the newest bar is positive.
+
+        Raises:
+            InsufficientDataError: the newest bar lacks a full feature window, or the model
+                gave a non-finite probability.
+        """
+        return self._finite(self._predict(self._newest_window(candles))[-1])
+
+    def predict_newest_and_history(
+        self, candles: pd.DataFrame, history_from: int
+    ) -> tuple[float, np.ndarray]:
+        """:meth:`predict_up_probability` and :meth:`predict_up_probabilities` of
+        ``candles.iloc[history_from:]`` in one forward pass (the same windows, so the same
+        values; one compiled batch instead of two or three in a fresh process).
+
+        Returns:
+            (P(up) of the newest bar, probabilities aligned with ``candles.iloc[history_from:]``).
+
+        Raises:
+            InsufficientDataError: as :meth:`predict_up_probability`.
+        """
+        newest = self._newest_window(candles)
+        history = candles.iloc[history_from:]
+        windows, ends = inference_windows(history, self.spec)
+        p = self._predict(np.concatenate([windows, newest]) if len(ends) else newest)
+        out = np.full(len(history), np.nan)
+        if len(ends):
+            out[ends] = p[: len(ends)]
+        return self._finite(p[-1]), out
 
     def evaluate(self, candles: pd.DataFrame) -> dict[str, Any]:
         """Score the model's hard labels on ``candles`` (every bar with features and a known future).

@@ -21,6 +21,7 @@ from integrations.store import Store
 from ml.forecast import ForecastConfig
 from ml.metrics import selection_accuracy
 from ml.prediction import predict_prices
+from ml.predictor import SharedForward
 from ml.registry import ModelRecord, ModelRegistry
 from tasks.retry import retry_only_retryable
 
@@ -94,5 +95,6 @@ def forecast_prices_task(
         wrong model-store key; NotFoundError: model file missing.
     """
     registry = ModelRegistry(store, Path(model_dir), model_key.get_secret_value())
-    model = registry.load(record)
+    # one compiled forward pass of the whole batch (keras' predict splits it in 512s)
+    model = registry.load(record, forward=SharedForward())
     return predict_prices(model, candles, horizon_hours, config=config, coverage_bars=coverage_bars)

@@ -109,6 +109,16 @@ def test_shared_forward_pass_matches_each_models_own_predict(
         p = via_shared.predict_up_probability(signal_candles)
         np.testing.assert_allclose(p, own.predict_up_probability(signal_candles), rtol=1e-5)
         newest.append(p)
+        # predict-price's single pass: the same two answers from one batch
+        start = len(signal_candles) // 2
+        p_both, history = via_shared.predict_newest_and_history(signal_candles, start)
+        np.testing.assert_allclose(p_both, p, rtol=1e-5)
+        np.testing.assert_allclose(
+            history,
+            own.predict_up_probabilities(signal_candles.iloc[start:]),
+            rtol=1e-5,
+            equal_nan=True,
+        )
     assert len(set(np.round(newest, 6))) == len(newest)  # four different models, four answers
     assert len(shared._passes) == 2  # one GRU architecture, one LSTM
 
