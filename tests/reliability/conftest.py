@@ -1,5 +1,5 @@
 """A real stack for the reliability tests, started once per module on free ports in a temp
-state folder: nx-27017, ``prefect server start``, the process work pool with the platform's
+state folder: nx-27017, the Prefect server, the process work pool with the platform's
 queues, the heartbeat crash-detection automation, a real process worker, the recovery
 service (``python -m deployments.recovery``) and deployments of small jobs. Faults are
 injected by killing or stopping these real processes (:class:`Stack` helpers)."""
