@@ -11,12 +11,13 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
 
 from core.exceptions import DataQualityError, DuplicateRunError
 from core.schemas.self_improvement import AdaptiveRetrainParams
 from integrations.store import C, Store
 from tests.ml.conftest import make_gated_candles
-from tests.self_improvement.conftest import slack_messages
+from tests.self_improvement.conftest import SLACK_PATH, slack_messages
 
 SMALL = dict(days_of_data=25, epochs=8, batch_size=32, learning_rate=3e-3, units=8, lookback=12)
 #: enough bars and width for a tiny GRU/LSTM to find the gated signal
@@ -79,16 +80,28 @@ def test_better_deploys_second_rejected_worse_stays_candidate(
 
     # a GRU: a tiny LSTM needs more epochs to find the gated signal
     params = AdaptiveRetrainParams(model_types=["gru"], reason="GRU accuracy dropped", **GATED)
+    # the first run's Slack notification (sent before it releases its lock) is answered only
+    # once the second run was refused: however fast the first trains, it still holds the lock
+    refused = threading.Event()
+
+    def slack_after_refusal(_request: Request) -> Response:
+        refused.wait(60)
+        return Response("ok")
+
+    peer.expect_oneshot_request(SLACK_PATH, method="POST").respond_with_handler(slack_after_refusal)
     out: dict = {}
     first = threading.Thread(target=lambda: out.setdefault("r", adaptive_retrain(params)))
     first.start()
-    deadline = time.monotonic() + 60
-    while not env.col(C.LOCKS).find_one({"_id": "adaptive-retrain"}):
-        assert time.monotonic() < deadline and first.is_alive()
-        time.sleep(0.05)
-    with pytest.raises(DuplicateRunError, match="Adaptive retraining already in progress"):
-        adaptive_retrain(params)
-    first.join()
+    try:
+        deadline = time.monotonic() + 60
+        while not env.col(C.LOCKS).find_one({"_id": "adaptive-retrain"}):
+            assert time.monotonic() < deadline and first.is_alive()
+            time.sleep(0.05)
+        with pytest.raises(DuplicateRunError, match="Adaptive retraining already in progress"):
+            adaptive_retrain(params)
+    finally:
+        refused.set()
+        first.join()
 
     r = out["r"]
     m = r.models["gru"]
