@@ -23,17 +23,11 @@ import argparse
 import json
 import logging
 import random
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 import anyio
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
-
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 
 #: The body Prefect's API answers a retryable database error with (status 503).
 BUSY_BODY = {"exception_message": "Service Unavailable"}
@@ -94,7 +88,7 @@ class RetryBusyDatabase:
         self.first_delay_s = first_delay_s
         self.replayed = 0  # requests that needed at least one replay (for tests and logs)
 
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

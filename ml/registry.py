@@ -18,6 +18,7 @@ deployed model of the same type+symbol+timeframe is archived, never deleted); ``
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import uuid
@@ -90,25 +91,23 @@ def model_to_bytes(model: Any) -> bytes:
 
 #: Registered name of the stand-in initializer used while a saved model is rebuilt.
 LOADED_LATER = "botai>LoadedLater"
-_stand_in: list[Any] = []  # the registered stand-in class (created once, on first load)
 
 
+@functools.cache
 def _loaded_later_initializer() -> Any:
     """The stand-in initializer class, registered with Keras on first use: numpy zeros, so
     creating a variable compiles nothing (its values come from the file right after)."""
-    if not _stand_in:
-        import keras
-        import numpy as np
+    import keras
+    import numpy as np
 
-        @keras.saving.register_keras_serializable(package="botai", name="LoadedLater")
-        class LoadedLater(keras.initializers.Initializer):
-            """Zeros from numpy: a placeholder the saved weights overwrite at once."""
+    @keras.saving.register_keras_serializable(package="botai", name="LoadedLater")
+    class LoadedLater(keras.initializers.Initializer):
+        """Zeros from numpy: a placeholder the saved weights overwrite at once."""
 
-            def __call__(self, shape: Any, dtype: Any = None) -> Any:
-                return np.zeros(shape, dtype=keras.backend.standardize_dtype(dtype or "float32"))
+        def __call__(self, shape: Any, dtype: Any = None) -> Any:
+            return np.zeros(shape, dtype=keras.backend.standardize_dtype(dtype or "float32"))
 
-        _stand_in.append(LoadedLater)
-    return _stand_in[0]
+    return LoadedLater
 
 
 def _without_initializers(config: Any) -> Any:

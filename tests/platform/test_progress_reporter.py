@@ -15,9 +15,12 @@ from tasks.progress import ProgressReporter
 
 
 def _artifact(artifact_id: UUID) -> tuple[float, str]:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterId
+
     with get_client(sync_client=True) as client:
-        art = client.read_artifacts()
-        found = next(a for a in art if a.id == artifact_id)
+        (found,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(id=ArtifactFilterId(any_=[artifact_id]))
+        )
         return float(found.data), str(found.description)
 
 
