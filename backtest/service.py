@@ -1,13 +1,12 @@
-"""One-call backtests on candle frames: range checks, full report and the equity chart."""
+"""One-call backtests on candle frames: range checks, full report and its markdown summary
+(the chart: backtest/charts.py)."""
 
 from __future__ import annotations
 
-import io
 import logging
 from datetime import UTC, date, datetime, time
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from backtest.engine import check_candles, run_backtest
@@ -105,49 +104,6 @@ def backtest_candles(
     )
 
 
-def render_equity_chart(result: BacktestResult, label: str = "") -> bytes:
-    """Draw the daily equity (with buy-and-hold) and drawdown curves; ``label`` (e.g.
-    "IN-SAMPLE") starts the title.
-
-    Returns:
-        PNG bytes (matplotlib, Agg backend).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
-    from matplotlib.figure import Figure
-
-    days = [p.day for p in result.equity_curve]
-    equity = np.array([p.equity for p in result.equity_curve])
-    drawdown = np.array([p.drawdown_pct for p in result.equity_curve])
-    fig = Figure(figsize=(10, 6), dpi=100)
-    ax1, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    m = result.metrics
-    ax1.plot(days, equity, color="tab:blue", label="strategy equity")
-    ax1.axhline(result.config.initial_capital, color="grey", lw=0.8, ls="--")
-    ax1.set_ylabel("equity")
-    ax1.set_title(
-        f"{label + ': ' if label else ''}{result.strategy_name} on {result.symbol} {result.timeframe}: "
-        f"return {m.total_return_pct:.1f}% (buy & hold {m.buy_and_hold_return_pct:.1f}%), "
-        f"Sharpe {m.sharpe_ratio:.2f}, {m.total_trades} trades"
-    )
-    ax1.legend(loc="upper left")
-    ax1.grid(alpha=0.3)
-    ax2.fill_between(days, drawdown, 0, color="tab:red", alpha=0.4)
-    ax2.set_ylabel("drawdown %")
-    ax2.grid(alpha=0.3)
-    # concise date labels fit unrotated; fixed margins instead of tight_layout (which lays
-    # the figure out twice): together a third of the drawing time of a 30-day chart
-    locator = AutoDateLocator()
-    ax2.xaxis.set_major_locator(locator)
-    ax2.xaxis.set_major_formatter(ConciseDateFormatter(locator))
-    fig.subplots_adjust(left=0.09, right=0.98, top=0.94, bottom=0.08, hspace=0.06)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
 def summary_markdown(result: BacktestResult) -> str:
     """A markdown table of the metrics and the conventions behind them."""
     m = result.metrics.model_dump()
@@ -157,8 +113,14 @@ def summary_markdown(result: BacktestResult) -> str:
     )
     params = ", ".join(f"{k}={v}" for k, v in result.parameters.items())
     conv = "\n".join(f"- **{k}**: {v}" for k, v in result.conventions.items())
+    sample = ""
+    if result.model is not None:
+        sample = (
+            f"**{'IN-SAMPLE' if result.in_sample else 'Out-of-sample'}**: {result.model.note}\n\n"
+        )
     return (
         f"# Backtest {result.strategy_name} {result.symbol} {result.timeframe}\n\n"
+        f"{sample}"
         f"{result.start:%Y-%m-%d %H:%M} to {result.end:%Y-%m-%d %H:%M} UTC, {result.bars} bars; "
         f"parameters: {params}; fee {result.config.fee_bps} bps, slippage "
         f"{result.config.slippage_bps} bps, size {result.config.position_size:g}, "

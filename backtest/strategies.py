@@ -21,7 +21,7 @@ import numpy as np
 from backtest import indicators as ind
 from core.echo import echo
 from core.exceptions import InvalidInputError
-from core.schemas.backtest import (
+from core.schemas.strategies import (
     BollingerParams,
     MACDParams,
     RSIParams,

@@ -9,6 +9,11 @@ comparison on it (used by ``ml.lifecycle`` for train-model and adaptive-retrain 
   per-sample difference (SE = std / sqrt(n)), and the deployed model also by
   ``min_improvement``; otherwise the reason names the slice (dates, n), both accuracies, the
   difference and its SE.
+* :func:`economic_test` / :func:`apply_rule`: the economic test (the candidate's after-fee
+  return beats every comparator's, buy-and-hold and logistic regression and the deployed
+  model, by more than the SE of the paired bootstrap difference: ``ml.economics``) and the
+  setting ``deploy_rule`` (accuracy, economic or both) that says which tests must pass; the
+  decision names the test that decided.
 
 Pure layer (no Prefect).
 """
@@ -24,13 +29,15 @@ import numpy as np
 import pandas as pd
 
 from core.exceptions import InsufficientDataError
+from core.schemas.economics import DeployRule, EconomicEvaluation, EconomicTest
 from core.schemas.training import DeployDecision, HeldOutComparison
 from ml.features import FeatureSpec, inference_windows, make_labels
 from ml.metrics import correct, paired_difference
 from ml.predictor import WARMUP_BARS
 
 if TYPE_CHECKING:
-    from ml.registry import ModelRecord, ModelRegistry
+    from ml.records import ModelRecord
+    from ml.registry import ModelRegistry
 
 #: Fewer held-out samples than this cannot support a decision.
 MIN_HOLDOUT_SAMPLES = 30
@@ -243,3 +250,101 @@ def score_holdout(
         pos = holdout.positions[ok]
         scored = Holdout(holdout.cut, pos, y, holdout.start, holdout.end)
     return decide(scored, correct(y, candidate_p[ok]), comparators, min_improvement=min_improvement)
+
+
+# ---------------------------------------------------------------- the economic test
+def _return_label(name: str, model_id: str | None) -> str:
+    return _label(DEPLOYED, model_id) if name == DEPLOYED else name.replace("_", " ")
+
+
+def economic_test(evaluation: EconomicEvaluation) -> EconomicTest:
+    """The candidate's after-fee return must beat every comparator's by more than the
+    standard error of the paired (same bootstrap blocks) difference.
+
+    Returns:
+        the test, its reason naming the bars, the fee, both returns, the difference and its
+        SE of the first comparator not beaten (or of every one, when all are).
+    """
+    model = evaluation.strategy("model").total_return_pct.value
+    rows = evaluation.comparisons
+    failed = [c for c in rows if not c.beaten]
+    where = (
+        f"after fees ({evaluation.fee_bps:g} bps per fill, slippage {evaluation.slippage_bps:g} "
+        f"bps) on {evaluation.bars:,} held-out bars"
+    )
+    if not failed:
+        beats = ", ".join(
+            f"{_return_label(c.name, c.model_id)} {c.total_return_pct:+.1f}% "
+            f"(+{c.difference_pct:.1f} > SE {c.standard_error:.1f})"
+            for c in rows
+        )
+        return EconomicTest(
+            passed=True, comparisons=rows, reason=f"{where} return {model:+.1f}% beats {beats}"
+        )
+    worst = failed[0]
+    reason = (
+        f"{where} return {model:+.1f}% vs {_return_label(worst.name, worst.model_id)} "
+        f"{worst.total_return_pct:+.1f}%: difference {worst.difference_pct:+.1f} points, "
+        f"standard error {worst.standard_error:.1f}; it must beat it by more than the "
+        "standard error"
+    )
+    others = [_return_label(c.name, c.model_id) for c in failed[1:]]
+    if others:
+        reason += f" (nor beats: {', '.join(others)})"
+    return EconomicTest(passed=False, comparisons=rows, reason=reason)
+
+
+def apply_rule(
+    accuracy: DeployDecision, economic: EconomicTest | None, rule: DeployRule
+) -> DeployDecision:
+    """Combine the accuracy decision (:func:`decide`) and the economic test under ``rule``.
+
+    accuracy: only the accuracy test counts; economic: only the economic one; both: both
+    must pass. ``decided_by`` names the failing test (both when both failed), or, when the
+    model is deployed, the test(s) that deployed it. The reason starts with the deciding
+    test's own reason and then states the other test's outcome.
+
+    Returns:
+        the decision (``accuracy`` updated).
+
+    Raises:
+        ValueError: ``rule`` needs the economic test and ``economic`` is None.
+    """
+    if economic is None and rule != "accuracy":
+        raise ValueError(f"deploy rule {rule!r} needs the economic test")
+    acc_ok = accuracy.deployed
+    econ_ok = economic is not None and economic.passed
+    if rule == "accuracy":
+        deployed, decided = acc_ok, "accuracy"
+    elif rule == "economic":
+        deployed, decided = econ_ok, "economic"
+    else:
+        deployed = acc_ok and econ_ok
+        decided = "both" if acc_ok == econ_ok else ("economic" if acc_ok else "accuracy")
+    has_deployed = any(c.name == DEPLOYED for c in accuracy.comparisons)
+    keeps = "the deployed model stays" if has_deployed else "no model deployed"
+    required = "" if rule == "both" else " (not required)"
+    acc_body = accuracy.reason.split(": ", 1)[1]  # without "deployed: " / "not deployed, ...: "
+    acc_text = f"accuracy test {'passed' if acc_ok else 'failed'}{required}: {acc_body}"
+    if decided == "economic":
+        assert economic is not None
+        head = "deployed" if deployed else f"not deployed, stays a candidate ({keeps})"
+        reason = f"{head}: {economic.reason}; {acc_text}"
+    else:
+        reason = accuracy.reason
+        if economic is not None:
+            verdict = "passed" if econ_ok else "failed"
+            reason += f"; economic test {verdict}{required}: {economic.reason}"
+    outcome = "deployed" if deployed else ("kept_deployed" if has_deployed else "candidate")
+    label = "both tests" if decided == "both" else f"the {decided} test"
+    return accuracy.model_copy(
+        update={
+            "deployed": deployed,
+            "outcome": outcome,
+            "reason": f"{reason} [deploy rule {rule}: decided by {label}]",
+            "rule": rule,
+            "decided_by": decided,
+            "accuracy_passed": acc_ok,
+            "economic": economic,
+        }
+    )

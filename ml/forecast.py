@@ -25,10 +25,13 @@ Method, for a forecast origin t (the newest close) and each hour h = 1..H:
   ``sigma_t * sqrt(H)``, P(up) = p means a median of ``sigma_t * sqrt(H) * Phi^-1(p)``;
   that drift is spread linearly over the model's H bars and held flat beyond (the model says
   nothing past its horizon). p = 0.5 gives the random-walk forecast (last price).
-* Confidence of hour h: the probability, under a normal with the same scale
-  ``sigma_t * sqrt(h)``, that the realised price lands within +-``band_pct`` of the
-  predicted price: ``2 * Phi(log(1 + band) / (sigma_t * sqrt(h))) - 1``. The scale grows
-  with sqrt(h), so confidence strictly decreases with the horizon.
+* Confidence of hour h: P(direction), the probability that the close at hour h lies on the
+  side of the last close that the predicted price is on. The model states p = P(up) for its
+  horizon H; under the drift above and the normal scale ``sigma_t * sqrt(h)`` the implied
+  P(up at h) is ``Phi(Phi^-1(p) * min(h, H) / sqrt(H * h))`` (p itself at h = H, toward 0.5
+  before and after), and confidence is ``max(P, 1 - P)``: 0.5 for a model that says nothing
+  (p = 0.5), never above max(p, 1 - p). It is calibrated when the model's P(up) is; the
+  ledger's scoring measures both on unseen hours (mean confidence against hit rate).
 """
 
 from __future__ import annotations
@@ -37,12 +40,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from numpy.lib.stride_tricks import sliding_window_view
 from scipy.special import ndtr, ndtri
 
-from core.exceptions import DataQualityError, InsufficientDataError, InvalidInputError
+from core.exceptions import InsufficientDataError, InvalidInputError
+from ml.calibration import (
+    ewma_volatility,
+    known_quantiles,
+    log_close_of,
+    regime_scale,
+    standardized_returns,
+    window_quantiles,
+)
 
-_MIN_SIGMA = 1e-8
 _P_CLIP = (0.02, 0.98)
 
 
@@ -55,7 +64,8 @@ class ForecastConfig:
         calibration_bars: forecast origins in the calibration window of each quantile.
         min_calibration_samples: fewest known outcomes a quantile may come from.
         vol_halflife_bars: half-life of the EWMA volatility.
-        band_pct: half-width (percent of the predicted price) defining ``confidence``.
+        band_pct: unused by the forecast (``confidence`` is P(direction)); kept so that
+            configurations written before stay valid.
         regime_bars: recent known outcomes whose interquantile range, relative to the
             calibration window's, rescales the interval (0: no regime scale).
     """
@@ -93,7 +103,7 @@ class ForecastPath:
     Attributes:
         hours: 1..horizon.
         predicted, lower, upper: prices.
-        confidence: strictly decreasing probabilities (see module docstring).
+        confidence: P(direction) of each hour, 0.5-1 (see module docstring).
         sigma: the origin's 1-bar volatility (log-return scale).
         calibration_samples: known outcomes behind each hour's quantiles.
     """
@@ -121,112 +131,6 @@ class CoverageReport:
     blocks: int = 0
 
 
-def _log_close(close: np.ndarray | pd.Series) -> np.ndarray:
-    c = np.asarray(close, dtype=np.float64)
-    if c.ndim != 1:
-        raise InvalidInputError(f"close must be 1-D (got shape {c.shape})")
-    if not np.isfinite(c).all() or (c <= 0).any():
-        raise DataQualityError("close prices must be finite and positive")
-    return np.log(c)
-
-
-def ewma_volatility(log_close: np.ndarray, halflife_bars: float) -> np.ndarray:
-    """EWMA standard deviation of 1-bar log returns, using returns up to each bar.
-
-    Returns:
-        array of ``len(log_close)``; NaN at bar 0 (no return yet).
-    """
-    r = np.diff(log_close, prepend=np.nan)
-    var = pd.Series(r * r).ewm(halflife=halflife_bars, min_periods=1).mean().to_numpy()
-    return np.maximum(np.sqrt(var), _MIN_SIGMA)
-
-
-def standardized_returns(log_close: np.ndarray, sigma: np.ndarray, h: int) -> np.ndarray:
-    """``z_h[s] = (log c[s+h] - log c[s]) / (sigma[s] * sqrt(h))``; NaN where s+h is unknown."""
-    z = np.full(len(log_close), np.nan)
-    if h < len(log_close):
-        z[:-h] = (log_close[h:] - log_close[:-h]) / (sigma[:-h] * np.sqrt(h))
-    return z
-
-
-def _quantiles(
-    z: np.ndarray, origins: np.ndarray, h: int, w: int, level: float, min_samples: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Lower, middle, upper quantiles of ``z`` over the ``w`` outcomes known at each origin,
-    i.e. z[s] for s in [t - h - w + 1, t - h].
-
-    Returns:
-        (lo, median, hi, samples) per origin; NaN where fewer than ``min_samples`` are known.
-    """
-    padded = np.concatenate([np.full(w, np.nan), z])
-    windows = sliding_window_view(padded, w)  # windows[k] = z[k - w .. k - 1]
-    rows = windows[origins - h + 1]  # z[t - h - w + 1 .. t - h]
-    samples = np.isfinite(rows).sum(axis=1)
-    a = (1.0 - level) / 2.0
-    lo, mid, hi = np.full((3, len(origins)), np.nan)
-    ok = samples >= min_samples
-    if ok.any():
-        full = rows[ok]
-        qs = [a, 0.5, 1.0 - a]
-        finite = np.isfinite(full).all()
-        q = np.quantile(full, qs, axis=1) if finite else np.nanquantile(full, qs, axis=1)
-        lo[ok], mid[ok], hi[ok] = q
-    return lo, mid, hi, samples
-
-
-def _window_quantiles(
-    z: np.ndarray, origins: np.ndarray, h: int, config: ForecastConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centred lower/upper quantiles of ``z`` over each origin's calibration window.
-
-    The window of origin t holds z[s] for s in [t - h - W + 1, t - h] (outcome known at t).
-
-    Returns:
-        (q_lo, q_hi, samples) per origin; NaN quantiles where fewer than
-        ``min_calibration_samples`` outcomes are known.
-    """
-    lo, mid, hi, samples = _quantiles(
-        z,
-        origins,
-        h,
-        config.calibration_bars,
-        config.interval_level,
-        config.min_calibration_samples,
-    )
-    return lo - mid, hi - mid, samples
-
-
-def regime_scale(
-    z1: np.ndarray,
-    origins: np.ndarray,
-    config: ForecastConfig,
-    calibrated_at: int | None = None,
-) -> np.ndarray:
-    """``k_t`` of the module docstring from the 1-bar standardised moves ``z1``: their
-    interquantile range over the last ``regime_bars`` known outcomes divided by that over
-    the calibration window (of each origin, or of ``calibrated_at`` when frozen there).
-
-    One factor per origin for every hour: 1-bar moves give ``regime_bars`` nearly
-    independent outcomes, where a window of overlapping h-bar moves would not.
-
-    Returns:
-        one factor per origin; 1 where the regime scale is off or too few outcomes are known.
-    """
-    k = np.ones(len(origins))
-    if config.regime_bars <= 0:
-        return k
-    level, min_n = config.interval_level, config.min_calibration_samples
-    r_lo, _, r_hi, _ = _quantiles(
-        z1, origins, 1, config.regime_bars, level, config.regime_bars // 2
-    )
-    at = origins if calibrated_at is None else np.array([calibrated_at])
-    c_lo, _, c_hi, _ = _quantiles(z1, at, 1, config.calibration_bars, level, min_n)
-    cal = np.broadcast_to(c_hi - c_lo, (len(origins),))
-    ok = np.isfinite(r_lo) & np.isfinite(cal) & (cal > 0)
-    k[ok] = (r_hi[ok] - r_lo[ok]) / cal[ok]
-    return k
-
-
 def drift_log_return(
     up_probability: float | None, sigma: float, model_horizon_bars: int, h: np.ndarray
 ) -> np.ndarray:
@@ -244,14 +148,22 @@ def drift_log_return(
     return total * np.minimum(h, big_h) / big_h
 
 
-def band_confidence(sigma: float, hours: np.ndarray, band_pct: float) -> np.ndarray:
-    """P(|log(realised / predicted)| <= log(1 + band)) under N(0, sigma * sqrt(h)).
+def direction_confidence(
+    up_probability: float | None, model_horizon_bars: int, hours: np.ndarray
+) -> np.ndarray:
+    """P(direction) of each hour in ``hours``: ``max(P, 1 - P)`` with P(up at h) =
+    ``Phi(Phi^-1(p) * min(h, H) / sqrt(H * h))`` (see the module docstring).
 
     Returns:
-        strictly decreasing probabilities for increasing ``hours`` (sigma > 0).
+        probabilities in [0.5, max(p, 1 - p)]; 0.5 everywhere when p is None.
     """
-    scale = max(sigma, _MIN_SIGMA) * np.sqrt(np.asarray(hours, dtype=np.float64))
-    return 2.0 * ndtr(np.log1p(band_pct / 100.0) / scale) - 1.0
+    h = np.asarray(hours, dtype=np.float64)
+    if up_probability is None or not np.isfinite(up_probability):
+        return np.full_like(h, 0.5)
+    z = float(ndtri(np.clip(up_probability, *_P_CLIP)))
+    big_h = float(max(1, int(model_horizon_bars)))
+    p_up = ndtr(z * np.minimum(h, big_h) / np.sqrt(big_h * h))
+    return np.maximum(p_up, 1.0 - p_up)
 
 
 def forecast_path(
@@ -279,7 +191,7 @@ def forecast_path(
     config = config or ForecastConfig()
     if horizon < 1:
         raise InvalidInputError(f"horizon must be >= 1 (got {horizon})")
-    lc = _log_close(close)
+    lc = log_close_of(close)
     need = config.min_calibration_samples + horizon + 1
     if len(lc) < need:
         raise InsufficientDataError(
@@ -293,7 +205,7 @@ def forecast_path(
     k = regime_scale(standardized_returns(lc, sigma, 1), np.array([t]), config)[0]
     for i, h in enumerate(hours):
         z = standardized_returns(lc, sigma, int(h))
-        lo, hi, n = _window_quantiles(z, np.array([t]), int(h), config)
+        lo, hi, n = window_quantiles(z, np.array([t]), int(h), config)
         q_lo[i], q_hi[i], samples[i] = lo[0] * k, hi[0] * k, n[0]
     if not np.isfinite(q_lo).all():
         raise InsufficientDataError(
@@ -312,7 +224,7 @@ def forecast_path(
         predicted=np.exp(center),
         lower=np.exp(center + lo_offset),
         upper=np.exp(center + hi_offset),
-        confidence=band_confidence(s_t, hours, config.band_pct),
+        confidence=direction_confidence(up_probability, model_horizon_bars, hours),
         sigma=s_t,
         calibration_samples=samples,
     )
@@ -353,7 +265,7 @@ def interval_coverage(
         InsufficientDataError: no (origin, hour) pair could be scored.
     """
     config = config or ForecastConfig()
-    lc = _log_close(close)
+    lc = log_close_of(close)
     sigma = ewma_volatility(lc, config.vol_halflife_bars)
     origins = np.asarray(origins, dtype=np.int64)
     if calibration_frozen_at is not None:
@@ -373,10 +285,10 @@ def interval_coverage(
         z = standardized_returns(lc, sigma, h)
         k = k_all[ok_t]
         if calibration_frozen_at is None:
-            lo, hi, _ = _window_quantiles(z, ok_t, h, config)
+            lo, hi, _ = window_quantiles(z, ok_t, h, config)
             lo, hi = lo * k, hi * k
         else:
-            f_lo, f_mid, f_hi, _ = _quantiles(
+            f_lo, f_mid, f_hi, _ = known_quantiles(
                 z,
                 np.array([calibration_frozen_at]),
                 h,

@@ -16,14 +16,17 @@ runs ``train-model`` as a subflow) both go through it, so there is ONE deploy ru
    than the standard error of the paired difference (per-sample correctness differences,
    SE = std / sqrt(n)), and the deployed model also by ``min_improvement``; otherwise the model
    stays a candidate and the decision says why (slice dates, n, both accuracies, difference, SE).
+   The same held-out signals are traded after fees (:mod:`ml.economics`) beside buy-and-hold
+   and logistic regression; the setting ``deploy_rule`` (``BOTAI_DEPLOY_RULE``: accuracy,
+   economic or both, default both) says which tests must pass
+   (:func:`ml.deploy_rule.apply_rule`), and the decision names the test that decided.
 5. The model is registered (candidate) and deployed when the rule says so; the ``training_jobs``
-   record (:func:`open_job`, :func:`save_job`) follows every step.
+   record (:mod:`ml.training_jobs`) follows every step.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,88 +35,20 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from core.exceptions import InvalidInputError
-from core.schemas.training import (
-    DeployDecision,
-    TrainingResults,
-    TrainModelParams,
-    TrainModelResult,
-)
-from ml.deploy_rule import (
-    Holdout,
-    candidate_windows,
-    hold_out,
-    incumbent_probabilities,
-    score_holdout,
-)
+from core.schemas.economics import DeployRule
+from core.schemas.training import TrainModelParams, TrainModelResult
+from ml.candidate import evaluate_candidate, register, training_results
+from ml.deploy_rule import Holdout, hold_out
+from ml.economics import EconomicsConfig
 from ml.features import FeatureSpec, prepare_dataset
-from ml.metrics import baseline_probabilities
+from ml.training_jobs import EpochRecorder, save_job
 
 if TYPE_CHECKING:
     from integrations.store import Store
-    from ml.registry import ModelRecord, ModelRegistry
-    from ml.training import Checkpoint, CheckpointStore
+    from ml.checkpoints import Checkpoint, CheckpointStore
+    from ml.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
-
-#: Per-epoch metrics reach ``training_jobs`` at most this often (and at the end).
-JOB_WRITE_INTERVAL_S = 1.0
-
-
-# ---------------------------------------------------------------- job records
-def new_job(params: TrainModelParams, run_id: str) -> dict[str, Any]:
-    """The ``training_jobs`` document of a run that starts now (attempt 1)."""
-    now = datetime.now(UTC)
-    return {
-        "task_id": run_id,
-        "training_key": params.training_key,
-        "model_type": params.model_type,
-        "symbol": params.symbol,
-        "timeframe": params.timeframe,
-        "parameters": params.model_dump(),
-        "status": "running",
-        "created_at": now,
-        "updated_at": now,
-        "finished_at": None,
-        "attempts": 1,
-        "resumed_from_epoch": None,
-        "epochs": [],
-        "progress_pct": 0.0,
-        "device": None,
-        "results": None,
-        "model_id": None,
-        "model_path": None,
-        "deployment": None,
-        "error": None,
-    }
-
-
-def open_job(store: Store, params: TrainModelParams, run_id: str, run_count: int = 1) -> dict:
-    """The job record of this flow run: new, or the existing one reopened when the run runs
-    again under the same id (a recovery re-run): attempts + 1, status running, error cleared.
-
-    Returns:
-        the document (already written).
-    """
-    existing = store.training_job_get(run_id)
-    if existing is None:
-        job = new_job(params, run_id)
-        job["attempts"] = max(1, run_count)
-    else:
-        job = {**new_job(params, run_id), **existing}
-        job.update(
-            attempts=max(int(existing.get("attempts") or 1) + 1, run_count),
-            status="running",
-            error=None,
-            finished_at=None,
-        )
-    save_job(store, job)
-    return job
-
-
-def save_job(store: Store, job: dict[str, Any], **changes: Any) -> None:
-    """Apply ``changes`` to ``job`` and write the whole document (one per task id)."""
-    job.update(changes, updated_at=datetime.now(UTC))
-    store.training_job_save(job)
 
 
 # ---------------------------------------------------------------- resume
@@ -183,8 +118,14 @@ def train_and_register(
     checkpoint_every_s: float | None = 60.0,
     run_count: int = 1,
     hooks: Hooks | None = None,
+    deploy_rule: DeployRule = "both",
+    economics: EconomicsConfig | None = None,
 ) -> TrainModelResult:
     """Hold out, train (or resume / warm-start), score, register, deploy only if better.
+
+    ``deploy_rule`` (setting ``BOTAI_DEPLOY_RULE``) says which held-out tests must pass
+    (accuracy, economic or both); ``economics`` holds the costs and bootstrap of the economic
+    evaluation (``ml.economics``).
 
     Returns:
         the ``train-model`` result (``deployment`` holds the decision).
@@ -195,129 +136,49 @@ def train_and_register(
         InsufficientDataError: too few samples for the split or the held-out slice.
         InvalidInputError: incremental mode without a deployed model.
     """
-    from ml.training import TrainConfig, TrainingStopped, check_free_disk, detect_device, train
+    from ml.training import check_free_disk, detect_device
 
     hooks = hooks or Hooks()
-    logger = hooks.logger
     progress = hooks.progress or (lambda pct, stage: None)
     check_free_disk(checkpoints.directory, min_free_disk_gb)
     device = detect_device()
-    resume_from, own_checkpoint = resume_point(checkpoints, params, run_id, run_count, logger)
-    spec: FeatureSpec | None = None
-    initial_weights = None
-    units = params.units
-    if resume_from is not None:
-        spec = FeatureSpec.from_dict(resume_from.meta["feature_spec"])
-        units = int(resume_from.meta.get("config", {}).get("units", units))
-    elif params.mode == "incremental":
-        deployed = registry.deployed(params.symbol, params.timeframe, params.model_type)
-        if deployed is None:
-            raise InvalidInputError(
-                f"mode=incremental needs a deployed {params.model_type} model for "
-                f"{params.symbol} {params.timeframe}; train with mode=scratch first"
-            )
-        spec = FeatureSpec.from_dict(deployed.feature_spec)
-        initial_weights = registry.load(deployed).model.get_weights()
-        units = int(deployed.extra.get("units", units))
-        logger.info(
-            "incremental: warm start from model %s v%d", deployed.model_id, deployed.version
-        )
-    horizon = spec.horizon_bars if spec else params.horizon_bars
-    holdout = hold_out(candles, params.holdout_split, horizon)
-    dataset = prepare_dataset(
-        candles.iloc[: holdout.cut],
-        lookback=params.lookback,
-        horizon_bars=params.horizon_bars,
-        validation_split=params.validation_split,
-        spec=spec,
-    )
-    if own_checkpoint and resume_from is not None:  # epochs after the checkpoint are redone
-        job["epochs"] = [e for e in job.get("epochs", []) if e.get("epoch", 0) <= resume_from.epoch]
+    start = starting_point(registry, checkpoints, params, run_id, run_count, hooks.logger)
+    holdout, dataset = split_data(candles, params, start)
+    if start.own_checkpoint and start.checkpoint is not None:  # later epochs are redone
+        job["epochs"] = [
+            e for e in job.get("epochs", []) if e.get("epoch", 0) <= start.checkpoint.epoch
+        ]
     save_job(
         store,
         job,
         device=device,
         train_samples=len(dataset.y_train),
-        resumed_from_epoch=resume_from.epoch + 1 if resume_from is not None else None,
+        resumed_from_epoch=start.checkpoint.epoch + 1 if start.checkpoint is not None else None,
         holdout={"start": holdout.start, "end": holdout.end, "samples": holdout.n},
     )
     progress(10, "Loading data")
-    last_write, last_pct = [0.0], [10.0]
-
-    def on_epoch(epoch: int, epochs: int, record: dict[str, float]) -> None:
-        pct = 10 + 80 * epoch / epochs
-        job["epochs"].append(record)
-        job["progress_pct"] = round(pct, 1)
-        # whole-document writes (nx-27017): at most one a second; the final write has them all
-        if time.monotonic() - last_write[0] >= JOB_WRITE_INTERVAL_S or epoch == epochs:
-            save_job(store, job)
-            last_write[0] = time.monotonic()
-        if pct - last_pct[0] >= 5 or epoch == epochs:
-            progress(pct, f"Training epoch {epoch}/{epochs}")
-            last_pct[0] = pct
-
-    config = TrainConfig(
-        model_type=params.model_type,
-        epochs=params.epochs,
-        batch_size=params.batch_size,
-        learning_rate=params.learning_rate,
-        checkpoint_interval=params.checkpoint_interval,
-        checkpoint_every_s=checkpoint_every_s,
-        early_stopping_patience=params.early_stopping_patience,
-        soft_time_limit_s=params.soft_time_limit_s,
-        units=units,
+    outcome = run_training(
+        store, job, params, dataset, start, run_id, checkpoints, checkpoint_every_s, hooks
     )
-    try:
-        outcome = train(
-            dataset,
-            config,
-            checkpoints=checkpoints,
-            run_id=run_id,
-            resume=resume_from,
-            initial_weights=initial_weights,
-            on_epoch=on_epoch,
-            fit=hooks.fit,
-            extra_callbacks=hooks.extra_callbacks,
-            check_interrupt=hooks.check_interrupt,
-            finish_if_complete=own_checkpoint,
-        )
-    except TrainingStopped as e:
-        save_job(
-            store,
-            job,
-            status="failed",
-            error=str(e),
-            finished_at=datetime.now(UTC),
-            epochs_completed=e.epochs_completed,
-            checkpoint_path=str(e.checkpoint_path) if e.checkpoint_path else None,
-        )
-        raise
     progress(92, "Scoring on held-out bars")
-    decision = evaluate_candidate(registry, params, candles, holdout, outcome, dataset)
-    logger.info("%s: %s", params.training_key, decision.reason)
+    decision, evaluation = evaluate_candidate(
+        registry,
+        params,
+        candles,
+        holdout,
+        outcome,
+        dataset,
+        deploy_rule=deploy_rule,
+        economics=economics,
+    )
+    hooks.logger.info("%s: %s", params.training_key, decision.reason)
     progress(95, "Saving")
-    record = register(registry, params, run_id, outcome, dataset, decision, units, device)
+    record = register(
+        registry, params, run_id, outcome, dataset, decision, start.units, device, evaluation
+    )
     if decision.deployed:
         record = registry.deploy(record.model_id, by=f"deploy rule (train-model {run_id})")
-    results = TrainingResults(
-        final_loss=outcome.final_loss,
-        validation_loss=outcome.validation_loss,
-        val_accuracy=outcome.val_metrics["accuracy"],
-        precision=outcome.val_metrics["precision"],
-        recall=outcome.val_metrics["recall"],
-        f1=outcome.val_metrics["f1"],
-        baselines={k: v["accuracy"] for k, v in outcome.baselines.items()},
-        training_time_seconds=outcome.training_time_seconds,
-        epochs_completed=outcome.epochs_completed,
-        best_epoch=outcome.best_epoch,
-        device=device,
-        resumed_from_epoch=outcome.resumed_from_epoch,
-        batch_size=outcome.batch_size,
-        train_samples=len(dataset.y_train),
-        validation_samples=len(dataset.y_val),
-        holdout_accuracy=decision.candidate_accuracy,
-        holdout_samples=decision.holdout_samples,
-    )
+    results = training_results(outcome, dataset, decision, device)
     save_job(
         store,
         job,
@@ -340,76 +201,145 @@ def train_and_register(
         model_status=record.status,
         task_id=run_id,
         deployment=decision,
+        economics=evaluation,
     )
 
 
-def evaluate_candidate(
-    registry: ModelRegistry,
-    params: TrainModelParams,
-    candles: pd.DataFrame,
-    holdout: Holdout,
-    outcome: Any,
-    dataset: Any,
-) -> DeployDecision:
-    """Score the trained model, the deployed one (if any) and the baselines on the slice.
+@dataclass
+class Start:
+    """Where a training starts: a checkpoint to resume, or warm-start weights, or scratch.
 
-    Returns:
-        the deploy decision (:func:`decide`).
+    Attributes:
+        checkpoint: the checkpoint resumed (None: a new training).
+        own_checkpoint: ``checkpoint`` was written by this very flow run (a re-run).
+        spec: the feature spec (scaler) to keep: the checkpoint's or the warm-start model's;
+            None fits a new one.
+        initial_weights: warm-start weights (incremental mode), or None.
+        units: the network's width (the checkpoint's or deployed model's when resuming).
     """
-    x_eval = candidate_windows(candles, holdout, outcome.spec)
-    candidate_p = outcome.model.predict(x_eval, batch_size=512, verbose=0).reshape(-1)
-    baseline_p = baseline_probabilities(dataset.x_train, dataset.y_train, x_eval)
-    current = registry.deployed(params.symbol, params.timeframe, params.model_type)
-    incumbent = None
-    if current is not None:
-        incumbent = (current.model_id, incumbent_probabilities(registry, current, candles, holdout))
-    return score_holdout(
-        candidate_p, holdout, baseline_p, incumbent, min_improvement=params.min_improvement
-    )
+
+    checkpoint: Checkpoint | None
+    own_checkpoint: bool
+    spec: FeatureSpec | None
+    initial_weights: list[Any] | None
+    units: int
 
 
-def register(
+def starting_point(
     registry: ModelRegistry,
+    checkpoints: CheckpointStore,
     params: TrainModelParams,
     run_id: str,
-    outcome: Any,
-    dataset: Any,
-    decision: DeployDecision,
-    units: int,
-    device: str,
-) -> ModelRecord:
-    """Register the trained model as a candidate with its validation and held-out metrics.
+    run_count: int,
+    logger: Any = log,
+) -> Start:
+    """Resume (:func:`resume_point`), warm-start from the deployed model (incremental
+    mode), or start from scratch.
 
     Returns:
-        the new record.
+        the :class:`Start`.
+
+    Raises:
+        InvalidInputError: incremental mode without a deployed model.
     """
-    metrics = {
-        "val_accuracy": outcome.val_metrics["accuracy"],
-        "precision": outcome.val_metrics["precision"],
-        "recall": outcome.val_metrics["recall"],
-        "f1": outcome.val_metrics["f1"],
-        "validation_loss": outcome.validation_loss,
-        "final_loss": outcome.final_loss,
-        "baselines": outcome.baselines,
-        "validation_samples": len(dataset.y_val),
-        "validation_start": dataset.t_val[0].isoformat(),
-        "validation_end": dataset.t_val[-1].isoformat(),
-        "holdout_accuracy": decision.candidate_accuracy,
-        "holdout": decision.model_dump(mode="json"),
-        "train_end": dataset.t_val[-1].isoformat(),
-        "epochs_completed": outcome.epochs_completed,
-        "best_epoch": outcome.best_epoch,
-        "device": device,
-    }
-    return registry.register(
-        outcome.model,
-        model_type=params.model_type,
-        symbol=params.symbol,
-        timeframe=params.timeframe,
-        metrics=metrics,
-        feature_spec=outcome.spec.to_dict(),
-        horizon_bars=outcome.spec.horizon_bars,
-        created_by=params.requested_by,
-        training_task_id=run_id,
-        extra={"units": units, "mode": params.mode, "days_of_data": params.days_of_data},
+    checkpoint, own = resume_point(checkpoints, params, run_id, run_count, logger)
+    if checkpoint is not None:
+        spec = FeatureSpec.from_dict(checkpoint.meta["feature_spec"])
+        units = int(checkpoint.meta.get("config", {}).get("units", params.units))
+        return Start(checkpoint, own, spec, None, units)
+    if params.mode != "incremental":
+        return Start(None, own, None, None, params.units)
+    deployed = registry.deployed(params.symbol, params.timeframe, params.model_type)
+    if deployed is None:
+        raise InvalidInputError(
+            f"mode=incremental needs a deployed {params.model_type} model for "
+            f"{params.symbol} {params.timeframe}; train with mode=scratch first"
+        )
+    logger.info("incremental: warm start from model %s v%d", deployed.model_id, deployed.version)
+    return Start(
+        None,
+        own,
+        FeatureSpec.from_dict(deployed.feature_spec),
+        registry.load(deployed).model.get_weights(),
+        int(deployed.extra.get("units", params.units)),
     )
+
+
+def split_data(
+    candles: pd.DataFrame, params: TrainModelParams, start: Start
+) -> tuple[Holdout, Any]:
+    """Set the newest bars aside (held out), then window and scale the older ones.
+
+    Returns:
+        (the held-out slice, the training/validation ``ml.features.Dataset``).
+    """
+    horizon = start.spec.horizon_bars if start.spec else params.horizon_bars
+    holdout = hold_out(candles, params.holdout_split, horizon)
+    dataset = prepare_dataset(
+        candles.iloc[: holdout.cut],
+        lookback=params.lookback,
+        horizon_bars=params.horizon_bars,
+        validation_split=params.validation_split,
+        spec=start.spec,
+    )
+    return holdout, dataset
+
+
+def run_training(
+    store: Store,
+    job: dict[str, Any],
+    params: TrainModelParams,
+    dataset: Any,
+    start: Start,
+    run_id: str,
+    checkpoints: CheckpointStore,
+    checkpoint_every_s: float | None,
+    hooks: Hooks,
+) -> Any:
+    """Train (:func:`ml.training.train`) with the job record following each epoch.
+
+    Returns:
+        the ``ml.training.TrainOutcome``.
+
+    Raises:
+        TrainingStopped: after the job record was marked failed with the reason.
+    """
+    from ml.training import TrainConfig, TrainingStopped, train
+
+    config = TrainConfig(
+        model_type=params.model_type,
+        epochs=params.epochs,
+        batch_size=params.batch_size,
+        learning_rate=params.learning_rate,
+        checkpoint_interval=params.checkpoint_interval,
+        checkpoint_every_s=checkpoint_every_s,
+        early_stopping_patience=params.early_stopping_patience,
+        soft_time_limit_s=params.soft_time_limit_s,
+        units=start.units,
+        seed=params.seed,
+    )
+    try:
+        return train(
+            dataset,
+            config,
+            checkpoints=checkpoints,
+            run_id=run_id,
+            resume=start.checkpoint,
+            initial_weights=start.initial_weights,
+            on_epoch=EpochRecorder(store, job, hooks.progress or (lambda pct, stage: None)),
+            fit=hooks.fit,
+            extra_callbacks=hooks.extra_callbacks,
+            check_interrupt=hooks.check_interrupt,
+            finish_if_complete=start.own_checkpoint,
+        )
+    except TrainingStopped as e:
+        save_job(
+            store,
+            job,
+            status="failed",
+            error=str(e),
+            finished_at=datetime.now(UTC),
+            epochs_completed=e.epochs_completed,
+            checkpoint_path=str(e.checkpoint_path) if e.checkpoint_path else None,
+        )
+        raise

@@ -16,11 +16,12 @@ import pandas as pd
 
 from core.exceptions import InsufficientDataError
 from core.schemas.analysis import CoverageCheck, PredictPriceResult, PricePoint
+from ml.confidence import calibrate_on_history
 from ml.forecast import CoverageReport, ForecastConfig, forecast_path, interval_coverage
 
 if TYPE_CHECKING:
     from ml.predictor import LoadedModel
-    from ml.registry import ModelRecord
+    from ml.records import ModelRecord
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +103,21 @@ def predict_prices(
     tail_from = max(0, first - model.spec.lookback - 100)
     # the newest bar's P(up) and those of the coverage origins, in one forward pass
     p_up, history = model.predict_newest_and_history(candles, tail_from)
+    probs = np.full(n, np.nan)
+    probs[tail_from:] = history
+    data_end, source = model_data_end(record)
+    times = pd.DatetimeIndex(candles.index)
+    unseen_from = (
+        n if data_end is None else int(np.searchsorted(times, _utc(data_end), side="right"))
+    )
+    # the model's score mapped to a probability on its own recent record (ml.confidence)
+    platt = calibrate_on_history(close, probs, record.horizon_bars, unseen_from)
+    p_cal = float(platt(p_up))
+    probs = platt(probs)
     path = forecast_path(
         close,
         horizon_hours,
-        up_probability=p_up,
+        up_probability=p_cal,
         model_horizon_bars=record.horizon_bars,
         config=config,
     )
@@ -124,10 +136,6 @@ def predict_prices(
     ]
     horizons = sorted({h for h in (1, 6, 24, horizon_hours) if h <= horizon_hours})
     origins = np.arange(first, n - 1, coverage_step)
-    probs = np.full(n, np.nan)
-    probs[tail_from:] = history
-    data_end, source = model_data_end(record)
-    times = pd.DatetimeIndex(candles.index)
     after = origins
     if data_end is not None:
         after = origins[times[origins] > _utc(data_end)]
@@ -178,6 +186,10 @@ def predict_prices(
         origin_time=origin_open.to_pydatetime(),
         last_price=float(close[-1]),
         up_probability=p_up,
+        calibrated_up_probability=p_cal,
+        confidence_calibration=(
+            f"{platt.source} ({platt.samples} outcomes: a={platt.a:.3f}, b={platt.b:.3f})"
+        ),
         model_horizon_bars=record.horizon_bars,
         horizon_hours=horizon_hours,
         interval_level=config.interval_level,

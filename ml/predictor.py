@@ -27,7 +27,7 @@ WARMUP_BARS = 300
 if TYPE_CHECKING:
     import keras
 
-    from ml.registry import ModelRecord
+    from ml.records import ModelRecord
 
 
 class SharedForward:

@@ -1,6 +1,8 @@
 """Model registry: encrypted model files plus one record per model in the ``models`` collection.
 
-Files are named ``{type}_{symbol}_{tf}_{YYYYmmdd_HHMMSS}.keras`` but are NOT readable Keras
+The files are kept in the store (MongoDB GridFS, :mod:`ml.shared_files`), so a model registered
+on one host loads on every other; the model folder of a host is only a cache. A record's
+``file_path`` is the file's name in the store, never a path of one host. Files are named ``{type}_{symbol}_{tf}_{YYYYmmdd_HHMMSS}.keras`` but are NOT readable Keras
 zips: the Keras archive is built in memory and written encrypted with AES-256-GCM::
 
     b"BOTAIGCM1" | 12-byte nonce | ciphertext+tag   (associated data: the file name)
@@ -12,8 +14,10 @@ no plaintext model ever touches the disk. The key (32 bytes) comes from the mode
 
 Lifecycle: ``register`` -> candidate (version = previous + 1, unique per key); ``deploy`` ->
 deployed: one atomic replace of the key's pointer in ``deployed_models`` (the previously
-deployed model of the same type+symbol+timeframe is archived, never deleted); ``archive``
--> archived.
+deployed model of the same type+symbol+timeframe is retired, never deleted, and named in
+the new one's ``replaced_model_id``: where a rollback goes back to); ``archive`` ->
+archived. Operators promote, roll back and archive with an audit trail through
+:mod:`ml.registry_ops`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import functools
 import io
 import logging
 import uuid
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,54 +33,14 @@ from typing import Any
 import ml.models  # noqa: F401  (registers custom layers for deserialisation)
 from core.exceptions import ConfigurationError, InvalidInputError, NotFoundError
 from integrations.store import DuplicateKeyStoreError, Store
+from integrations.store.models import model_key
 from ml.encryption import decrypt_bytes, encrypt_bytes
-from ml.files import atomic_write_bytes
 from ml.metrics import selection_accuracy
 from ml.predictor import LoadedModel, SharedForward
+from ml.records import ModelRecord
+from ml.shared_files import SharedFiles
 
 log = logging.getLogger(__name__)
-
-STATUSES = ("candidate", "deployed", "archived")
-
-
-@dataclass
-class ModelRecord:
-    """One registered model (a document of the ``models`` collection).
-
-    Attributes:
-        metrics: measured on the held-out split: val_accuracy, precision, recall, f1,
-            baselines {majority_class, logistic_regression}, and training details.
-        feature_spec: :meth:`ml.features.FeatureSpec.to_dict` (lookback, features, scaler).
-    """
-
-    model_id: str
-    model_type: str
-    symbol: str
-    timeframe: str
-    version: int
-    file_path: str
-    metrics: dict[str, Any]
-    status: str
-    created_by: str
-    created_at: datetime
-    feature_spec: dict[str, Any]
-    horizon_bars: int
-    training_task_id: str | None = None
-    deployed_at: datetime | None = None
-    deployed_by: str | None = None
-    archived_at: datetime | None = None
-    archived_by: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_doc(self) -> dict[str, Any]:
-        """Return the MongoDB document."""
-        return asdict(self)
-
-    @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> ModelRecord:
-        """Build a record from a ``models`` document (``_id`` and unknown keys ignored)."""
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in doc.items() if k in known})
 
 
 def model_to_bytes(model: Any) -> bytes:
@@ -159,11 +122,11 @@ def model_from_bytes(data: bytes) -> Any:
 
 
 class ModelRegistry:
-    """Registered models: encrypted files under ``model_dir`` and records in ``models``.
+    """Registered models: encrypted files in the store and records in ``models``.
 
     Args:
         store: the platform store.
-        model_dir: folder of the encrypted model files (created when missing).
+        model_dir: this host's cache of the encrypted model files (created when missing).
         key: 32-byte AES-256 key (``ModelStoreBlock.get_key()``).
 
     Raises:
@@ -176,6 +139,7 @@ class ModelRegistry:
         self.store = store
         self.model_dir = Path(model_dir)
         self._key = bytes(key)
+        self.files = SharedFiles(store.blobs, self.model_dir)
 
     def __repr__(self) -> str:
         return f"ModelRegistry(model_dir={str(self.model_dir)!r})"
@@ -195,28 +159,30 @@ class ModelRegistry:
         training_task_id: str | None = None,
         extra: dict[str, Any] | None = None,
     ) -> ModelRecord:
-        """Encrypt ``model`` to disk and record it as a candidate.
+        """Encrypt ``model``, store the file for every host and record it as a candidate.
 
         Returns:
-            the new record (status ``candidate``, version = previous max + 1).
+            the new record (status ``candidate``, version = previous max + 1; ``file_path``
+            is the file's name in the store).
+
+        Raises:
+            ml.files.DiskFullError: no room in the cache folder (nothing stored or recorded).
+            StoreUnavailableError: the store did not take the file or the record.
         """
         now = datetime.now(UTC).replace(microsecond=0)
-        name = f"{model_type}_{symbol}_{timeframe}_{now:%Y%m%d_%H%M%S}.keras"
-        self.model_dir.mkdir(parents=True, exist_ok=True)
-        path = self.model_dir / name
-        n = 1
-        while path.exists():  # two models of one key in the same second
-            path = self.model_dir / f"{name[:-6]}_{n}.keras"
-            n += 1
-        blob = encrypt_bytes(model_to_bytes(model), self._key, path.name.encode())
-        atomic_write_bytes(path, blob)  # DiskFullError names the folder; no partial file
+        stem = f"{model_type}_{symbol}_{timeframe}_{now:%Y%m%d_%H%M%S}"
+        name, n = f"{stem}.keras", 1
+        while self.files.exists(name):  # two models of one key in the same second
+            name, n = f"{stem}_{n}.keras", n + 1
+        blob = encrypt_bytes(model_to_bytes(model), self._key, name.encode())
+        self.files.put(name, blob, {"group": "models", "model_type": model_type})
         record = ModelRecord(
             model_id=uuid.uuid4().hex,
             model_type=model_type,
             symbol=symbol,
             timeframe=timeframe,
             version=0,
-            file_path=str(path),
+            file_path=name,
             metrics=metrics,
             status="candidate",
             created_by=created_by,
@@ -250,7 +216,7 @@ class ModelRegistry:
         The switch is one atomic write: the key's pointer in ``deployed_models`` is replaced
         (``replace_one(upsert=True)``), so the key never has two or zero deployed models.
         The ``status`` fields then follow: the model becomes ``deployed`` and every other
-        model of the key still marked ``deployed`` is archived (archived models are kept).
+        model of the key still marked ``deployed`` is retired (it may be deployed again).
 
         Returns:
             the updated record (status ``deployed`` unless a concurrent deploy of the same
@@ -266,6 +232,9 @@ class ModelRegistry:
         if record.status == "archived":
             raise InvalidInputError(f"model {model_id} is archived; register a new model instead")
         now = datetime.now(UTC)
+        current = self.store.models.deploy_pointers(model_key(record.to_doc()))
+        if current and current[0]["model_id"] != model_id:
+            record.replaced_model_id = current[0]["model_id"]
         self.store.models.deploy_pointer_set(record.to_doc(), by, now)
         self._set_status(record, "deployed", by, now)
         deployed = self.reconcile_status(record.model_type, record.symbol, record.timeframe, by)
@@ -277,7 +246,7 @@ class ModelRegistry:
         self, model_type: str, symbol: str, timeframe: str, by: str
     ) -> ModelRecord | None:
         """Make the ``status`` fields of a key follow its deployed pointer: the pointed model
-        ``deployed``, every other model still marked ``deployed`` archived.
+        ``deployed``, every other model still marked ``deployed`` retired.
 
         Returns:
             the deployed record of the key, or None when nothing is deployed.
@@ -289,7 +258,7 @@ class ModelRegistry:
         deployed = None
         for doc in self.store.models_find({**key, "status": "deployed"}):
             if doc["model_id"] != target:
-                self._set_status(ModelRecord.from_doc(doc), "archived", by, now)
+                self._set_status(ModelRecord.from_doc(doc), "retired", by, now)
             else:
                 deployed = ModelRecord.from_doc(doc)
         if target is not None and deployed is None:
@@ -313,6 +282,8 @@ class ModelRegistry:
             record.deployed_at, record.deployed_by = now, by
         elif status == "archived":
             record.archived_at, record.archived_by = now, by
+        elif status == "retired":
+            record.retired_at, record.retired_by = now, by
         self.store.model_replace(record.to_doc())
         log.info("model %s -> %s by %s", record.model_id, status, by)
         return record
@@ -359,7 +330,8 @@ class ModelRegistry:
         return [ModelRecord.from_doc(d) for d in docs]
 
     def load(self, record: ModelRecord, forward: SharedForward | None = None) -> LoadedModel:
-        """Decrypt the model file in memory and build the network.
+        """Fetch the model file (this host's cache or the store), decrypt it in memory and
+        build the network.
 
         Args:
             forward: a shared compiled forward pass for many models of one architecture
@@ -369,11 +341,31 @@ class ModelRegistry:
             a :class:`ml.predictor.LoadedModel`.
 
         Raises:
-            NotFoundError: the file is missing.
-            ConfigurationError: wrong key or tampered file.
+            NotFoundError: the file is in neither the store nor (for records written before
+                files were stored) at its old local path.
+            ConfigurationError: wrong key, or a file modified in the store or on disk.
         """
-        path = Path(record.file_path)
-        if not path.exists():
-            raise NotFoundError(f"model file of {record.model_id} is missing: {path}")
-        plain = decrypt_bytes(path.read_bytes(), self._key, path.name.encode())
+        name = Path(record.file_path).name
+        plain = decrypt_bytes(self._sealed_file(record, name), self._key, name.encode())
         return LoadedModel(record=record, model=model_from_bytes(plain), forward=forward)
+
+    def _sealed_file(self, record: ModelRecord, name: str) -> bytes:
+        """The sealed bytes of ``record``'s file. A record written before files were stored
+        holds an absolute local path: its file is read there once and stored for every host.
+
+        Raises:
+            NotFoundError: the file is nowhere to be found.
+        """
+        try:
+            return self.files.get(name)
+        except NotFoundError:
+            old = Path(record.file_path)
+            if not old.is_absolute() or not old.exists():
+                raise NotFoundError(
+                    f"model file of {record.model_id} ({name}) is not in the store; "
+                    "register the model again"
+                ) from None
+        blob = old.read_bytes()
+        self.files.put(name, blob, {"group": "models", "model_type": record.model_type})
+        log.info("stored the local model file %s of %s for every host", name, record.model_id)
+        return blob

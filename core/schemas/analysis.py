@@ -12,13 +12,14 @@ the reason ``invalid symbol``, like a symbol without data (TC-ASYNC-012).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.echo import echo
-from core.market import TIMEFRAMES
-from core.schemas.common import ModelType, TradingSymbol
+from core.market import TIMEFRAMES, is_valid_symbol
+from core.schemas.common import MODEL_TYPES, ModelType, TradingSymbol
+from core.schemas.registry import VERSION_PATTERN
 
 MAX_BULK_SYMBOLS = 500
 Signal = Literal["BUY", "SELL", "HOLD"]
@@ -40,6 +41,18 @@ class BulkAnalysisParams(BaseModel):
     bars: int = Field(
         default=300, ge=60, le=5000, description="Newest candles read per symbol (60-5000)."
     )
+    model_version: str | None = Field(
+        default=None,
+        description="Serve this version for its own symbol (which must be in symbols, of this "
+        "timeframe) instead of that symbol's deployed model: a version name such as "
+        "lstm-BTCUSDT-1h-v3 or a model id; a candidate may serve. The other symbols keep "
+        "their deployed models.",
+    )
+
+    @field_validator("model_version")
+    @classmethod
+    def _version(cls, v: str | None) -> str | None:
+        return _check_version(v, VERSION_PATTERN, "a version name")
 
     @field_validator("symbols")
     @classmethod
@@ -91,6 +104,14 @@ class SymbolAnalysis(BaseModel):
     up_probability: float | None = Field(
         default=None, description="The model's probability of a rise (source 'model' only)."
     )
+    served_model_version: str | None = Field(
+        default=None, description="The version that gave the signal (source 'model' only)."
+    )
+    served_model_deployed: bool | None = Field(
+        default=None,
+        description="Whether that version is the deployed one (False: a candidate or retired "
+        "version asked for by model_version).",
+    )
 
 
 class FailedSymbol(BaseModel):
@@ -121,14 +142,47 @@ class BulkAnalysisResult(BaseModel):
 PREDICTION_TIMEFRAME = "1h"
 
 
-def no_model_message(model_type: str, symbol: str) -> str:
+def no_model_message(model_type: str, symbol: str, newest: str | None = None) -> str:
     """predict-price's error text when nothing is deployed for ``model_type`` + ``symbol``
-    (the flow and the gateway's pre-queue check say the same)."""
+    (the flow and the gateway's pre-queue check say the same); ``newest``: the newest
+    version of the key that could serve (a candidate or a retired version), if any."""
+    key = f"{model_type} {symbol} {PREDICTION_TIMEFRAME}"
+    head = f"No deployed {model_type} model for {symbol} ({PREDICTION_TIMEFRAME})"
+    if newest is None:
+        return (
+            f"{head}, and no {key} model is registered: train one with the train-model flow "
+            f"(model_type={model_type}, symbol={symbol}, timeframe={PREDICTION_TIMEFRAME}), "
+            "then promote it (`botai models promote VERSION --reason ...`) or pass its "
+            "version as model_version"
+        )
     return (
-        f"No deployed {model_type} model for {symbol} ({PREDICTION_TIMEFRAME}): train one with "
-        f"the train-model flow (model_type={model_type}, symbol={symbol}, "
-        f"timeframe={PREDICTION_TIMEFRAME}) or deploy a candidate, then predict again"
+        f"{head}: its models stayed candidates. Promote one (`botai models list --symbol "
+        f"{symbol} --timeframe {PREDICTION_TIMEFRAME} --model-type {model_type}`, then `botai "
+        f"models promote {newest} --reason ...`), or pass model_version={newest} to forecast "
+        "with that version as it is"
     )
+
+
+#: A version name or model id predict-price can serve (a 1h model).
+PREDICT_VERSION_PATTERN = (
+    r"^(?:(?:lstm|gru|transformer)-[A-Z0-9]{2,12}-1h-v[1-9][0-9]{0,8}|[0-9a-f]{32})$"
+)
+MODEL_VERSION_HELP = (
+    "Serve this version instead of the deployed model: a version name such as "
+    "lstm-BTCUSDT-1h-v3 (see `botai models list`) or a model id; a candidate may serve. "
+    "None: the deployed model."
+)
+
+
+def _check_version(v: str | None, pattern: str, what: str) -> str | None:
+    import re
+
+    if v is not None and not re.match(pattern, v):
+        raise ValueError(
+            f"model_version must be {what} such as lstm-BTCUSDT-1h-v3 (model_type-symbol-"
+            f"timeframe-vN) or a 32-character model id (got {echo(v)}): see `botai models list`"
+        )
+    return v
 
 
 class PredictPriceParams(BaseModel):
@@ -139,6 +193,25 @@ class PredictPriceParams(BaseModel):
     symbol: TradingSymbol = Field(default="BTCUSDT", description="Trading pair, e.g. BTCUSDT.")
     model_type: ModelType = Field(default="lstm", description="lstm, gru or transformer.")
     horizon_hours: int = Field(default=24, description="Hours to forecast (1-168).")
+    model_version: str | None = Field(default=None, description=MODEL_VERSION_HELP)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_of_version(cls, data: Any) -> Any:
+        """A version name without symbol/model_type: they are the version's."""
+        if isinstance(data, dict) and isinstance(data.get("model_version"), str):
+            parts = data["model_version"].split("-")
+            if len(parts) == 4 and parts[2] == PREDICTION_TIMEFRAME:
+                if "symbol" not in data and is_valid_symbol(parts[1]):
+                    data = {**data, "symbol": parts[1]}
+                if "model_type" not in data and parts[0] in MODEL_TYPES:
+                    data = {**data, "model_type": parts[0]}
+        return data
+
+    @field_validator("model_version")
+    @classmethod
+    def _version(cls, v: str | None) -> str | None:
+        return _check_version(v, PREDICT_VERSION_PATTERN, "the name of a 1h version")
 
     @field_validator("horizon_hours")
     @classmethod
@@ -162,8 +235,9 @@ class PricePoint(BaseModel):
     confidence: float = Field(
         ge=0.0,
         le=1.0,
-        description="Probability that the price ends within the band (default +-2%) of "
-        "predicted_price; strictly decreasing with the hour.",
+        description="P(direction): probability that the close at this hour is on the side "
+        "of last_price that predicted_price is on (0.5: the model says nothing). The "
+        "model's P(up) carried to each hour; highest at the model's own horizon.",
     )
 
 
@@ -193,10 +267,26 @@ class PredictPriceResult(BaseModel):
     symbol: str
     model_type: str
     model_id: str
+    served_model_version: str | None = Field(
+        default=None, description="The version that forecast, e.g. lstm-BTCUSDT-1h-v3."
+    )
+    served_model_deployed: bool | None = Field(
+        default=None,
+        description="Whether it is the deployed version (False: a candidate or retired version "
+        "asked for by model_version).",
+    )
     timeframe: str
     origin_time: datetime = Field(description="Open time of the newest candle used.")
     last_price: float
     up_probability: float = Field(description="The model's probability of a rise.")
+    calibrated_up_probability: float | None = Field(
+        default=None,
+        description="up_probability mapped to what followed the model's recent scores (a "
+        "logistic fit on the replayed hours): the P(up) the path and confidence use.",
+    )
+    confidence_calibration: str = Field(
+        default="", description="Which hours the calibration was fitted on, and its fit."
+    )
     model_horizon_bars: int
     horizon_hours: int
     interval_level: float

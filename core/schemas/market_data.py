@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from core.echo import echo
 from core.market import TIMEFRAMES, bar_length, check_symbol
 from core.paths import check_data_path
-from core.settings import Settings
+from core.settings import load_settings
 
 Timeframe = Literal["5m", "15m", "1h", "4h", "1d"]
 Source = Literal["binance", "csv", "synthetic"]
@@ -132,7 +132,7 @@ class IngestParameters(BaseModel):
         """The file must lie in a configured data folder; returns its resolved path."""
         if v is None:
             return v
-        return str(check_data_path(v, Settings().allowed_data_dirs, "file"))
+        return str(check_data_path(v, load_settings().allowed_data_dirs, "file"))
 
     @field_validator("start", "end")
     @classmethod

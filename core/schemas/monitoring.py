@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from core.schemas.live import LiveModelSummary
+
 Level = Literal["info", "warning", "critical"]
 # "unknown": the service was not checked (no target configured); never counted as healthy.
 ServiceStatus = Literal["healthy", "slow", "failing", "down", "unknown", "warning", "critical"]
@@ -213,6 +215,11 @@ class PerformanceResult(BaseModel):
     metrics: PerformanceMetrics
     per_strategy: dict[str, PerformanceMetrics] = Field(default_factory=dict)
     reasons: list[str] = Field(default_factory=list)
+    model_live: list[LiveModelSummary] = Field(
+        default_factory=list,
+        description="Deployed models' live record (score-predictions); decayed ones are "
+        "named in reasons.",
+    )
     gpt4_analysis_triggered: bool = False
     analysis_flow_run_id: str | None = None
     analysis_note: str | None = None

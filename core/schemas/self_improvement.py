@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.echo import echo
 from core.schemas.common import MODEL_TYPES
+from core.schemas.live import LiveModelSummary
 from core.schemas.monitoring import NotificationResult, PerformanceMetrics
 from core.schemas.training import DeployDecision
 
@@ -98,6 +99,11 @@ class SelfAnalysisResult(BaseModel):
     performance: PerformanceMetrics | None = None
     performance_status: str | None = None
     model_accuracy: dict[str, float] = Field(default_factory=dict)
+    model_live: list[LiveModelSummary] = Field(
+        default_factory=list,
+        description="Deployed models' live record (score-predictions), beside the held-out "
+        "accuracy; a decayed model is never skipped.",
+    )
     skip_reason: str | None = None
     llm_error: str | None = None
     notifications: list[NotificationResult] = Field(default_factory=list)
@@ -160,7 +166,7 @@ class ModelRetrainOutcome(BaseModel):
     deployed: bool = False
     outcome: Literal["deployed", "kept_old", "candidate"] = Field(
         default="candidate",
-        description="deployed: the new model replaced the old (archived); kept_old: the old "
+        description="deployed: the new model replaced the old (retired); kept_old: the old "
         "stays deployed; candidate: none was deployed and the new one did not beat the baselines.",
     )
     reason: str

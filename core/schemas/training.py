@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.echo import echo
 from core.schemas.common import ModelType, TradingSymbol
+from core.schemas.economics import DeployRule, EconomicEvaluation, EconomicTest
 
 TRAINING_TIMEFRAMES = ("5m", "15m", "1h", "4h")
 #: Soft limit: checkpoint then fail. Hard limit: the flow's timeout (see flows/train_model.py).
@@ -58,6 +59,13 @@ class TrainModelParams(BaseModel):
     )
     checkpoint_interval: int = Field(default=10, ge=1, description="Checkpoint every n epochs.")
     resume: bool = Field(default=False, description="Continue from the newest checkpoint.")
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**31 - 1,
+        description="Seed of the initial weights, dropout and shuffling: the same seed, data "
+        "and parameters train the same model on the same machine. Empty: a new random start.",
+    )
     mode: Literal["scratch", "incremental"] = Field(
         default="scratch", description="incremental warm-starts from the deployed model."
     )
@@ -191,6 +199,22 @@ class DeployDecision(BaseModel):
     candidate_accuracy: float
     comparisons: list[HeldOutComparison] = Field(default_factory=list)
     min_improvement: float = 0.0
+    rule: DeployRule = Field(
+        default="accuracy",
+        description="The tests the deploy rule ran (setting BOTAI_DEPLOY_RULE): accuracy, "
+        "economic or both.",
+    )
+    decided_by: DeployRule = Field(
+        default="accuracy",
+        description="The test that decided: the one that failed (both: both failed), or, when "
+        "deployed, the tests that passed (both under the rule both).",
+    )
+    accuracy_passed: bool | None = Field(
+        default=None, description="Whether the accuracy test passed (always run)."
+    )
+    economic: EconomicTest | None = Field(
+        default=None, description="The economic test: after-fee returns, paired bootstrap SE."
+    )
 
 
 class TrainModelResult(BaseModel):
@@ -202,8 +226,13 @@ class TrainModelResult(BaseModel):
     timeframe: str
     training_results: TrainingResults
     model_id: str | None = None
-    model_path: str | None = None
+    model_path: str | None = None  # the sealed model file's name in the store (any host)
     model_status: str | None = None
     task_id: str
     error: str | None = None
     deployment: DeployDecision | None = None
+    economics: EconomicEvaluation | None = Field(
+        default=None,
+        description="The candidate's signals traded on the held-out bars after fees, beside "
+        "buy-and-hold and logistic regression, each figure with a block-bootstrap SE.",
+    )

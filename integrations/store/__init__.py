@@ -10,7 +10,7 @@ Layout:
 * :mod:`~integrations.store.boundary`: the one error boundary (pymongo errors converted once,
   temporary ones retried within a budget) and the clients (:func:`connect`, :func:`shared_client`).
 * one repository per domain: :mod:`.market`, :mod:`.models`, :mod:`.jobs`, :mod:`.monitoring`,
-  :mod:`.improvement`, :mod:`.usage`, :mod:`.dead_letters`.
+  :mod:`.improvement`, :mod:`.usage`, :mod:`.dead_letters`, :mod:`.blobs` (GridFS files).
 * :mod:`.candles` (the candle document schema and its frames) and :mod:`.tails` (the derived
   ``candle_tails`` that serve batched candle reads), used by :mod:`.market`.
 * :mod:`~integrations.store.facade`: :class:`Store`, which holds them.

@@ -21,6 +21,16 @@ from integrations.store.schema import Retention
 T = TypeVar("T")
 
 
+def written_at(doc: Mapping[str, Any]) -> datetime:
+    """When ``doc`` was written, for its expiry: its datetime ``created_at``, else its
+    ``saved_at`` (task results), else now (UTC)."""
+    for field in ("created_at", "saved_at"):
+        value = doc.get(field)
+        if isinstance(value, datetime):
+            return value
+    return datetime.now(UTC)
+
+
 class Repository:
     """Base of the per-domain repositories.
 
@@ -46,17 +56,39 @@ class Repository:
     def stamped(self, name: str, doc: Mapping[str, Any]) -> dict[str, Any]:
         """A copy of ``doc`` with ``expires_at`` set when ``name`` expires and it has none.
 
-        The expiry counts from ``created_at`` when the document has a datetime one, else now.
+        The expiry counts from the document's datetime ``created_at`` (``saved_at`` for a task
+        result), else from now.
         """
         body = dict(doc)
         if "expires_at" not in body:
-            written = body.get("created_at")
-            if not isinstance(written, datetime):
-                written = datetime.now(UTC)
+            written = written_at(body)
             expires = self.retention.expires_at(name, written)
             if expires is not None:
                 body["expires_at"] = expires
         return body
+
+    def stamp_missing_expiry(self, name: str) -> int:
+        """Give every document of the expiring collection ``name`` that has no ``expires_at``
+        one (:meth:`stamped`), each document replaced whole (nx-27017 stores a ``$set``
+        datetime as a string). Documents written before their collection expired get a date.
+
+        Returns:
+            how many documents were stamped (0 for a collection kept forever).
+
+        Raises:
+            StoreUnavailableError, StoreError: see :meth:`Boundary.call`.
+        """
+        if self.retention.expires_at(name, datetime.now(UTC)) is None:
+            return 0
+        col = self.col(name)
+
+        def op() -> int:
+            docs = list(col.find({"expires_at": {"$exists": False}}))
+            for doc in docs:
+                col.replace_one({"_id": doc["_id"]}, self.stamped(name, doc))
+            return len(docs)
+
+        return self.call(f"stamping expiry dates in {name}", op)
 
     def insert(self, name: str, doc: Mapping[str, Any], what: str) -> Any:
         """Insert ``doc`` into ``name`` exactly once, retries included.
@@ -88,8 +120,20 @@ class Repository:
 
         return self.call(what, op)
 
-    def upsert(self, name: str, key: Mapping[str, Any], doc: Mapping[str, Any], what: str) -> None:
+    def upsert(
+        self,
+        name: str,
+        key: Mapping[str, Any],
+        doc: Mapping[str, Any],
+        what: str,
+        *,
+        retry: bool = True,
+    ) -> None:
         """Write the whole document of ``key`` (insert or replace): safe to repeat.
+
+        Args:
+            retry: False makes one attempt whatever the retry budget (a caller that must
+                not wait out an outage).
 
         Raises:
             StoreUnavailableError, StoreError: see :meth:`Boundary.call`.
@@ -105,7 +149,7 @@ class Repository:
             except DuplicateKeyError:  # a concurrent upsert inserted the key first
                 col.replace_one(flt, body)
 
-        self.call(what, op)
+        self.call(what, op, idempotent=retry)
 
     def find(
         self,

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import DESCENDING
+from pymongo.errors import DuplicateKeyError
 
 from integrations.store.base import Repository
 from integrations.store.schema import C
@@ -33,6 +34,34 @@ class DeadLetters(Repository):
         if not doc.get("task_id"):
             raise ValueError("a dead letter needs a task_id")
         self.upsert(C.DEAD_LETTERS, {"task_id": doc["task_id"]}, doc, "saving a dead letter")
+
+    def dead_letter_add(self, doc: Mapping[str, Any]) -> bool:
+        """Dead-letter ``doc["task_id"]`` once: insert it, or replace a letter that was
+        re-queued; a letter already awaiting re-queue is kept (two recovery replicas, or a
+        pass repeated after a timeout, write one letter and alert once).
+
+        Returns:
+            True when this call wrote the letter, False when one was already waiting.
+
+        Raises:
+            ValueError: no ``task_id``.
+            StoreUnavailableError: MongoDB unreachable (after the retry budget).
+        """
+        if not doc.get("task_id"):
+            raise ValueError("a dead letter needs a task_id")
+        col = self.col(C.DEAD_LETTERS)
+
+        def add() -> bool:
+            try:
+                col.insert_one(dict(doc))
+                return True
+            except DuplicateKeyError:
+                done = col.replace_one(
+                    {"task_id": doc["task_id"], "requeued_at": {"$ne": None}}, dict(doc)
+                )
+                return done.matched_count > 0
+
+        return self.call("adding a dead letter", add)
 
     def dead_letter_get(self, task_id: str) -> dict[str, Any] | None:
         """The dead letter of ``task_id`` (without ``_id``), or None."""

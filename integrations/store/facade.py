@@ -1,7 +1,9 @@
 """The :class:`Store`: one database, one error boundary, one repository per domain.
 
-``store.market``, ``store.models``, ``store.jobs``, ``store.monitoring``,
-``store.improvement``, ``store.api_usage`` and ``store.dead_letters`` hold the accessors;
+``store.market``, ``store.models``, ``store.model_audit``, ``store.jobs``,
+``store.monitoring``, ``store.improvement``, ``store.api_usage``, ``store.dead_letters``,
+``store.blobs`` (shared model and checkpoint files, GridFS) and ``store.ledger`` hold the
+accessors;
 the flat methods of earlier versions (``store.load_candles(...)``...) delegate to them.
 """
 
@@ -19,14 +21,18 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
+from integrations.store.blobs import Blobs
 from integrations.store.boundary import Boundary, is_shared
+from integrations.store.coverage import CandleCoverage
 from integrations.store.dead_letters import DeadLetters
 from integrations.store.improvement import SelfImprovement
 from integrations.store.jobs import Jobs
+from integrations.store.ledger import PredictionLedger
 from integrations.store.market import MarketData, UpsertReport
+from integrations.store.model_audit import ModelAudit
 from integrations.store.models import Models
 from integrations.store.monitoring import Monitoring
-from integrations.store.schema import INDEXES, C, Retention, indexes_fingerprint
+from integrations.store.schema import EXPIRING, INDEXES, C, Retention, indexes_fingerprint
 from integrations.store.usage import ApiUsage
 
 log = logging.getLogger(__name__)
@@ -61,11 +67,15 @@ class Store:
         parts = (self.db, self.boundary, self.retention)
         self.market = MarketData(*parts)
         self.models = Models(*parts)
+        self.model_audit = ModelAudit(*parts)
         self.jobs = Jobs(*parts)
         self.monitoring = Monitoring(*parts)
         self.improvement = SelfImprovement(*parts)
         self.api_usage = ApiUsage(*parts)
         self.dead_letters = DeadLetters(*parts)
+        self.coverage = CandleCoverage(*parts)
+        self.blobs = Blobs(*parts)
+        self.ledger = PredictionLedger(*parts)
 
     def __repr__(self) -> str:
         return f"Store({self.boundary.uri_label!r}, retry_s={self.boundary.retry_s:g})"
@@ -109,7 +119,8 @@ class Store:
 
         Args:
             force: apply them whatever the marker says (``botai up`` does: an index dropped
-                by hand comes back).
+                by hand comes back). Applying them also gives documents of expiring
+                collections that have no ``expires_at`` one.
 
         Returns:
             True when the indexes were applied, False when the marker showed them current.
@@ -131,6 +142,9 @@ class Store:
                     f"creating indexes of {name}", lambda n=name, m=models: _create(self.db[n], m)
                 )
         self.models.backfill_pointers()
+        for name in EXPIRING:  # documents written while a write path forgot the expiry
+            if stamped := self.jobs.stamp_missing_expiry(name):
+                log.info("gave %d %s documents their expiry date", stamped, name)
         record = {"_id": "indexes", "fingerprint": fingerprint, "applied_at": datetime.now(UTC)}
         self.boundary.call(
             "writing the index marker",

@@ -63,6 +63,11 @@ class Models(Repository):
         """``models`` documents matching ``query`` (without ``_id``)."""
         return self.find(C.MODELS, query, "reading models", sort=sort, limit=limit)
 
+    def model_trained_by(self, task_id: str) -> dict[str, Any] | None:
+        """The ``models`` document the training run ``task_id`` registered (without ``_id``),
+        or None."""
+        return self.find_one(C.MODELS, {"training_task_id": task_id}, "reading a model")
+
     def model_next_version(self, model_type: str, symbol: str, timeframe: str) -> int:
         """1 + the highest registered version of the key (1 for its first model)."""
         key = {"model_type": model_type, "symbol": symbol, "timeframe": timeframe}

@@ -22,6 +22,7 @@ class C:
     CANDLE_TAILS = "candle_tails"  # derived: newest bars of each market_data series, rebuilt
     MODELS = "models"
     DEPLOYED_MODELS = "deployed_models"  # one pointer per (model_type, symbol, timeframe)
+    MODEL_AUDIT = "model_audit"  # every operator change of a model's status: who, when, why
     TRAINING_JOBS = "training_jobs"
     BACKTEST_RESULTS = "backtest_results"
     OPTIMIZATION_RESULTS = "optimization_results"
@@ -41,11 +42,16 @@ class C:
     API_QUOTA = "api_quota"  # one counter per (user, job, day): the atomic quota
     TASK_RESULTS = "task_results"  # every job's result, one document per task (flow run) id
     DEAD_LETTERS = "dead_letters"  # runs that exhausted their recovery attempts
+    PREDICTION_LEDGER = "prediction_ledger"  # every served prediction, scored when it resolves
+    MODEL_LIVE_SCORES = "model_live_scores"  # a model's live figures, one per scoring run
     META = "botai_meta"  # one marker: the index set last applied (Store.ensure_indexes)
+    # GridFS bucket "blobs" (shared model and checkpoint files): GridFS creates its indexes;
+    # no index of ours (nx-27017 then cannot create the bucket: "duplicate column name")
+    BLOB_FILES = "blobs.files"
 
 
 #: Results and job records: they carry ``expires_at`` and a TTL index removes them.
-#: Everything else (models, the deployed pointer, candles, trades, the LLM cost ledger and
+#: Everything else (models, the deployed pointer, the model audit trail, candles, trades, the LLM cost ledger and
 #: cost reports, the strategy-disable audit in ``strategy_state``, dead letters) is kept;
 #: ``candle_tails`` too: it is derived from ``market_data`` and rebuilt by every candle write.
 EXPIRING: tuple[str, ...] = (
@@ -60,10 +66,17 @@ EXPIRING: tuple[str, ...] = (
     C.RETRAIN_HISTORY,
     C.API_USAGE,
     C.API_QUOTA,
+    C.PREDICTION_LEDGER,
+    C.MODEL_LIVE_SCORES,
 )
 
 #: Retention overrides that differ from the platform default (days).
-DEFAULT_RETENTION_OVERRIDES: dict[str, float] = {C.HEALTH_REPORTS: 30.0}
+#: The ledger outlives the longest forecast (168 hours) and the decay rule's windows.
+DEFAULT_RETENTION_OVERRIDES: dict[str, float] = {
+    C.HEALTH_REPORTS: 30.0,
+    C.PREDICTION_LEDGER: 90.0,
+    C.MODEL_LIVE_SCORES: 90.0,
+}
 
 
 def _ttl() -> IndexModel:
@@ -96,6 +109,11 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([*_KEY, ("status", ASCENDING)], name="type_symbol_timeframe_status"),
     ],
     C.DEPLOYED_MODELS: [IndexModel(_KEY, unique=True, name="model_key")],
+    C.MODEL_AUDIT: [
+        IndexModel([("audit_id", ASCENDING)], unique=True, name="audit_id"),
+        IndexModel([*_KEY, ("at", DESCENDING)], name="key_at"),
+        IndexModel([("at", DESCENDING)], name="at"),
+    ],
     C.TRAINING_JOBS: [_task_id(), _ttl()],
     C.BACKTEST_RESULTS: [_task_id(), _ttl()],
     C.OPTIMIZATION_RESULTS: [_task_id(), _ttl()],
@@ -130,6 +148,18 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     C.TASK_RESULTS: [_task_id(), _ttl()],
     C.DEAD_LETTERS: [_task_id()],
+    C.PREDICTION_LEDGER: [
+        IndexModel([("entry_id", ASCENDING)], unique=True, name="entry_id"),
+        # the scoring query: unscored entries whose target hour has passed
+        IndexModel([("scored", ASCENDING), ("target_time", ASCENDING)], name="scored_target"),
+        # a model's scored entries, newest first (live figures, decay rule, charts)
+        IndexModel([("model_id", ASCENDING), ("target_time", DESCENDING)], name="model_target"),
+        _ttl(),
+    ],
+    C.MODEL_LIVE_SCORES: [
+        IndexModel([("model_id", ASCENDING), ("created_at", DESCENDING)], name="model_created"),
+        _ttl(),
+    ],
 }
 
 

@@ -36,18 +36,27 @@ class ApiUsage(Repository):
 
     def _counter(self, user: str, job: str, day: str, now: datetime) -> None:
         """Create the counter of (user, job, day) if missing, starting from the runs already
-        recorded that day (so a database written before the counters existed stays right)."""
+        recorded that day (so a database written before the counters existed stays right).
+
+        Indexed reads only (an existence ``find_one``, the day's runs by the ``user_day``
+        index): a count scans the whole collection on nx-27017."""
         key = {"user": user, "job": job, "day": day}
         col = self.col(C.API_QUOTA)
 
         def op() -> None:
-            if col.count_documents(key, limit=1):
+            if col.find_one(key, {"_id": 1}) is not None:
                 return
-            used = self.col(C.API_USAGE).count_documents(key)
+            used = self._recorded(key)
             with suppress(DuplicateKeyError):  # a concurrent request created it first
                 col.insert_one(self.stamped(C.API_QUOTA, {**key, "used": used, "created_at": now}))
 
         self.call("preparing a quota counter", op)
+
+    def _recorded(self, key: dict[str, Any]) -> int:
+        """``api_usage`` documents of (user, job, day): read by the ``user_day`` index."""
+        day = {"user": key["user"], "day": key["day"]}
+        docs = self.col(C.API_USAGE).find(day, {"_id": 0, "job": 1})
+        return sum(1 for d in docs if d.get("job") == key["job"])
 
     def take_slot(self, user: str, job: str, limit: int, now: datetime) -> bool:
         """Take one of ``user``'s ``limit`` slots of ``job`` on ``now``'s UTC day.
@@ -58,19 +67,36 @@ class ApiUsage(Repository):
         Raises:
             StoreUnavailableError: MongoDB unreachable (not retried: see the module notes).
         """
+        return self.take_slot_counted(user, job, limit, now) is not None
+
+    def take_slot_counted(self, user: str, job: str, limit: int, now: datetime) -> int | None:
+        """:meth:`take_slot`, returning the slots used after it (None: all ``limit`` used).
+
+        One conditional ``find_one_and_update`` when the day's counter exists (every request
+        but the day's first); the counter is created only when that finds nothing.
+
+        Raises:
+            StoreUnavailableError: MongoDB unreachable (not retried: see the module notes).
+        """
         day = utc_day(now)
-        self._counter(user, job, day, now)
-        taken = self.call(
-            "taking a quota slot",
-            lambda: self.col(C.API_QUOTA).find_one_and_update(
-                {"user": user, "job": job, "day": day, "used": {"$lt": int(limit)}},
-                {"$inc": {"used": 1}},
-                projection={"_id": 0, "used": 1},
-                return_document=ReturnDocument.AFTER,
-            ),
-            idempotent=False,
-        )
-        return taken is not None
+
+        def take() -> dict[str, Any] | None:
+            return self.call(
+                "taking a quota slot",
+                lambda: self.col(C.API_QUOTA).find_one_and_update(
+                    {"user": user, "job": job, "day": day, "used": {"$lt": int(limit)}},
+                    {"$inc": {"used": 1}},
+                    projection={"_id": 0, "used": 1},
+                    return_document=ReturnDocument.AFTER,
+                ),
+                idempotent=False,
+            )
+
+        taken = take()
+        if taken is None:  # all used, or no counter yet today
+            self._counter(user, job, day, now)
+            taken = take()
+        return None if taken is None else int(taken["used"])
 
     def give_slot(self, user: str, job: str, day: str) -> None:
         """Give back one slot of (user, job, day) (never below zero)."""
@@ -91,7 +117,7 @@ class ApiUsage(Repository):
         )
         if doc is not None:
             return int(doc["used"])
-        return self.call("reading a quota", lambda: self.col(C.API_USAGE).count_documents(key))
+        return self.call("reading a quota", lambda: self._recorded(key))
 
     def record(self, doc: dict[str, Any]) -> Any:
         """Insert one ``api_usage`` document (exactly once). Returns its ``_id``."""
@@ -120,10 +146,20 @@ class ApiUsage(Repository):
         )
 
     def count_task(self, task_id: str) -> int:
-        """How many ``api_usage`` documents hold ``task_id``."""
+        """How many ``api_usage`` documents hold ``task_id`` (indexed read, no count)."""
         return self.call(
             "reading API usage",
-            lambda: self.col(C.API_USAGE).count_documents({"task_id": task_id}),
+            lambda: len(list(self.col(C.API_USAGE).find({"task_id": task_id}, {"_id": 1}))),
+        )
+
+    def holds_task(self, task_id: str) -> bool:
+        """True when an ``api_usage`` document holds ``task_id`` (one indexed ``find_one``)."""
+        return (
+            self.call(
+                "reading API usage",
+                lambda: self.col(C.API_USAGE).find_one({"task_id": task_id}, {"_id": 1}),
+            )
+            is not None
         )
 
     def find_by_key(self, user: str, job: str, idempotency_key: str) -> dict[str, Any] | None:
@@ -132,6 +168,17 @@ class ApiUsage(Repository):
             C.API_USAGE,
             {"user": user, "job": job, "idempotency_key": idempotency_key},
             "reading API usage",
+        )
+
+    def reservation_by_key(
+        self, user: str, job: str, idempotency_key: str
+    ) -> dict[str, Any] | None:
+        """:meth:`find_by_key` with the document's ``_id`` (the reservation to release)."""
+        return self.call(
+            "reading API usage",
+            lambda: self.col(C.API_USAGE).find_one(
+                {"user": user, "job": job, "idempotency_key": idempotency_key}
+            ),
         )
 
     def owner_of(self, task_id: str) -> dict[str, Any] | None:
