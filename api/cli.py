@@ -16,20 +16,22 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from core.exceptions import BotAIError
-from core.settings import Settings
+from core.settings import load_settings
 
 
 def _serve(_args: argparse.Namespace) -> int:
+    from api.access import write_gateway_access
     from api.main import serve
     from api.settings import load_api_settings
     from deployments.cli import require_stack
     from deployments.up import prefect_api
 
-    settings = Settings()
+    settings = load_settings()
     api_settings = load_api_settings()
     if api_settings.prefect_ui_url is None:
         api_settings.prefect_ui_url = settings.prefect_ui_url
     require_stack(settings)
+    write_gateway_access(settings.state_dir, api_settings)  # `botai models` in any terminal
     logging.getLogger(__name__).info(
         "gateway on http://%s:%d/api (OpenAPI docs at /docs), Prefect API %s",
         api_settings.host,

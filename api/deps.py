@@ -8,7 +8,7 @@ is queued.
 from __future__ import annotations
 
 import threading
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import Depends, HTTPException, Path, Request
@@ -18,10 +18,38 @@ from api import quotas
 from api.outages import store_calls
 from api.security import AuthenticationError, Principal, decode_token
 from api.settings import ApiSettings
+from core.exceptions import InvalidInputError
 from integrations.store import Store
 
 _bearer = HTTPBearer(auto_error=False, description="JWT signed with BOTAI_API_JWT_SECRET")
 _store_lock = threading.Lock()
+
+
+def no_unknown_query(request: Request) -> None:
+    """Refuse query parameters the route does not take: a misspelt one (``?priorty=high``)
+    would otherwise be ignored without a word.
+
+    Raises:
+        InvalidInputError (422): naming the unknown parameters and the ones the route takes.
+    """
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    known = _query_names(dependant) if dependant is not None else set()
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        takes = ", ".join(sorted(known)) or "none"
+        raise InvalidInputError(
+            f"Invalid parameters: unknown query parameter(s) {', '.join(map(repr, unknown))}; "
+            f"this route takes: {takes}. Remove them"
+        )
+
+
+def _query_names(dependant: Any) -> set[str]:
+    """The query parameters a route's handler and its dependencies take (FastAPI's
+    ``Dependant`` tree)."""
+    names = {field.alias for field in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
 
 
 def get_settings(request: Request) -> ApiSettings:

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from api import prechecks
+from api import prechecks, runtime
 from core.schemas.analysis import BulkAnalysisParams, PredictPriceParams
 from core.schemas.backtest import BacktestParameters, OptimizeParameters
 from core.schemas.market_data import IngestParameters
@@ -27,8 +27,10 @@ from tasks.training import assert_no_active_training
 
 
 def _no_active_training(params: Any) -> None:
-    """train: 409 while the same model_type+symbol+timeframe is queued or running."""
-    assert_no_active_training(params.model_type, params.symbol, params.timeframe)
+    """train: 409 while the same model_type+symbol+timeframe is queued or running (read
+    with the gateway's shared Prefect client)."""
+    with runtime.prefect_client() as client:
+        assert_no_active_training(params.model_type, params.symbol, params.timeframe, client=client)
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,8 @@ JOBS: dict[str, Job] = {
             "predict-price/predict-price",
             PredictPriceParams,
             admin_only=False,
-            summary="Predict prices over the next hours with the deployed model.",
+            summary="Predict prices over the next hours with the deployed model (or the "
+            "version model_version names).",
             quota_noun="predictions",
             data_check=prechecks.prediction_data,
         ),
@@ -111,6 +114,7 @@ JOBS: dict[str, Job] = {
             admin_only=False,
             summary="Analyse many symbols in parallel.",
             quota_noun="bulk analyses",
+            data_check=prechecks.bulk_model_version,
         ),
         Job(
             "ingest",

@@ -9,8 +9,10 @@ outage answers 503 with a message naming the service (TC-ASYNC-076, 078).
   hung server held a request 120 s). :func:`prefect_call` retries busy answers (5xx, 429;
   ``BOTAI_API_PREFECT_RETRIES``) but never a timeout.
 * Store: :func:`store_calls` bounds each store section with ``pymongo.timeout`` (per
-  operation deadline, server selection included) and converts an unreachable, hung or
-  restarting store into :class:`~core.exceptions.StoreUnavailableError`.
+  operation deadline, server selection included). Its errors are converted once, by the
+  store's error boundary (``integrations.store.boundary``): an unreachable, hung or
+  restarting store is a :class:`~core.exceptions.StoreUnavailableError` (503), a refusal a
+  :class:`~core.exceptions.StoreError` (500).
 * :func:`unavailable_message` names the service of any outage error for the 503 answer.
 """
 
@@ -26,7 +28,6 @@ from typing import Any, TypeVar
 import httpx
 import pymongo
 from prefect.exceptions import PrefectHTTPStatusError
-from pymongo.errors import ConnectionFailure, PyMongoError
 
 from api.settings import ApiSettings
 from core.exceptions import PrefectUnavailableError, ServiceUnavailableError, StoreUnavailableError
@@ -112,25 +113,19 @@ def prefect_call(fn: Callable[[], T], settings: ApiSettings | None = None) -> T:
 def store_calls(settings: ApiSettings) -> Iterator[None]:
     """Bound every store operation of the block by ``settings.store_timeout_s`` each.
 
+    ``pymongo.timeout`` stays here although the gateway handles no pymongo error: it is a
+    deadline the store's client obeys (server selection, connect and reply included), not an
+    error conversion. An operation past it fails with a pymongo timeout error, which the
+    store's boundary (every :class:`~integrations.store.Store` call runs through it) turns
+    into :class:`~core.exceptions.StoreUnavailableError`.
+
     Raises:
         StoreUnavailableError: the store did not answer in time, refused the connection or
             dropped it (message starts with "MongoDB store unavailable").
+        StoreError: the store refused an operation (see ``integrations.store.boundary``).
     """
-    try:
-        with pymongo.timeout(settings.store_timeout_s):
-            yield
-    except StoreUnavailableError:
-        raise
-    except ServiceUnavailableError as e:  # raised by the store's own accessors
-        raise StoreUnavailableError(f"{STORE}: {e}") from e
-    except PyMongoError as e:
-        if not (isinstance(e, ConnectionFailure) or getattr(e, "timeout", False)):
-            raise
-        log.warning("store call failed: %s: %s", type(e).__name__, e)
-        raise StoreUnavailableError(
-            f"{STORE}: no answer within {settings.store_timeout_s:g} s "
-            f"({type(e).__name__}); retry in a few seconds"
-        ) from e
+    with pymongo.timeout(settings.store_timeout_s):
+        yield
 
 
 def unavailable_message(exc: BaseException) -> str | None:
@@ -141,10 +136,6 @@ def unavailable_message(exc: BaseException) -> str | None:
     if isinstance(exc, PrefectUnavailableError):
         text = str(exc)
         return text if text.startswith(PREFECT) else f"{PREFECT}: {text}"
-    if isinstance(exc, PyMongoError):
-        if isinstance(exc, ConnectionFailure) or getattr(exc, "timeout", False):
-            return f"{STORE} ({type(exc).__name__}); retry in a few seconds"
-        return None
     if isinstance(exc, httpx.TransportError):
         return f"{PREFECT} ({type(exc).__name__}); retry in a few seconds"
     if isinstance(exc, ServiceUnavailableError):

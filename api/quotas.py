@@ -8,7 +8,7 @@ refused or failed request never uses quota and an accepted one always does. Days
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from core.exceptions import OperationalError
 from integrations.store import Store
@@ -39,6 +39,13 @@ def used_today(store: Store, user: str, job: str, now: datetime) -> int:
     return store.api_usage.used(user, job, now)
 
 
+class Reservation(NamedTuple):
+    """One slot taken: the ``api_usage`` document's ``_id`` and the day's slots used with it."""
+
+    id: Any
+    used: int
+
+
 def reserve(
     store: Store,
     user: str,
@@ -61,7 +68,27 @@ def reserve(
         QuotaExceededError: "Max {limit} {noun} per day exceeded" (nothing is kept).
         StoreUnavailableError: the store did not answer (nothing is kept).
     """
-    if not store.api_usage.take_slot(user, job, limit, now):
+    return reserve_slot(store, user, job, limit, noun, now, idempotency_key, params_sha256).id
+
+
+def reserve_slot(
+    store: Store,
+    user: str,
+    job: str,
+    limit: int,
+    noun: str,
+    now: datetime,
+    idempotency_key: str | None = None,
+    params_sha256: str | None = None,
+) -> Reservation:
+    """:func:`reserve`, also returning the slots used today with this one (two store
+    round trips: the counter's increment and the ``api_usage`` record).
+
+    Raises:
+        QuotaExceededError, StoreUnavailableError: see :func:`reserve`.
+    """
+    used = store.api_usage.take_slot_counted(user, job, limit, now)
+    if used is None:
         raise QuotaExceededError(
             f"Max {limit} {noun} per day exceeded (resets at 00:00 UTC)", seconds_to_reset(now)
         )
@@ -75,20 +102,25 @@ def reserve(
         "params_sha256": params_sha256,
     }
     try:
-        return store.api_usage.record(doc)
+        return Reservation(store.api_usage.record(doc), used)
     except BaseException:
         store.api_usage.give_slot(user, job, doc["day"])
         raise
 
 
-def confirm(store: Store, reservation: Any, task_id: str) -> bool:
+def confirm(store: Store, reservation: Any, task_id: str, *, shared: bool = True) -> bool:
     """Record the run created for ``reservation`` (its owner is then the reserving user).
+
+    Args:
+        shared: the run may already be another reservation's (it was created with an
+            idempotency key, which returns the existing run); False for a run created
+            without one (always new): then nothing is read first.
 
     Returns:
         False, with the reservation released, when another reservation already holds this
         run (two requests with one idempotency key: the run is counted once).
     """
-    if store.api_usage.count_task(task_id) > 0:
+    if shared and store.api_usage.holds_task(task_id):
         release(store, reservation)
         return False
     store.api_usage.set_task(reservation, task_id)
@@ -98,6 +130,13 @@ def confirm(store: Store, reservation: Any, task_id: str) -> bool:
 def find_by_key(store: Store, user: str, job: str, idempotency_key: str) -> dict[str, Any] | None:
     """The ``api_usage`` document of ``user``'s earlier ``job`` request with this key, or None."""
     return store.api_usage.find_by_key(user, job, idempotency_key)
+
+
+def reservation_by_key(
+    store: Store, user: str, job: str, idempotency_key: str
+) -> dict[str, Any] | None:
+    """:func:`find_by_key` with the document's ``_id`` (to :func:`release` it), or None."""
+    return store.api_usage.reservation_by_key(user, job, idempotency_key)
 
 
 def release(store: Store, reservation: Any) -> None:

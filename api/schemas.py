@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-#: Task status as the spec names it (Celery's words), from the Prefect state type.
-TaskStatusName = Literal["PENDING", "PROGRESS", "SUCCESS", "FAILURE", "REVOKED"]
+#: Task status as the spec names it (Celery's words), from the Prefect state type. RETRY: the
+#: run crashed or failed on a retryable error and the recovery service runs it again (or
+#: finds its work saved); FAILURE and REVOKED are final.
+TaskStatusName = Literal["PENDING", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
 #: Queue priority of a new task (TC-ASYNC-090): "high" starts before waiting "normal" runs.
 Priority = Literal["high", "normal"]
 
@@ -48,6 +50,13 @@ class DeadLetterInfo(BaseModel):
     requeued_at: datetime | None = None
 
 
+class RetryInfo(BaseModel):
+    """Why a task shows RETRY and which execution comes next."""
+
+    attempt: int = Field(description="The execution that comes next (the first is 1).")
+    reason: str = Field(description="How the last execution ended (its Prefect state).")
+
+
 class TaskStatus(BaseModel):
     """``GET /api/tasks/{task_id}``."""
 
@@ -73,3 +82,60 @@ class TaskStatus(BaseModel):
         default=None,
         description="Set when the run exhausted its recovery attempts (dead-lettered).",
     )
+    retry: RetryInfo | None = Field(
+        default=None,
+        description="Set while the status is RETRY: the next attempt and the reason.",
+    )
+
+
+class QuotaUse(BaseModel):
+    """One job's quota use today (UTC)."""
+
+    used: int
+    limit: int
+
+
+class TaskEntry(BaseModel):
+    """One task the caller started through the gateway (its ``api_usage`` record)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task_id: str
+    job: str
+    created_at: datetime
+    status_url: str
+
+
+class TaskList(BaseModel):
+    """``GET /api/tasks``: the caller's newest 50 tasks and their quota use today."""
+
+    user: str
+    is_admin: bool
+    tasks: list[TaskEntry]
+    quota_today: dict[str, QuotaUse] = Field(description="Per job the caller may start.")
+
+
+class Health(BaseModel):
+    """``GET /api/health``: ok, or degraded naming the failed check (503)."""
+
+    status: Literal["ok", "degraded"]
+    mongodb_ms: float | None = Field(default=None, description="Store ping, milliseconds.")
+    mongodb_error: str | None = Field(default=None, description="Why the store check failed.")
+    prefect_error: str | None = Field(default=None, description="Why the Prefect check failed.")
+
+
+class DeadLetterList(BaseModel):
+    """``GET /api/dead-letters``: dead letters not re-queued yet, newest first."""
+
+    dead_letters: list[DeadLetterInfo]
+    count: int
+
+
+class Requeued(BaseModel):
+    """``POST /api/dead-letters/{task_id}/requeue``: the run is scheduled again."""
+
+    task_id: str
+    status: TaskStatusName = "PENDING"
+    status_url: str
+    requeued_at: datetime
+    requeued_by: str

@@ -9,40 +9,35 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     ArtifactFilterType,
-    FlowRunFilter,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-    WorkPoolFilter,
-    WorkPoolFilterName,
-    WorkQueueFilter,
-    WorkQueueFilterName,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
+from prefect.client.schemas.sorting import ArtifactSort
 from prefect.exceptions import ObjectNotFound
-from prefect.states import Cancelled, Scheduled
 from pydantic import BaseModel
 
-from api import cancelling, quotas
+from api import cancelling, quotas, runtime
 from api.jobs import JOBS, Job
 from api.outages import prefect_call, store_calls
-from api.schemas import DeadLetterInfo, Priority, TaskAccepted, TaskStatus, TaskStatusName
+from api.schemas import (
+    DeadLetterInfo,
+    Priority,
+    RetryInfo,
+    TaskAccepted,
+    TaskStatus,
+    TaskStatusName,
+)
 from api.security import Principal
 from api.settings import ApiSettings
-from core.exceptions import (
-    ConfigurationError,
-    InvalidInputError,
-    StoreUnavailableError,
-)
+from core.exceptions import InvalidInputError, StoreUnavailableError
+from deployments.recovery_rules import awaits_recovery
 from integrations.store import Store
 
 log = logging.getLogger(__name__)
@@ -58,6 +53,22 @@ STATUS_OF: dict[StateType, TaskStatusName] = {
     StateType.CRASHED: "FAILURE",
     StateType.CANCELLED: "REVOKED",
 }
+
+
+def status_of(run: FlowRun) -> tuple[TaskStatusName, RetryInfo | None]:
+    """The Celery-style status of ``run`` and, for RETRY, the next attempt and the reason.
+
+    A Crashed run, or a Failed one whose error is retryable (or that lost the Prefect API),
+    is RETRY while the recovery service has it (:func:`deployments.recovery_rules.
+    awaits_recovery`): it is re-run, or set Completed when its work was saved. FAILURE
+    is final (dead-lettered, a time limit, bad input).
+    """
+    if run.state is None:
+        return "PENDING", None
+    if awaits_recovery(run.state):
+        reason = f"{run.state.name}: {(run.state.message or '')[:300]}"
+        return "RETRY", RetryInfo(attempt=(run.run_count or 0) + 1, reason=reason)
+    return STATUS_OF[run.state.type], None
 
 
 TaskConflictError = cancelling.TaskConflictError
@@ -82,11 +93,17 @@ def start_task(
     """Create a flow run of ``job``'s deployment for ``user``.
 
     Order: a replay (same ``idempotency_key`` seen before for this user and job: the same
-    answer again, nothing new) -> the job's pre-checks (train: no same model+symbol+timeframe
-    queued or running; the stored data the job needs, :mod:`api.prechecks`) -> one quota
-    slot -> the run (``priority`` "high": ahead of every normal run queued on its work
-    queue, :func:`high_priority_time`). A failure at any step leaves nothing queued and no
-    slot used; every Prefect and store call is bounded by the settings' timeouts.
+    run again with its real state, nothing new; a run the gateway withdrew is created
+    again, :func:`_replay_if_live`) -> the job's pre-checks (train: no same
+    model+symbol+timeframe queued or running; the stored data the job needs,
+    :mod:`api.prechecks`) -> one quota slot -> the run (``priority`` "high": ahead of every
+    normal run queued on its work queue, :func:`api.runtime.high_priority_time`) -> the run
+    recorded as the user's. A failure at any step leaves nothing queued and no slot used;
+    every Prefect and store call is bounded by the settings' timeouts.
+
+    Round trips of a normal request without a key: the data check (one indexed store read),
+    two store writes for the slot, one API call for the run (the deployment id is cached,
+    the Prefect client shared), one store write to record it.
 
     Returns:
         the 202 body (``replayed`` true when the key had already created the run).
@@ -96,6 +113,7 @@ def start_task(
             the job cannot run on the stored data (e.g. no candles of the symbol).
         InsufficientDataError: too few candles (the flow's own message).
         DuplicateRunError: a training of the same key is queued or running.
+        TaskConflictError: a request with this key is still being processed.
         QuotaExceededError: the user's daily limit for the job is reached.
         ConfigurationError: the deployment is not registered.
         PrefectUnavailableError, StoreUnavailableError: a service did not answer in time.
@@ -106,33 +124,42 @@ def start_task(
     limit = daily_limit(job, settings)
     digest = _params_digest(params)
     if idempotency_key is not None:
-        with store_calls(settings):
-            earlier = quotas.find_by_key(store, user.user, job.name, idempotency_key)
-            if earlier is not None:
-                return _replay(earlier, digest, job, limit, store, user, now)
+        replay = _replay_if_live(job, digest, limit, store, user, settings, now, idempotency_key)
+        if replay is not None:
+            return replay
     if job.precheck is not None:
         prefect_call(lambda: job.precheck(params), settings)
     with store_calls(settings):
         if job.data_check is not None:
             job.data_check(params, store)
-        reservation = quotas.reserve(
+        reservation = quotas.reserve_slot(
             store, user.user, job.name, limit, job.quota_noun, now, idempotency_key, digest
         )
-        remaining = max(0, limit - quotas.used_today(store, user.user, job.name, now))
+    key = f"api:{user.user}:{job.name}:{idempotency_key}" if idempotency_key else None
+
+    def create() -> FlowRun:
+        with runtime.prefect_client() as client:
+            return runtime.create_run(
+                client,
+                job.deployment,
+                {"params": params.model_dump(mode="json")},
+                ["api", f"user:{user.user}", f"priority:{priority}"],
+                key,  # Prefect returns the run it created for a key it has seen
+                high_priority=priority == "high",
+            )
+
     try:
-        run = prefect_call(
-            lambda: _create_run(job, params, user, idempotency_key, priority), settings
-        )
+        run = prefect_call(create, settings)
     except BaseException:
         try:
             with store_calls(settings):
-                quotas.release(store, reservation)
+                quotas.release(store, reservation.id)
         except StoreUnavailableError:
             log.warning("quota slot %s not given back: the store is unavailable", reservation)
         raise
     try:
         with store_calls(settings):
-            confirmed = quotas.confirm(store, reservation, str(run.id))
+            confirmed = quotas.confirm(store, reservation.id, str(run.id), shared=key is not None)
     except StoreUnavailableError:
         _withdraw(run, "the store stopped answering before the run was recorded", settings)
         raise
@@ -140,14 +167,7 @@ def start_task(
         # a concurrent request with the same key created (and counted) this run first
         with store_calls(settings):
             earlier = quotas.owner_of(store, str(run.id))
-            return _replay(earlier, digest, job, limit, store, user, now)
-    accepted = TaskAccepted(
-        task_id=str(run.id),
-        status_url=f"/api/tasks/{run.id}",
-        job=job.name,
-        quota_remaining_today=remaining,
-        priority=priority,
-    )
+            return _replay(earlier, digest, job, limit, store, user, now, run)
     log.info(
         "user %s started %s: run %s (%s, priority %s)",
         user.user,
@@ -156,17 +176,85 @@ def start_task(
         run.name,
         priority,
     )
-    return accepted
+    return TaskAccepted(
+        task_id=str(run.id),
+        status_url=f"/api/tasks/{run.id}",
+        job=job.name,
+        quota_remaining_today=max(0, limit - reservation.used),
+        priority=priority,
+    )
+
+
+def in_flight_limit_s(settings: ApiSettings) -> float:
+    """How long a request can be processing at most: every Prefect call with its retries
+    and every store call timing out. A reservation without a run older than this belongs to
+    a request that died (or whose clean-up could not reach the store)."""
+    prefect = settings.prefect_timeout_s * (settings.prefect_retries + 1) + 1.5
+    return 3 * prefect + 6 * settings.store_timeout_s
+
+
+def _replay_if_live(
+    job: Job,
+    digest: str,
+    limit: int,
+    store: Store,
+    user: Principal,
+    settings: ApiSettings,
+    now: datetime,
+    idempotency_key: str,
+) -> TaskAccepted | None:
+    """The answer to a replayed ``idempotency_key``, or None when it must start a run.
+
+    Returns the earlier run with its real state (a cancelled or finished run says so). None,
+    with the earlier reservation given back, when that request produced no live run: its
+    run was withdrawn by the gateway (it could not be recorded) or no longer exists, or it
+    never got one and is older than :func:`in_flight_limit_s`.
+
+    Raises:
+        TaskConflictError: the earlier request is still being processed.
+        InvalidInputError: the key was used with other parameters.
+        PrefectUnavailableError, StoreUnavailableError: a service did not answer in time.
+    """
+    with store_calls(settings):
+        earlier = quotas.reservation_by_key(store, user.user, job.name, idempotency_key)
+    if earlier is None:
+        return None
+    task_id = earlier.get("task_id")
+    if task_id is None:
+        created = earlier.get("created_at")
+        age = (now - created).total_seconds() if isinstance(created, datetime) else None
+        if age is not None and age < in_flight_limit_s(settings):
+            raise TaskConflictError(
+                "a request with this Idempotency-Key is still being processed; retry in a moment"
+            )
+        why = "its request never recorded a run"
+    else:
+        if earlier.get("params_sha256") != digest:
+            raise _other_params()
+
+        def read() -> FlowRun | None:
+            with runtime.prefect_client() as client:
+                try:
+                    return client.read_flow_run(UUID(task_id))
+                except ObjectNotFound:
+                    return None
+
+        run = prefect_call(read, settings)
+        if run is not None and not runtime.is_withdrawn(run):
+            return _replay(earlier, digest, job, limit, store, user, now, run)
+        why = f"its run {task_id} was withdrawn" if run else f"its run {task_id} is gone"
+    log.info("user %s retried %s key: %s; starting it again", user.user, job.name, why)
+    with store_calls(settings):
+        quotas.release(store, earlier["_id"])
+    return None
 
 
 def _withdraw(run: FlowRun, why: str, settings: ApiSettings) -> None:
     """Cancel a run the gateway created but could not record (best effort: logged)."""
 
     def cancel() -> None:
-        with get_client(sync_client=True) as client:
-            client.set_flow_run_state(
-                run.id, Cancelled(message=f"Withdrawn by the gateway: {why}"), force=True
-            )
+        with runtime.prefect_client() as client:
+            runtime.withdraw(client, run.id, why)
 
     try:
         prefect_call(cancel, settings)
@@ -178,22 +266,9 @@ def _params_digest(params: BaseModel) -> str:
     return hashlib.sha256(params.model_dump_json().encode()).hexdigest()
 
 
-def _accepted(
-    task_id: str,
-    job: Job,
-    limit: int,
-    store: Store,
-    user: Principal,
-    now: datetime,
-    replayed: bool = False,
-) -> TaskAccepted:
-    return TaskAccepted(
-        task_id=task_id,
-        status="PENDING",
-        status_url=f"/api/tasks/{task_id}",
-        job=job.name,
-        quota_remaining_today=max(0, limit - quotas.used_today(store, user.user, job.name, now)),
-        replayed=replayed,
+def _other_params() -> InvalidInputError:
+    return InvalidInputError(
+        "Idempotency-Key was already used with different parameters: send a new key for a new task"
     )
 
 
@@ -205,90 +280,28 @@ def _replay(
     store: Store,
     user: Principal,
     now: datetime,
+    run: FlowRun,
 ) -> TaskAccepted:
+    """The 202 of a replayed key: the earlier run, with its state as it is now."""
     if earlier is None or earlier.get("task_id") is None:
         raise TaskConflictError(
             "a request with this Idempotency-Key is still being processed; retry in a moment"
         )
     if earlier.get("params_sha256") != digest:
-        raise InvalidInputError(
-            "Idempotency-Key was already used with different parameters: "
-            "send a new key for a new task"
-        )
+        raise _other_params()
     log.info("user %s replayed %s: run %s", user.user, job.name, earlier["task_id"])
-    return _accepted(earlier["task_id"], job, limit, store, user, now, replayed=True)
-
-
-def _create_run(
-    job: Job,
-    params: BaseModel,
-    user: Principal,
-    idempotency_key: str | None,
-    priority: Priority = "normal",
-) -> FlowRun:
-    with get_client(sync_client=True) as client:
-        try:
-            deployment = client.read_deployment_by_name(job.deployment)
-        except ObjectNotFound:
-            raise ConfigurationError(
-                f"deployment {job.deployment} is not registered: start the stack with "
-                "'botai up' (or run 'prefect deploy --all')"
-            ) from None
-        state = None
-        if priority == "high":
-            at = high_priority_time(client, deployment.work_pool_name, deployment.work_queue_name)
-            state = Scheduled(scheduled_time=at) if at is not None else None
-        return client.create_flow_run_from_deployment(
-            deployment.id,
-            parameters={"params": params.model_dump(mode="json")},
-            tags=["api", f"user:{user.user}", f"priority:{priority}"],
-            # Prefect returns the existing run for a key it has seen (per flow, forever)
-            idempotency_key=(
-                f"api:{user.user}:{job.name}:{idempotency_key}" if idempotency_key else None
-            ),
-            state=state,
-        )
-
-
-def high_priority_time(client: Any, pool: str | None, queue: str | None) -> datetime | None:
-    """When a high-priority run must be scheduled to start before every normal-priority run
-    waiting on its work queue, after the high-priority runs already waiting (FIFO among them).
-
-    A worker takes a queue's runs in the order of their scheduled start time, as many as
-    the queue's concurrency limit allows (Prefect's ``get_scheduled_flow_runs`` query), so
-    the run is scheduled just before the oldest waiting normal run: it shares the queue's
-    limit (never more trainings at once) and is next when a slot frees. Prefect's queue
-    priorities order runs across queues only, each queue with its own limit.
-
-    Returns:
-        the scheduled time, or None when no normal run waits (now is then first anyway).
-    """
-    if not pool or not queue:
-        return None
-    waiting = client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
-        ),
-        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
-        work_queue_filter=WorkQueueFilter(name=WorkQueueFilterName(any_=[queue])),
-        sort=FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC,
-        limit=200,
+    used = quotas.used_today(store, user.user, job.name, now)
+    return TaskAccepted(
+        task_id=earlier["task_id"],
+        status=status_of(run)[0],
+        status_url=f"/api/tasks/{earlier['task_id']}",
+        job=job.name,
+        quota_remaining_today=max(0, limit - used),
+        replayed=True,
     )
-    now = datetime.now(UTC)
-
-    def at(run: FlowRun) -> datetime:
-        return run.next_scheduled_start_time or run.expected_start_time or now
-
-    normal = [at(r) for r in waiting if "priority:high" not in (r.tags or [])]
-    if not normal or min(normal) >= now:
-        return None
-    first_normal = min(normal)
-    high = [at(r) for r in waiting if "priority:high" in (r.tags or []) and at(r) < first_normal]
-    if not high:
-        return first_normal - timedelta(seconds=1)
-    return max(high) + (first_normal - max(high)) / 2
 
 
+high_priority_time = runtime.high_priority_time
 _read_run = cancelling.read_run
 
 
@@ -327,7 +340,7 @@ def task_status(
     """
 
     def read() -> tuple[FlowRun, str | None, float | None, str | None]:
-        with get_client(sync_client=True) as client:
+        with runtime.prefect_client() as client:
             run = _read_run(client, task_id)
             if cancelling.finish_claimed_cancel(client, run, settings.cancel_grace_s):
                 run = _read_run(client, task_id)
@@ -345,11 +358,13 @@ def task_status(
     state_type = run.state.type if run.state else StateType.SCHEDULED
     if pct is not None and state_type != StateType.COMPLETED:
         pct = min(pct, 99.0)  # 100 means done: only a Completed run reads 100
+    status, retry = status_of(run)
     return TaskStatus(
         task_id=task_id,
         job=job.name if job else None,
         flow_name=flow_name,
-        status=STATUS_OF[state_type],
+        status=status,
+        retry=retry,
         state=run.state.name if run.state else "Scheduled",
         message=run.state.message if run.state else None,
         progress_pct=pct,

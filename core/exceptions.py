@@ -77,6 +77,11 @@ class DuplicateRunError(OperationalError):
     """The same job is already queued or running, e.g. 'Training already in progress for lstm+BTCUSDT'."""
 
 
+class ConflictError(OperationalError):
+    """The request conflicts with a record's current state (e.g. archiving the deployed model);
+    the message says what to do first."""
+
+
 class PeerRejectedError(OperationalError):
     """A peer answered with a permanent error (HTTP 4xx other than 429, or success=false)."""
 

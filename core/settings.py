@@ -4,28 +4,51 @@ Every value comes from an environment variable (``BOTAI_*`` unless noted) or its
 Nothing else in the code base reads ``os.environ`` for configuration; it takes a
 ``Settings`` (or a Block) as an argument. Secrets are not settings: they live in
 Prefect blocks (``blocks/``), created from the environment by the bootstrap step.
+
+Code gets its settings one way: :func:`load_settings` (the environment's values, built once
+per distinct environment and shared, since settings are read-only), with keyword overrides
+for tests and callers that set a value explicitly.
+
+The fields of one area live beside it and are mixed in: supervision and crash recovery
+(:mod:`core.settings_supervision`), monitoring and metrics (:mod:`core.settings_monitoring`),
+the economic evaluation and the deploy rule (:mod:`core.settings_economics`);
+the hosts of a multi-host stack (:mod:`core.settings_multihost`);
+the checkout, its state folder and the environment lookup are in :mod:`core.environment`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from core.environment import REPO_ROOT, alias_names, environment_key, find_state_dir
+from core.settings_economics import EconomicsSettings
+from core.settings_monitoring import MetricsSettings, MonitoringSettings
+from core.settings_multihost import MultihostSettings
+from core.settings_supervision import SupervisionSettings
 
 
-class Settings(BaseSettings):
+class Settings(
+    MultihostSettings,
+    MonitoringSettings,
+    MetricsSettings,
+    SupervisionSettings,
+    EconomicsSettings,
+    BaseSettings,
+):
     """Non-secret configuration of one platform installation."""
 
-    model_config = SettingsConfigDict(env_prefix="BOTAI_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="BOTAI_", extra="ignore", frozen=True)
 
     state_dir: Path = Field(
-        default=REPO_ROOT / ".state",
-        description="Folder holding every file the platform writes (Prefect DB, Mongo DB, models).",
+        default_factory=find_state_dir,
+        description="Folder holding every file the platform writes (Prefect DB, Mongo DB, "
+        "models); unset: .state of the checkout the command runs in (find_state_dir).",
     )
     data_dir: Path = Field(
         default=REPO_ROOT.parent / "shared" / "data",
@@ -133,7 +156,8 @@ class Settings(BaseSettings):
     prediction_band_pct: float = Field(
         default=2.0,
         gt=0,
-        description="predict-price confidence: P(price within +-this % of the prediction).",
+        description="Unused: predict-price's confidence is now P(direction) (docs/ml.md); "
+        "kept so that existing configurations stay valid.",
     )
     prediction_coverage_bars: int = Field(
         default=720,
@@ -160,171 +184,6 @@ class Settings(BaseSettings):
     )
     crash_after_s: int = Field(
         default=60, ge=30, description="A running flow without a heartbeat this long is Crashed."
-    )
-
-    # ------------------------------------------------------------ supervisor and watchdog
-    supervisor_poll_s: float = Field(
-        default=2.0, gt=0, description="How often botai up checks that its services run, seconds."
-    )
-    restart_backoff_initial_s: float = Field(
-        default=1.0, gt=0, description="Wait before the first restart of a dead service, seconds."
-    )
-    restart_backoff_max_s: float = Field(
-        default=60.0, gt=0, description="Longest wait between restarts (doubling), seconds."
-    )
-    restart_stable_after_s: float = Field(
-        default=60.0,
-        gt=0,
-        description="A service up this long is stable again: its backoff starts over, seconds.",
-    )
-    restart_alert_failures: int = Field(
-        default=3,
-        ge=1,
-        description="Deaths or failed starts of one service within the window that raise a "
-        "critical alert (the supervisor keeps trying).",
-    )
-    restart_alert_window_s: float = Field(
-        default=600.0, gt=0, description="Window of restart_alert_failures, seconds."
-    )
-    watchdog_interval_s: float = Field(
-        default=5.0, gt=0, description="How often the watchdog probes services and queues, seconds."
-    )
-    service_hung_after_s: float = Field(
-        default=20.0,
-        gt=0,
-        description="A service stopped (SIGSTOP) or failing its probe this long is hung: it is "
-        "killed and restarted, seconds.",
-    )
-    worker_heartbeat_s: float = Field(
-        default=10.0, gt=0, description="Heartbeat period of the stack's worker, seconds."
-    )
-    worker_heartbeat_stale_s: float = Field(
-        default=30.0,
-        gt=0,
-        description="A worker whose last heartbeat is older than this is not alive, seconds.",
-    )
-    flow_run_stop_grace_s: float = Field(
-        default=30.0,
-        gt=0,
-        description="An orphaned flow-run process gets SIGTERM, then SIGKILL after this, seconds.",
-    )
-    queue_max_wait_s: float = Field(
-        default=3600.0,
-        gt=0,
-        description="Alert when a work queue's oldest due run has waited longer, seconds "
-        "(TC-ASYNC-087: processed within 1 hour).",
-    )
-    queue_max_depth: int = Field(
-        default=1000,
-        ge=1,
-        description="Alert when more runs than this wait in one work queue (TC-ASYNC-087).",
-    )
-    run_retention_days: float = Field(
-        default=7.0,
-        ge=1,
-        description="Finished Prefect flow runs (db-vacuum), result and chart files older than "
-        "this are deleted, days.",
-    )
-    cleanup_interval_s: float = Field(
-        default=3600.0, ge=60, description="How often old runs and files are deleted, seconds."
-    )
-    # ------------------------------------------------------------ crash recovery
-    recovery_poll_s: float = Field(
-        default=3.0, gt=0, description="How often the recovery service looks for dead runs, s."
-    )
-    recovery_max_attempts: int = Field(
-        default=3,
-        ge=1,
-        description="Executions of one run, the first included, before it is dead-lettered.",
-    )
-    recovery_backoff_s: float = Field(
-        default=5.0, ge=0, description="Wait before the first resubmission, s (doubles after)."
-    )
-    recovery_backoff_max_s: float = Field(
-        default=60.0, ge=0, description="Longest wait between two resubmissions, s."
-    )
-    recovery_exit_grace_s: float = Field(
-        default=5.0,
-        ge=0,
-        description="A Running run without a live process this long is Crashed, s.",
-    )
-    recovery_start_grace_s: float = Field(
-        default=45.0,
-        ge=0,
-        description="A Pending/Submitting run without a process this long is Crashed, s.",
-    )
-    recovery_hung_after_s: float = Field(
-        default=60.0,
-        gt=0,
-        description="A run whose process is stopped (SIGSTOP) this long is Crashed, s.",
-    )
-    recovery_window_h: float = Field(
-        default=24.0, gt=0, description="Crashed/failed runs older than this are left alone, h."
-    )
-    recovery_local_workers: bool = Field(
-        default=True,
-        description="Every worker of the pool runs on this machine (process checks are local).",
-    )
-
-    # ------------------------------------------------------------ monitoring
-    health_checks_path: Path = Field(
-        default=REPO_ROOT / "config" / "health_checks.yaml",
-        description="YAML file listing the system-health-check checks.",
-    )
-    health_deadline_s: float = Field(
-        default=25.0, gt=0, description="Whole health check finishes within this, seconds."
-    )
-    health_check_timeout_s: float = Field(
-        default=8.0, gt=0, description="Default timeout of one health check, seconds."
-    )
-    health_slow_ms: float = Field(
-        default=5000.0, gt=0, description="An HTTP service answering slower than this is slow."
-    )
-    disk_warning_pct: float = Field(default=80.0, description="Disk usage warning threshold, %.")
-    disk_critical_pct: float = Field(default=90.0, description="Disk usage critical threshold, %.")
-    memory_warning_pct: float = Field(default=85.0, description="Memory warning threshold, %.")
-    memory_critical_pct: float = Field(default=95.0, description="Memory critical threshold, %.")
-    rust_engine_url: str | None = Field(
-        default=None,
-        description="Health URL of the Rust core engine, e.g. http://127.0.0.1:8080/api/health.",
-    )
-    python_ai_url: str | None = Field(
-        default=None,
-        description="Health URL of the Python AI service, e.g. http://host:8000/health.",
-    )
-    frontend_url: str | None = Field(
-        default=None, description="URL of the frontend dashboard, e.g. http://host:3000/."
-    )
-    redis_address: str | None = Field(
-        default=None, description="host:port of Redis for the health check; unset: skipped."
-    )
-    rabbitmq_address: str | None = Field(
-        default=None,
-        description="host:port of RabbitMQ (AMQP) for the health check; unset: skipped.",
-    )
-    alert_cooldown_s: float = Field(
-        default=3600.0, ge=0, description="Identical alerts are suppressed this long, seconds."
-    )
-    cost_daily_warning_usd: float = Field(default=2.0, description="Daily LLM cost warning, USD.")
-    cost_daily_critical_usd: float = Field(
-        default=5.0, description="Daily LLM cost above this: critical and the LLM is switched off."
-    )
-    cost_monthly_critical_usd: float = Field(
-        default=100.0, description="Monthly LLM cost projection critical threshold, USD."
-    )
-    perf_window_days: int = Field(default=7, ge=1, description="Performance analysis window, days.")
-    perf_min_trades: int = Field(
-        default=10, ge=1, description="Fewer closed trades than this: insufficient data."
-    )
-    perf_critical_win_rate_pct: float = Field(
-        default=55.0, description="Win rate critical below, %."
-    )
-    perf_warning_win_rate_pct: float = Field(default=70.0, description="Win rate warning below, %.")
-    perf_critical_sharpe: float = Field(default=1.0, description="Sharpe critical below.")
-    perf_warning_sharpe: float = Field(default=2.0, description="Sharpe warning below.")
-    self_analysis_deployment: str = Field(
-        default="llm-self-analysis/llm-self-analysis",
-        description="Deployment started when performance is CRITICAL (flow/deployment name).",
     )
 
     # ------------------------------------------------------------ self-improvement (issue 6)
@@ -388,10 +247,14 @@ class Settings(BaseSettings):
 
     @property
     def prefect_api_url(self) -> str:
-        return f"http://{self.host}:{self.prefect_port}/api"
+        """The stack's Prefect API: ``remote_api_url`` on a host of a multi-host stack, else
+        this host's own server."""
+        return self.remote_api_url or f"http://{self.host}:{self.prefect_port}/api"
 
     @property
     def prefect_ui_url(self) -> str:
+        if self.remote_api_url:
+            return self.remote_api_url.removesuffix("/api")
         return f"http://{self.host}:{self.prefect_port}"
 
     @property
@@ -430,6 +293,41 @@ class Settings(BaseSettings):
         return self.state_dir / "checkpoints"
 
 
-def load_settings() -> Settings:
-    """Read settings from the environment. Returns a new :class:`Settings` each call."""
+def load_settings(**overrides: Any) -> Settings:
+    """The platform's settings: the current environment's values, ``overrides`` on top.
+
+    Without overrides the :class:`Settings` of an environment is built once and shared (it is
+    read-only); a changed ``BOTAI_*`` variable (or ``MONGODB_URI``, ``MONGODB_DATABASE``,
+    ``DASK_ADDRESS``) or working folder gives a new one, so code that sets the environment
+    (``botai up``, tests) reads its values at the next call.
+
+    Args:
+        overrides: field values that win over the environment (a new object each call).
+
+    Returns:
+        the settings.
+
+    Raises:
+        pydantic.ValidationError: a variable or override holds a value the field refuses.
+    """
+    if overrides:
+        return Settings(**overrides)
+    return _settings_of(_environment_key())
+
+
+@functools.lru_cache(maxsize=16)
+def _settings_of(environment: tuple[str, tuple[tuple[str, str], ...]]) -> Settings:
+    """The :class:`Settings` of ``environment`` (the key of :func:`_environment_key`)."""
+    del environment  # the cache key: Settings reads os.environ itself
     return Settings()
+
+
+def _environment_key() -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The cache key of the current environment (:func:`core.environment.environment_key`)."""
+    return environment_key(_alias_names())
+
+
+@functools.cache
+def _alias_names() -> frozenset[str]:
+    """Variable names of fields read from outside the ``BOTAI_`` prefix (``MONGODB_URI``...)."""
+    return alias_names(Settings.model_fields)

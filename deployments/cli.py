@@ -1,10 +1,18 @@
 """``botai``: the platform's command line (thin: every command delegates to a module).
 
 botai up [--no-first-pipeline]   start the stack, load demo data, supervise it until Ctrl-C
+botai up --role ROLE             run one part (server, worker, gateway, recovery) of a stack
+                                 spread over hosts (docs/multihost.md)
 botai down                       stop the stack started on this state folder
 botai status [--json]            what runs: services (restarts, uptime), queues, workers, alerts
 botai bootstrap                  create/update block documents from the environment
 botai ingest ...                 run the ingest-market-data flow against the stack
+botai models ...                 list, compare, promote, roll back, archive model versions
+botai prefect ARGS...            run the prefect CLI against the stack (any folder of the repo)
+
+Every command but ``up`` finds the stack without exports: the state folder from the current
+folder (``.state`` of the repo, also from a folder below the repo root), the stack's ports and
+Prefect profile from that folder (deployments/profile.py).
 """
 
 from __future__ import annotations
@@ -17,8 +25,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from core.environment import REPO_ROOT
 from core.exceptions import BotAIError
-from core.settings import REPO_ROOT, Settings
+from core.settings import Settings, load_settings
 
 
 def _say(text: str) -> None:
@@ -26,6 +35,11 @@ def _say(text: str) -> None:
 
 
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    if args.role:
+        from deployments.roles import run_role
+
+        run_role(settings, os.environ, args.role, say=_say)
+        return 0
     from deployments.up import up
 
     up(settings, os.environ, say=_say, first_pipeline=not args.no_first_pipeline)
@@ -54,7 +68,7 @@ def _ago(seconds: float | None) -> str:
 def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
-    from deployments.up import status
+    from deployments.stack_status import status
 
     info = status(settings)
     # --- dead letters (recovery service, deployments/dead_letters.py)
@@ -129,8 +143,9 @@ def require_stack(settings: Settings) -> None:
     except httpx.HTTPError:
         pass
     raise BotAIError(
-        f"no Prefect API at {settings.prefect_api_url}: start the stack with `botai up` "
-        "(or set BOTAI_PREFECT_PORT to the running one)"
+        f"no Prefect API at {settings.prefect_api_url} (state folder {settings.state_dir}): "
+        "start the stack with `botai up`, or run the command in the repo of the running one "
+        "(or set BOTAI_STATE_DIR to its state folder)"
     )
 
 
@@ -177,6 +192,32 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from api.models_cli import run_models
+
+    return run_models(args, settings.state_dir, _say)
+
+
+def _cmd_prefect(args: argparse.Namespace, settings: Settings) -> int:
+    import shutil
+    import subprocess
+
+    from deployments.profile import prefect_command_env, profiles_path
+
+    if not profiles_path(settings).is_file():
+        raise BotAIError(
+            f"no Prefect profile in {settings.state_dir}: start the stack with `botai up` "
+            "(or set BOTAI_STATE_DIR to the state folder of the running one)"
+        )
+    found = shutil.which("prefect", path=str(Path(sys.executable).parent)) or shutil.which(
+        "prefect"
+    )
+    cmd = [found] if found else [sys.executable, "-m", "prefect"]
+    return subprocess.call(
+        [*cmd, *args.prefect_args], env=prefect_command_env(settings, os.environ)
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``botai`` argument parser."""
     parser = argparse.ArgumentParser(prog="botai", description=__doc__.split("\n\n")[0])
@@ -186,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-first-pipeline",
         action="store_true",
         help="do not start the first ingest/train/backtest runs",
+    )
+    p.add_argument(
+        "--role",
+        choices=["server", "worker", "gateway", "recovery"],
+        default=None,
+        help="run one part of a stack spread over hosts against the services its settings "
+        "name (docs/multihost.md); default: everything on this machine",
     )
     p.set_defaults(func=_cmd_up)
     sub.add_parser("down", help="stop the stack of this state folder").set_defaults(func=_cmd_down)
@@ -204,6 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--resample-to", nargs="*", default=[], metavar="TIMEFRAME")
     p.set_defaults(func=_cmd_ingest)
+    from api.models_cli import add_models_parser
+
+    add_models_parser(sub, _cmd_models)
+    p = sub.add_parser(
+        "prefect",
+        help="run the prefect CLI against the stack, e.g. botai prefect deployment ls",
+        add_help=False,
+    )
+    p.add_argument("prefect_args", nargs=argparse.REMAINDER, metavar="ARGS")
+    p.set_defaults(func=_cmd_prefect)
     return parser
 
 
@@ -246,7 +304,32 @@ def run_command(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``botai`` console script. Returns the exit code."""
-    return run_command("botai", build_parser(), argv, lambda args: args.func(args, Settings()))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["prefect"]:  # what follows goes to prefect as it is, --help included
+        rest = argv[1:]
+
+        def passthrough(args: argparse.Namespace) -> int:
+            args.prefect_args = rest
+            return args.func(args, _settings(args))
+
+        return run_command("botai", build_parser(), ["prefect"], passthrough)
+    return run_command("botai", build_parser(), argv, lambda args: args.func(args, _settings(args)))
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings of a command: from the environment; for every command but ``up``, with
+    the host, ports and pool of the stack recorded in the state folder where no variable sets
+    them (deployments/profile.py)."""
+    from deployments.profile import profiles_path, with_stack_record
+
+    settings = load_settings()
+    if args.command != "up":
+        settings = with_stack_record(settings, os.environ)
+    # this process's own Prefect client: the stack's home and profile, not ~/.prefect nor the
+    # profile a prefect.toml in the current folder points at
+    os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
+    os.environ.setdefault("PREFECT_PROFILES_PATH", str(profiles_path(settings)))
+    return settings
 
 
 if __name__ == "__main__":

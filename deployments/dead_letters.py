@@ -61,11 +61,7 @@ def dead_letter_doc(
 
 def save_dead_letter(store: Store, doc: dict[str, Any]) -> None:
     """Write the whole dead-letter document of ``doc["task_id"]`` (insert or replace)."""
-    col = store.col(C.DEAD_LETTERS)
-    if col.count_documents({"task_id": doc["task_id"]}, limit=1):
-        col.replace_one({"task_id": doc["task_id"]}, doc)
-    else:
-        col.insert_one(doc)
+    store.dead_letters.dead_letter_save(doc)
 
 
 def dead_letter_summary(store: Store, limit: int = 20) -> list[dict[str, Any]]:
@@ -73,7 +69,7 @@ def dead_letter_summary(store: Store, limit: int = 20) -> list[dict[str, Any]]:
 
     For ``botai status`` and the gateway.
     """
-    docs = store.col(C.DEAD_LETTERS).find({"requeued_at": None}, {"_id": 0}).sort("created_at", -1)
+    docs = store.dead_letters.dead_letters_list(limit=limit)
     return [
         {
             "task_id": d["task_id"],
@@ -82,7 +78,7 @@ def dead_letter_summary(store: Store, limit: int = 20) -> list[dict[str, Any]]:
             "reason": d.get("reason"),
             "created_at": d.get("created_at"),
         }
-        for d in docs.limit(limit)
+        for d in docs
     ]
 
 
@@ -99,11 +95,14 @@ def requeue_dead_letter(store: Store, task_id: str, by: str) -> dict[str, Any]:
     from prefect.client.orchestration import get_client
     from prefect.states import Scheduled
 
-    doc = store.col(C.DEAD_LETTERS).find_one({"task_id": task_id}, {"_id": 0})
+    from deployments.run_processes import forget_process
+
+    doc = store.dead_letters.dead_letter_get(task_id)
     if doc is None or doc.get("requeued_at") is not None:
         raise errors.NotFoundError(f"No dead letter awaiting re-queue for task {task_id}")
     try:
         with get_client(sync_client=True) as client:
+            forget_process(client, UUID(task_id))  # its process is gone
             client.set_flow_run_state(
                 UUID(task_id), Scheduled(message=f"{REQUEUE_MARK} by {by}"), force=True
             )
@@ -121,28 +120,25 @@ def work_saved(store: Store, task_id: str) -> bool:
 
     A run that crashed after that point is marked Completed instead of re-run (exactly once).
     """
-    if store.col(C.TRAINING_JOBS).count_documents({"task_id": task_id, "status": "completed"}):
+    job = store.jobs.training_job_get(task_id)
+    if job is not None and job.get("status") == "completed":
         return True
-    if store.col(C.MODELS).count_documents({"training_task_id": task_id}, limit=1):
+    if store.models.model_trained_by(task_id) is not None:
         return True  # registration is the training's last step of substance
     for name in (C.BACKTEST_RESULTS, C.OPTIMIZATION_RESULTS):
-        if store.col(name).count_documents({"task_id": task_id}, limit=1):
+        if store.jobs.result_get(name, task_id) is not None:
             return True
-    return bool(
-        store.col(C.TASK_RESULTS).count_documents(
-            {"task_id": task_id, "status": {"$nin": list(OPEN_STATUSES)}}
-        )
-    )
+    result = store.jobs.task_result_get(task_id)
+    return result is not None and result.get("status") not in OPEN_STATUSES
 
 
 def mark_record_completed(store: Store, task_id: str, state: Any) -> None:
     """Set the ``training_jobs`` record of a run whose work was saved to ``completed`` (its
     dying process may have written ``failed``), with the model it registered."""
-    col = store.col(C.TRAINING_JOBS)
-    doc = col.find_one({"task_id": task_id}, {"_id": 0})
+    doc = store.jobs.training_job_get(task_id)
     if doc is None or doc.get("status") == "completed":
         return
-    model = store.col(C.MODELS).find_one({"training_task_id": task_id}, {"_id": 0})
+    model = store.models.model_trained_by(task_id)
     doc.update(
         status="completed",
         error=None,
@@ -153,7 +149,7 @@ def mark_record_completed(store: Store, task_id: str, state: Any) -> None:
     )
     if model is not None:
         doc.update(model_id=model.get("model_id"), model_path=model.get("file_path"))
-    col.replace_one({"task_id": task_id}, doc)
+    store.jobs.training_job_save(doc)
 
 
 def record_status(state: Any) -> str | None:
@@ -174,8 +170,7 @@ def reconcile_records(client: Any, store: Store, reconciled: list[str]) -> None:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     for name in RECORD_COLLECTIONS:
-        col = store.col(name)
-        docs = list(col.find({"status": {"$in": list(OPEN_STATUSES)}}, {"_id": 0}))
+        docs = store.jobs.records_in_status(name, OPEN_STATUSES)
         ids = []
         for d in docs:
             try:
@@ -209,12 +204,12 @@ def reconcile_records(client: Any, store: Store, reconciled: list[str]) -> None:
             if status != "queued":
                 doc["finished_at"] = doc.get("finished_at") or run.state.timestamp
             if status == "completed" and name == C.TRAINING_JOBS and not doc.get("model_id"):
-                model = store.col(C.MODELS).find_one({"training_task_id": doc["task_id"]})
+                model = store.models.model_trained_by(doc["task_id"])
                 if model is not None:
                     doc.update(model_id=model.get("model_id"), model_path=model.get("file_path"))
             if status != "completed" and doc.get("progress_pct") == 100:
                 doc["progress_pct"] = 99.0
-            col.replace_one({"task_id": doc["task_id"]}, doc)
+            store.jobs.record_save(name, doc)
             reconciled.append(str(doc["task_id"]))
 
 

@@ -90,8 +90,9 @@ def _run_flow_run(flow_run_id: str, env: dict[str, str], cwd: str) -> None:
     """Body of the forked child: run flow run ``flow_run_id`` like ``python -m prefect.engine``.
 
     Sets the environment and working directory (Prefect's settings and logging are rebuilt
-    only when the job's env changes a setting against the fork server's), then executes
-    the engine's ``__main__`` block. Exits with the
+    only when the job's env changes a setting against the fork server's), asks the start
+    guard (:mod:`deployments.start_guard`: returns without running when a cancel reached the
+    run first), then executes the engine's ``__main__`` block. Exits with the
     engine's status (SystemExit); Prefect's at-exit hooks (log and event flushing) are run
     explicitly because a multiprocessing child leaves with ``os._exit``.
     """
@@ -109,6 +110,11 @@ def _run_flow_run(flow_run_id: str, env: dict[str, str], cwd: str) -> None:
         prefect.context.refresh_global_settings_context()
         with contextlib.suppress(Exception):
             setup_logging(incremental=False)
+    from deployments.start_guard import may_start
+
+    if not may_start(flow_run_id):  # a cancel reached the run first: never run its flow
+        atexit._run_exitfuncs()
+        return
     sys.argv = ["prefect.engine", flow_run_id]
     # prefect.engine is imported already (preloaded): running it as __main__ is intended
     warnings.filterwarnings("ignore", message=".*found in sys.modules", category=RuntimeWarning)
@@ -154,6 +160,13 @@ def restart_fork_server(ctx: multiprocessing.context.ForkServerContext) -> None:
 
     forkserver._forkserver._stop()
     warm_up(ctx)
+
+
+def fork_server_pid() -> int | None:
+    """Pid of this process's fork server, None while none runs (metrics read it)."""
+    from multiprocessing import forkserver
+
+    return getattr(forkserver._forkserver, "_forkserver_pid", None)
 
 
 def _child_env(

@@ -147,11 +147,18 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m deployments.prefect_server --host H --port P``: serve Prefect's API and UI
-    (with its background services) until SIGTERM/SIGINT, as ``prefect server start``."""
+    """``python -m deployments.prefect_server --host H --port P [--no-services]``: serve
+    Prefect's API and UI (with its background services unless ``--no-services``) until
+    SIGTERM/SIGINT, as ``prefect server start``."""
     parser = argparse.ArgumentParser(prog="python -m deployments.prefect_server")
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--no-services",
+        action="store_true",
+        help="only the API and UI, as `prefect server start --no-services` (the background "
+        "services run in a process of their own: deployments/ha.py)",
+    )
     args = parser.parse_args(argv)
 
     import uvicorn
@@ -163,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         PREFECT_SERVER_LOGGING_LEVEL,
     )
 
-    app = RetryBusyDatabase(create_app(final=True))
+    app = RetryBusyDatabase(create_app(final=True, webserver_only=args.no_services))
     uvicorn.run(
         app,
         host=args.host,

@@ -3,20 +3,19 @@ dead-letter the ones that keep failing, and keep job records true to Prefect's s
 
 One pass (:func:`recover_once`) over the runs of the platform's work pool:
 
-1. **Detect.** A run ``Pending``/``Running``/``Cancelling`` with no live process on this
-   machine is dead: no process carries its ``PREFECT__FLOW_RUN_ID`` (every flow-run process
-   the process worker starts does), or the pid the worker recorded
-   (``infrastructure_pid``, "pid" or "host:pid") is gone or a zombie. A ``Running`` run is
-   judged after ``recovery_exit_grace_s`` (the worker, when alive, reports the exit first),
-   a ``Pending``/``Submitting`` one after ``recovery_start_grace_s`` (a worker or server that
-   died between claiming the run and starting its process). It is proposed ``Crashed``
-   (never forced: a run that reached a final state meanwhile keeps it); a dead
-   ``Cancelling`` run becomes ``Cancelled``. Hung processes (SIGSTOP, deadlock) are marked
-   ``Crashed`` by the heartbeat automation (deployments/automations.py).
+1. **Detect** (:mod:`deployments.recovery_liveness`): a run ``Pending``/``Running``/
+   ``Cancelling`` is judged by its own host's process table when its recorded ``host:pid``
+   is this host's, otherwise by Prefect's flow-run heartbeats (``Running``) or by how long
+   it stays ``Pending`` (no process table needed). A dead run is proposed ``Crashed``
+   (never forced); a dead ``Cancelling`` run is proposed ``Cancelled``. Hung processes
+   (SIGSTOP) are found by their stopped state here, or by the heartbeat automation
+   (deployments/automations.py).
 2. **Resubmit.** A ``Crashed`` run, or a ``Failed`` one whose error is retryable
-   (a :class:`core.exceptions.RetryableError` after the tasks' own retries, TC-ASYNC-103),
-   goes back to ``Scheduled`` under the same id, like ``prefect flow-run retry`` (forced; the
-   worker starts it again, ``run_count`` grows; training resumes from its checkpoint). Waits
+   (a :class:`core.exceptions.RetryableError` after the tasks' own retries, TC-ASYNC-103,
+   or a lost Prefect API),
+   goes back to ``Scheduled`` under the same id, like ``prefect flow-run retry`` (proposed
+   only when the run, read again, is still in the state it was judged in; the worker starts
+   it again, ``run_count`` grows; training resumes from its checkpoint). Waits
    ``recovery_backoff_s`` after the attempt ended, doubling per attempt up to
    ``recovery_backoff_max_s``. Leftover processes of the run (a stopped one) are killed
    first. A run whose result was saved before its process died (its ``training_jobs``
@@ -30,15 +29,21 @@ One pass (:func:`recover_once`) over the runs of the platform's work pool:
    open are set to the run's real outcome (completed, failed, crashed, cancelled,
    dead-lettered, or queued again) with the reason.
 
+With several replicas only the holder of the recovery lease acts
+(:mod:`deployments.recovery_lease`); each pass also frees training slots whose holders are
+gone (:mod:`deployments.recovery_slots`).
+
 Attempts are counted from the run's state history (stateless: a restarted service counts
-the same). The loop: ``python -m deployments.recovery`` (SIGTERM ends it between passes).
+the same; :mod:`deployments.recovery_rules` holds which failures are retried, how attempts are
+counted and the backoff). The loop: ``python -m deployments.recovery`` (SIGTERM ends it between
+passes).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-import re
 import signal
 import threading
 from collections.abc import Callable
@@ -48,98 +53,32 @@ from typing import Any
 
 import psutil
 
-from core import exceptions as errors
-from core.settings import Settings
+from core.settings import Settings, load_settings
 from deployments.dead_letters import (
     DEAD_LETTERED,
-    REQUEUE_MARK,
     dead_letter_doc,
     mark_record_completed,
     reconcile_records,
-    save_dead_letter,
     work_saved,
 )
+from deployments.recovery_lease import RecoveryLease
+from deployments.recovery_liveness import detect_dead
+from deployments.recovery_rules import (
+    RECOVERY_MARK,
+    backoff_s,
+    ended_attempts,
+    is_retryable_failure,
+    is_time_limit,
+)
 from deployments.run_processes import (
-    hung_for_s,
+    forget_process,
     kill_processes,
     local_flow_processes,
-    process_alive,
     processes_of,
 )
 from integrations.store import Store
 
 log = logging.getLogger(__name__)
-
-#: Message prefix of the Scheduled state a resubmission sets (attempts are counted by it).
-RECOVERY_MARK = "recovered after crash"
-
-
-def retryable_error_names() -> set[str]:
-    """Class names of :class:`core.exceptions.RetryableError` and all its subclasses."""
-    names, todo = set(), [errors.RetryableError]
-    while todo:
-        cls = todo.pop()
-        names.add(cls.__name__)
-        todo.extend(cls.__subclasses__())
-    return names
-
-
-def is_time_limit(state: Any) -> bool:
-    """True for a run ended by a time limit (contract: such runs are never resubmitted)."""
-    message = (state.message or "").lower()
-    return state.name == "TimedOut" or "time limit" in message or "exceeded timeout" in message
-
-
-def is_retryable_failure(state: Any) -> bool:
-    """True when a Failed state's message names a retryable error (and no time limit)."""
-    if state.name == DEAD_LETTERED or is_time_limit(state):
-        return False
-    message = state.message or ""
-    return any(re.search(rf"\b{name}\b", message) for name in retryable_error_names())
-
-
-@dataclass
-class Attempt:
-    """One execution of a run that ended badly (a Crashed or Failed state)."""
-
-    run_count: int
-    state: str
-    message: str
-    at: datetime
-
-    def as_doc(self) -> dict[str, Any]:
-        return {
-            "run_count": self.run_count,
-            "state": self.state,
-            "message": self.message,
-            "at": self.at,
-        }
-
-
-def ended_attempts(states: list[Any]) -> list[Attempt]:
-    """The attempts since the last re-queue from dead letters, oldest first.
-
-    ``states`` is the run's state history (``read_flow_run_states``): every Crashed or
-    Failed state ends one attempt.
-    """
-    attempts: list[Attempt] = []
-    runs = 0
-    for s in sorted(states, key=lambda s: s.timestamp):
-        if s.type.value == "SCHEDULED" and (s.message or "").startswith(REQUEUE_MARK):
-            attempts = []
-        elif s.type.value == "RUNNING":
-            runs += 1
-        elif s.type.value in ("CRASHED", "FAILED") and s.name != DEAD_LETTERED:
-            attempts.append(Attempt(runs, s.name, s.message or "", s.timestamp))
-    return attempts
-
-
-def backoff_s(settings: Settings, attempts_done: int) -> float:
-    """Wait after the ``attempts_done``-th failed attempt before the next one, seconds."""
-    return min(
-        settings.recovery_backoff_s * 2 ** max(0, attempts_done - 1),
-        settings.recovery_backoff_max_s,
-    )
 
 
 @dataclass
@@ -154,7 +93,9 @@ class RecoveryReport:
     killed: list[str] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)
     reconciled: list[str] = field(default_factory=list)
+    slots_freed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    standby: str | None = None
 
     def busy(self) -> bool:
         """True when the pass changed anything."""
@@ -167,6 +108,7 @@ class RecoveryReport:
                 self.killed,
                 self.completed,
                 self.reconciled,
+                self.slots_freed,
             )
         )
 
@@ -203,56 +145,26 @@ def _detect_dead(
     settings: Settings,
     now: datetime,
     report: RecoveryReport,
-    stopped_since: dict[str, datetime] | None = None,
+    stopped_since: dict[str, datetime] | None,
+    may_act: Callable[[], bool],
 ) -> None:
     from prefect.client.schemas.objects import StateType
-    from prefect.states import Cancelled, Crashed
 
     procs = local_flow_processes()  # scanned before the runs are read (see the module doc)
     active = _pool_runs(
         client, settings, [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]
     )
     report.checked += len(active)
-    for run in active:
-        state = run.state
-        if state is None:
-            continue
-        alive = process_alive(run, procs, settings)
-        if alive and stopped_since is not None:
-            hung_s = hung_for_s(processes_of(run, procs), str(run.id), stopped_since, now)
-            if hung_s >= settings.recovery_hung_after_s:
-                new = Crashed(
-                    message=f"Crashed: its process is stopped (hung) for {hung_s:.0f} s; "
-                    "detected by the recovery service"
-                )
-                result = client.set_flow_run_state(run.id, new)
-                if getattr(result.state, "type", None) == StateType.CRASHED:
-                    report.crashed.append(str(run.id))
-            continue
-        if alive is not False:
-            continue
-        age_s = (now - state.timestamp).total_seconds()
-        grace = (
-            settings.recovery_start_grace_s
-            if state.type == StateType.PENDING
-            else settings.recovery_exit_grace_s
-        )
-        if age_s < grace:
-            continue
-        what = f"pid {run.infrastructure_pid}" if run.infrastructure_pid else "no process"
-        if state.type == StateType.CANCELLING:
-            new = Cancelled(message=f"Cancelled: its process is gone ({what}); nothing to stop")
-            result = client.set_flow_run_state(run.id, new, force=True)
-            report.cancelled.append(str(run.id))
-        else:
-            new = Crashed(
-                message=f"Crashed: {state.name} for {age_s:.0f} s with no live process "
-                f"({what}); detected by the recovery service"
-            )
-            result = client.set_flow_run_state(run.id, new)
-            if getattr(result.state, "type", None) == StateType.CRASHED:
-                report.crashed.append(str(run.id))
-        log.warning("run %s (%s): %s -> %s", run.name, run.id, state.name, result.status.value)
+    crashed, cancelled = detect_dead(client, settings, now, active, procs, stopped_since, may_act)
+    report.crashed.extend(crashed)
+    report.cancelled.extend(cancelled)
+
+
+def _unmoved(client: Any, run: Any) -> bool:
+    """True when ``run`` is still in the state it was read in (a replica or a worker may
+    have moved it since): every change below is proposed only then, never forced."""
+    now_state = client.read_flow_run(run.id).state
+    return now_state is not None and run.state is not None and now_state.id == run.state.id
 
 
 def _resubmit_or_dead_letter(
@@ -262,6 +174,7 @@ def _resubmit_or_dead_letter(
     report: RecoveryReport,
     store: Store | None,
     alert: Callable[[str, str], None] | None,
+    may_act: Callable[[], bool],
 ) -> None:
     from prefect.client.schemas.filters import FlowRunFilterEndTime
     from prefect.client.schemas.objects import StateType
@@ -286,6 +199,8 @@ def _resubmit_or_dead_letter(
             continue
         if (now - state.timestamp).total_seconds() < backoff_s(settings, len(attempts)):
             continue
+        if not may_act() or not _unmoved(client, run):
+            continue
         if settings.recovery_local_workers:
             procs = local_flow_processes() if procs is None else procs
             leftover = processes_of(run, procs)
@@ -299,9 +214,9 @@ def _resubmit_or_dead_letter(
                 run.id,
                 Completed(
                     message=f"Completed: its result was saved before the process ended "
-                    f"({state.name}); not re-run (recovery service)"
+                    f"({state.name}: {(state.message or '')[:200]}); not re-run "
+                    "(recovery service)"
                 ),
-                force=True,
             )
             mark_record_completed(store, str(run.id), state)
             report.completed.append(str(run.id))
@@ -311,13 +226,11 @@ def _resubmit_or_dead_letter(
                 report.problems.append(f"{run.id}: attempts exhausted but no store to dead-letter")
                 continue
             doc = dead_letter_doc(client, run, attempts, now)
-            save_dead_letter(store, doc)
-            client.set_flow_run_state(
-                run.id, Failed(name=DEAD_LETTERED, message=doc["reason"]), force=True
-            )
+            new = store.dead_letters.dead_letter_add(doc)  # once, whoever writes it
+            client.set_flow_run_state(run.id, Failed(name=DEAD_LETTERED, message=doc["reason"]))
             report.dead_lettered.append(str(run.id))
             log.error("run %s dead-lettered: %s", run.id, doc["reason"])
-            if alert is not None:
+            if alert is not None and new:
                 alert(f"Run dead-lettered: {doc['flow_name']} {run.name}", doc["reason"])
             continue
         k = len(attempts) + 1
@@ -325,7 +238,12 @@ def _resubmit_or_dead_letter(
             f"{RECOVERY_MARK}, attempt {k}/{settings.recovery_max_attempts} "
             f"(previous: {state.name}: {(state.message or '')[:200]})"
         )
-        client.set_flow_run_state(run.id, Scheduled(message=message), force=True)
+        # the last attempt's process is dead: forget its pid, so the next attempt is never
+        # judged by it while its own is not recorded yet (a slow start under load)
+        forget_process(client, run.id)
+        result = client.set_flow_run_state(run.id, Scheduled(message=message))
+        if result.status.value != "ACCEPT":
+            continue
         report.resubmitted.append(str(run.id))
         log.warning("run %s (%s) resubmitted: %s", run.name, run.id, message)
 
@@ -337,32 +255,57 @@ def recover_once(
     alert: Callable[[str, str], None] | None = None,
     now: datetime | None = None,
     stopped_since: dict[str, datetime] | None = None,
+    lease: RecoveryLease | None = None,
+    slot_surplus: dict[str, tuple[datetime, int]] | None = None,
 ) -> RecoveryReport:
-    """One pass of detection, resubmission, dead-lettering and record reconciliation.
+    """One pass of detection, resubmission, dead-lettering, record reconciliation and the
+    release of leaked training slots (:mod:`deployments.recovery_slots`).
 
     Uses the Prefect API of the current settings context; ``store`` None skips
     dead-lettering (attempts-exhausted runs wait) and reconciliation. ``alert(title,
-    message)`` is called for each dead-lettered run. ``stopped_since`` (kept by the loop
-    between passes) records when a run's process was first seen stopped: one stopped for
-    ``recovery_hung_after_s`` is Crashed even if it never sent a heartbeat.
+    message)`` is called once for each dead-lettered run. ``stopped_since`` (kept by the
+    loop between passes) records when a run's process was first seen stopped: one stopped
+    for ``recovery_hung_after_s`` is Crashed even if it never sent a heartbeat;
+    ``slot_surplus`` (kept the same way) confirms leaked slots across passes. With
+    ``lease`` the pass acts only while this replica holds it
+    (:mod:`deployments.recovery_lease`); without a store it acts only on a one-machine
+    stack (``recovery_local_workers``).
 
-    Returns the :class:`RecoveryReport`.
+    Returns the :class:`RecoveryReport` (``standby`` names the holder when another
+    replica holds the lease).
 
     Raises:
         httpx.HTTPError, prefect exceptions: the Prefect API failed (the loop retries).
     """
     from prefect.client.orchestration import get_client
 
+    from deployments.recovery_slots import free_leaked_slots
+
     now = now or datetime.now(UTC)
     report = RecoveryReport()
-    with get_client(sync_client=True) as client:
-        _detect_dead(client, settings, now, report, stopped_since)
-        _resubmit_or_dead_letter(client, settings, now, report, store, alert)
+    may_act: Callable[[], bool] = lambda: True  # noqa: E731
+    if lease is not None:
         if store is not None:
+            if not lease.acquire(store):
+                report.standby = lease.holder
+                return report
+            may_act = lease.valid
+        elif not settings.recovery_local_workers:
+            report.problems.append("no store: cannot hold the recovery lease; not acting")
+            return report
+    with get_client(sync_client=True) as client:
+        _detect_dead(client, settings, now, report, stopped_since, may_act)
+        _resubmit_or_dead_letter(client, settings, now, report, store, alert, may_act)
+        if store is not None and may_act():
             try:
                 reconcile_records(client, store, report.reconciled)
             except Exception as e:  # the store may be down: the next pass reconciles
                 report.problems.append(f"reconciliation skipped: {type(e).__name__}: {e}")
+        if may_act():
+            try:
+                report.slots_freed.extend(free_leaked_slots(client, settings, now, slot_surplus))
+            except Exception as e:  # noqa: BLE001 - the next pass tries again
+                report.problems.append(f"slot check skipped: {type(e).__name__}: {e}")
     return report
 
 
@@ -391,11 +334,20 @@ def run_loop(settings: Settings, stop: threading.Event) -> None:
     """Run passes every ``recovery_poll_s`` until ``stop`` is set; errors are logged, never fatal."""
     store, alert = None, None
     stopped_since: dict[str, datetime] = {}
+    lease = RecoveryLease(settings.recovery_lease_s)
+    slot_surplus: dict[str, tuple[datetime, int]] = {}
     while not stop.is_set():
         try:
             if store is None:
                 store, alert = _store_and_alert(settings)
-            report = recover_once(settings, store=store, alert=alert, stopped_since=stopped_since)
+            report = recover_once(
+                settings,
+                store=store,
+                alert=alert,
+                stopped_since=stopped_since,
+                lease=lease,
+                slot_surplus=slot_surplus,
+            )
             if report.busy() or report.problems:
                 log.info("recovery pass: %s", report)
             if any("reconciliation skipped" in p for p in report.problems):
@@ -403,6 +355,9 @@ def run_loop(settings: Settings, stop: threading.Event) -> None:
         except Exception as e:
             log.warning("recovery pass failed (%s: %s); retrying", type(e).__name__, e)
         stop.wait(settings.recovery_poll_s)
+    if store is not None:
+        with contextlib.suppress(Exception):  # a successor then takes over at once
+            lease.release(store)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -416,10 +371,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    settings = Settings()
+    settings = load_settings()
     if args.once:
         store, alert = _store_and_alert(settings)
-        log.info("%s", recover_once(settings, store=store, alert=alert))
+        lease = RecoveryLease(settings.recovery_lease_s)
+        log.info("%s", recover_once(settings, store=store, alert=alert, lease=lease))
         return 0
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from core.settings import Settings
+from core.settings import Settings, load_settings
 
 _ENV_KEY = "PREFECT__FLOW_RUN_ID"
 
@@ -30,6 +30,15 @@ def parse_infrastructure_pid(value: str | None) -> tuple[str | None, int | None]
         return host or None, int(pid)
     except ValueError:
         return None, None
+
+
+def is_local_host(host: str | None) -> bool:
+    """True when ``host`` (from a ``host:pid`` record; None for a bare pid) is this host: its
+    name in the settings (``BOTAI_HOST_NAME``, the name its warm worker records; unset: the
+    machine's hostname)."""
+    if host is None or host in ("localhost", "127.0.0.1"):
+        return True
+    return host in (load_settings().host_name, socket.gethostname())
 
 
 def _alive(proc: psutil.Process) -> bool:
@@ -70,8 +79,7 @@ def processes_of(run: Any, procs: dict[str, list[psutil.Process]]) -> list[psuti
     pid finds them."""
     found = list(procs.get(str(run.id), []))
     host, pid = parse_infrastructure_pid(getattr(run, "infrastructure_pid", None))
-    local = host is None or host in (socket.gethostname(), "localhost", "127.0.0.1")
-    if pid is not None and local and pid not in {p.pid for p in found}:
+    if pid is not None and is_local_host(host) and pid not in {p.pid for p in found}:
         try:
             proc = psutil.Process(pid)
             if _alive(proc):
@@ -110,7 +118,7 @@ def process_alive(
     live run dead is worse than waiting for the heartbeat check.
     """
     host, pid = parse_infrastructure_pid(run.infrastructure_pid)
-    if host is not None and host not in (socket.gethostname(), "localhost", "127.0.0.1"):
+    if not is_local_host(host):
         return None
     if not settings.recovery_local_workers:
         return None
@@ -139,3 +147,13 @@ def hung_for_s(
         stopped_since.pop(run_id, None)
         return 0.0
     return (now - stopped_since.setdefault(run_id, now)).total_seconds()
+
+
+def forget_process(client: Any, run_id: Any) -> None:
+    """Clear the process recorded on a run (``infrastructure_pid``) whose process is gone,
+    before it is queued again: its next attempt is then never judged by the old pid while
+    its own is not recorded yet. (``update_flow_run`` drops an empty value, so the
+    PATCH is sent as it does.)"""
+    client.request(
+        "PATCH", "/flow_runs/{id}", path_params={"id": run_id}, json={"infrastructure_pid": ""}
+    )

@@ -1,8 +1,8 @@
 """Start and stop the platform's processes: Prefect server, embedded store, process worker.
 
 Every child runs in its own process group (session) and is recorded in
-``<state_dir>/run/services.json`` (pid, start time, command line), so a separate
-``botai down`` finds it. Stopping sends SIGTERM to the group and to every descendant seen
+``<state_dir>/run/services.json`` (pid, start time, command line:
+:mod:`deployments.service_records`), so a separate ``botai down`` finds it. Stopping sends SIGTERM to the group and to every descendant seen
 at that moment (flow runs started by the worker live in groups of their own), waits, then
 SIGKILLs whatever is left. Readiness is waited on (HTTP health, MongoDB ping), never slept.
 """
@@ -10,8 +10,6 @@ SIGKILLs whatever is left. Readiness is waited on (HTTP health, MongoDB ping), n
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import signal
@@ -19,101 +17,28 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
 import psutil
-import yaml
 
+from core.environment import REPO_ROOT
 from core.exceptions import ConfigurationError, ServiceUnavailableError
-from core.settings import REPO_ROOT, Settings
+from core.settings import Settings
 from deployments import secrets
+from deployments.process_groups import descendants, kill_group, signal_all, wait_gone
+from deployments.service_records import (
+    CONTROLLER,
+    ServiceRecord,
+    pid_file,
+    read_records,
+    record_alive,
+    record_service,
+    run_dir,
+)
 from integrations.embedded_mongo import port_in_use, start_embedded_mongo
 
 log = logging.getLogger(__name__)
-
-#: Work queues of the process pool and their concurrency limits (None: unlimited).
-WORK_QUEUES: dict[str, int | None] = {
-    "ml_training": 2,
-    "analysis": None,
-    "backtesting": None,
-    "scheduled": None,
-}
-
-#: Pid-file name of the ``botai up`` process itself (signalled alone, never its group).
-CONTROLLER = "botai-up"
-
-
-@dataclass
-class ServiceRecord:
-    """One started process, as written to the pid file."""
-
-    name: str
-    pid: int
-    create_time: float
-    cmdline: list[str]
-    log_path: str
-    owner: int = 0  # pid of the process that started and recorded it
-
-
-def run_dir(settings: Settings) -> Path:
-    """``<state_dir>/run``: pid file and service logs."""
-    return settings.state_dir / "run"
-
-
-def pid_file(settings: Settings) -> Path:
-    """``<state_dir>/run/services.json``: the processes the run command started."""
-    return run_dir(settings) / "services.json"
-
-
-def read_records(settings: Settings) -> list[ServiceRecord]:
-    """The recorded services (empty when none were recorded or the file is unreadable)."""
-    path = pid_file(settings)
-    if not path.exists():
-        return []
-    try:
-        return [ServiceRecord(**r) for r in json.loads(path.read_text())]
-    except (ValueError, TypeError):
-        log.warning("ignoring unreadable pid file %s", path)
-        return []
-
-
-def _write_records(settings: Settings, records: list[ServiceRecord]) -> None:
-    path = pid_file(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([asdict(r) for r in records], indent=1))
-    tmp.replace(path)
-
-
-def record_service(settings: Settings, name: str, pid: int, log_path: Path) -> ServiceRecord:
-    """Record the process ``pid`` as service ``name`` of this process in the pid file,
-    replacing this process's earlier record of that name (a restarted service). Returns it."""
-    proc = psutil.Process(pid)
-    me = os.getpid()
-    rec = ServiceRecord(name, pid, proc.create_time(), proc.cmdline(), str(log_path), owner=me)
-    records = read_records(settings)
-    same = [i for i, r in enumerate(records) if r.name == name and r.owner == me]
-    if same:  # keep its place: services stop in reverse start order
-        records[same[0]] = rec
-        records = [r for i, r in enumerate(records) if i not in same[1:]]
-    else:
-        records.append(rec)
-    _write_records(settings, records)
-    return rec
-
-
-def record_alive(rec: ServiceRecord) -> bool:
-    """True when the recorded process still runs (same pid *and* start time)."""
-    try:
-        proc = psutil.Process(rec.pid)
-        return (
-            abs(proc.create_time() - rec.create_time) < 1.0
-            and proc.status() != psutil.STATUS_ZOMBIE
-        )
-    except psutil.Error:
-        return False
 
 
 def prefect_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -127,6 +52,8 @@ def prefect_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
     env.update(
         {
             "PREFECT_HOME": str(settings.prefect_home),
+            # this stack's profile, never the one a prefect.toml in the cwd points at
+            "PREFECT_PROFILES_PATH": str(settings.prefect_home / "profiles.toml"),
             "PREFECT_API_URL": settings.prefect_api_url,
             "PREFECT_SERVER_API_HOST": settings.host,
             "PREFECT_SERVER_API_PORT": str(settings.prefect_port),
@@ -165,6 +92,13 @@ def prefect_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
     if settings.dask_address:
         env["DASK_ADDRESS"] = settings.dask_address
     env.setdefault("KERAS_BACKEND", "jax")
+    # concurrency leases in files of the state folder: a server kill -9 keeps them, so
+    # training slots are freed by their leases, never leaked (deployments/recovery_slots.py);
+    # a lease storage given by the environment (prefect-redis in the HA setup) is kept
+    env.setdefault(
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE",
+        "prefect.server.concurrency.lease_storage.filesystem",
+    )
     env.update(jax_cache_env(settings))
     env.update(secrets.client_env(settings))
     return env
@@ -218,7 +152,8 @@ def spawn(
     return proc
 
 
-def _prefect_cmd(*args: str) -> list[str]:
+def prefect_cmd(*args: str) -> list[str]:
+    """``python -m prefect <args>`` with this interpreter."""
     return [sys.executable, "-m", "prefect", *args]
 
 
@@ -325,53 +260,21 @@ def start_store_process(settings: Settings) -> subprocess.Popen:
     return server.process
 
 
-def ensure_work_pool(settings: Settings) -> list[str]:
-    """Create the process work pool and its queues, or align existing queues' limits.
-
-    Uses the Prefect API of the current settings context. Returns the queue names.
-    """
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-    from prefect.workers.process import ProcessWorker
-
-    with get_client(sync_client=True) as client:
-        with contextlib.suppress(ObjectAlreadyExists):
-            client.create_work_pool(
-                WorkPoolCreate(
-                    name=settings.work_pool,
-                    type="process",
-                    base_job_template=ProcessWorker.get_default_base_job_template(),
-                )
-            )
-        for name, limit in WORK_QUEUES.items():
-            try:
-                queue = client.read_work_queue_by_name(name, work_pool_name=settings.work_pool)
-                if queue.concurrency_limit != limit:
-                    client.update_work_queue(queue.id, concurrency_limit=limit)
-            except ObjectNotFound:
-                client.create_work_queue(
-                    name=name, work_pool_name=settings.work_pool, concurrency_limit=limit
-                )
-    from tasks.training import ensure_training_limit  # every training path takes its slots
-
-    ensure_training_limit(WORK_QUEUES["ml_training"] or 2)
-    return list(WORK_QUEUES)
-
-
 def worker_name(settings: Settings) -> str:
-    """Name of the stack's worker in its pool (the same after a restart, so its heartbeat
-    record is found again)."""
-    return f"botai-worker-{settings.prefect_port}"
+    """Name of this host's worker in its pool: ``botai-worker-<host name>-<port>``, unique per
+    host (workers of several hosts keep heartbeats of their own) and the same after a restart
+    (its heartbeat record is found again)."""
+    return f"botai-worker-{settings.host_name}-{settings.prefect_port}"
 
 
 def worker_command(settings: Settings) -> list[str]:
     """The worker's command line: the warm process worker (deployments/warm_worker.py;
     each run in its own process, forked from a pre-imported parent) serving every queue
-    of ``settings.work_pool``."""
+    of ``settings.work_pool`` (only ``settings.worker_queues`` when set)."""
     from deployments.warm_worker import worker_command as warm_worker_command
 
-    return [*warm_worker_command(settings), "--name", worker_name(settings)]
+    queues = [arg for q in settings.worker_queues or [] for arg in ("--queue", q)]
+    return [*warm_worker_command(settings), "--name", worker_name(settings), *queues]
 
 
 def start_worker(settings: Settings, env: Mapping[str, str]) -> subprocess.Popen:
@@ -405,116 +308,6 @@ def wait_worker_online(settings: Settings, proc: subprocess.Popen, timeout_s: fl
     raise ServiceUnavailableError(f"no worker of pool {settings.work_pool} within {timeout_s} s")
 
 
-def deployment_inputs_hash() -> str:
-    """SHA-256 of what ``prefect deploy`` reads: prefect.yaml and every .py under flows/ and
-    core/ (flow signatures and parameter schemas). Returns the hex digest."""
-    digest = hashlib.sha256()
-    files = [REPO_ROOT / "prefect.yaml"]
-    for folder in ("flows", "core"):
-        files += sorted((REPO_ROOT / folder).rglob("*.py"))
-    for path in files:
-        digest.update(str(path.relative_to(REPO_ROOT)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def prefect_yaml_deployments() -> list[str]:
-    """The deployment names listed in prefect.yaml."""
-    spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text()) or {}
-    return [d["name"] for d in spec.get("deployments") or []]
-
-
-def apply_deployments(
-    settings: Settings, env: Mapping[str, str], *, existing: set[str] | None = None
-) -> bool:
-    """Apply ``prefect.yaml``: ``prefect --no-prompt deploy --all`` from the repo root.
-
-    Skipped when :func:`deployment_inputs_hash` equals the one recorded after the last
-    successful apply on this state folder and every deployment of prefect.yaml is among
-    ``existing`` (the deployment names the API lists now).
-
-    Returns True when the command ran, False when it was skipped.
-
-    Raises:
-        ConfigurationError: the command failed (its output tail is in the message and in
-            ``<state_dir>/run/deploy.log``).
-    """
-    stamp = settings.prefect_home / "deployed.sha256"
-    wanted = deployment_inputs_hash()
-    if (
-        existing is not None
-        and stamp.exists()
-        and stamp.read_text().strip() == wanted
-        and set(prefect_yaml_deployments()) <= existing
-    ):
-        log.info("prefect.yaml, flows/ and core/ unchanged since the last apply: skipped")
-        return False
-    log_path = run_dir(settings) / "deploy.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        _prefect_cmd("--no-prompt", "deploy", "--all"),
-        env=dict(env),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=settings.startup_timeout_s * 2,
-        start_new_session=True,
-    )
-    log_path.write_text(result.stdout + result.stderr)
-    if result.returncode != 0:
-        stamp.unlink(missing_ok=True)
-        tail = (result.stdout + result.stderr).strip().splitlines()[-15:]
-        raise ConfigurationError(
-            "applying prefect.yaml failed (`prefect deploy --all`): " + "\n".join(tail)
-        )
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(wanted + "\n")
-    return True
-
-
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def _running(p: psutil.Process) -> bool:
-    """True while ``p`` runs; a zombie (exited, not yet reaped by its parent) counts as gone."""
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def kill_group(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
-    """SIGKILL the process group ``proc`` leads and reap ``proc``."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout_s)
-
-
-def _signal_all(procs: list[psutil.Process], group: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(group, sig)  # the recorded child leads its own group
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.send_signal(sig)
-
-
-def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
-    """Wait until every process in ``procs`` exited. Returns those still running."""
-    deadline = time.monotonic() + timeout_s
-    alive = [p for p in procs if _running(p)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.1)
-        alive = [p for p in alive if _running(p)]
-    return alive
-
-
 def stop_records(records: list[ServiceRecord], timeout_s: float = 20.0) -> list[str]:
     """Stop the recorded processes, their groups and descendants (SIGTERM, then SIGKILL).
 
@@ -527,12 +320,12 @@ def stop_records(records: list[ServiceRecord], timeout_s: float = 20.0) -> list[
         if rec.pid == os.getpid() or not record_alive(rec):
             continue
         stopped.append(rec.name)
-        procs = [psutil.Process(rec.pid), *_descendants(rec.pid)]
-        _signal_all(procs, rec.pid, signal.SIGTERM)
+        procs = [psutil.Process(rec.pid), *descendants(rec.pid)]
+        signal_all(procs, rec.pid, signal.SIGTERM)
         alive = wait_gone(procs, timeout_s)
         if alive:
             log.warning("%s: %d process(es) ignored SIGTERM; killing", rec.name, len(alive))
-            _signal_all(alive, rec.pid, signal.SIGKILL)
+            signal_all(alive, rec.pid, signal.SIGKILL)
             wait_gone(alive, 5.0)
         log.info("stopped %s (pid %d)", rec.name, rec.pid)
     return stopped
@@ -569,8 +362,3 @@ def stop_all(settings: Settings, timeout_s: float = 20.0, *, owner: int | None =
     if all(r in records or not record_alive(r) for r in all_records):
         pid_file(settings).unlink(missing_ok=True)
     return running
-
-
-def running_services(settings: Settings) -> list[ServiceRecord]:
-    """The recorded services that still run."""
-    return [r for r in read_records(settings) if record_alive(r)]

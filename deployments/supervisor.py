@@ -37,7 +37,7 @@ from typing import Any
 import psutil
 
 from core.settings import Settings
-from deployments.services import kill_group
+from deployments.process_groups import kill_group
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,12 @@ def _exit_code(proc: subprocess.Popen | None) -> int | None:
     return None
 
 
+def _gone(proc: Any) -> bool:
+    """True when an adopted process (not our child: ``poll`` cannot tell) has ended."""
+    gone = getattr(proc, "gone", None)
+    return bool(gone is not None and gone())
+
+
 def _stopped(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_STOPPED
@@ -172,6 +178,16 @@ class Supervisor:
         self._started(name, proc)
         self.write_state()  # botai status shows it during start-up already
         return proc
+
+    def adopt(self, name: str, proc: Any) -> None:
+        """Supervise ``proc``, a process of service ``name`` an earlier ``botai up`` left
+        running (:class:`deployments.adoption.AdoptedProcess`), as if this one started it."""
+        self._started(name, proc)
+        self.states[name].started_at = getattr(proc, "create_time", None) or time.time()
+
+    def launch_later(self, name: str, why: str) -> None:
+        """Have the loop start ``name`` with backoff (a start that failed for ``why``)."""
+        self._failed(name, why)
 
     def _started(self, name: str, proc: subprocess.Popen) -> None:
         st = self.states[name]
@@ -223,7 +239,7 @@ class Supervisor:
         now = time.time()
         if st.status == "running" and proc is not None:
             code = _exit_code(proc)
-            if code is None:
+            if code is None and not _gone(proc):
                 with contextlib.suppress(psutil.Error):
                     self.children[name] = psutil.Process(proc.pid).children(recursive=True)
                 if st.started_at and now - st.started_at >= self.settings.restart_stable_after_s:
@@ -232,7 +248,8 @@ class Supervisor:
                 if probe_due:
                     self._probe(name)
                 return
-            self._died(name, code, f"exited on its own with code {code}")
+            how = f"with code {code}" if code is not None else "(adopted: exit code unknown)"
+            self._died(name, code, f"exited on its own {how}")
         if st.status in ("restarting", "hung") and (st.next_start_at or 0) <= time.time():
             self._restart(name)
 

@@ -6,7 +6,8 @@ MongoDB indexes + demo market data -> work pool and queues -> worker -> ``prefec
 exists) -> gateway -> "ready" -> a short first pipeline (ingest, one small training, one
 backtest) -> supervise (deployments.supervisor: a dead or hung service is restarted with
 backoff on the same port and data folder, alerts raised) until SIGINT/SIGTERM -> stop every
-started process, orphaned flow runs included.
+started process, orphaned flow runs included. When an earlier ``botai up`` on the state folder
+died and left its services running, they are adopted instead (deployments.adoption).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from pydantic import BaseModel, ValidationError
 from core.exceptions import ConfigurationError
 from core.redact import redact_uri
 from core.settings import Settings
-from deployments import secrets, services
-from deployments.supervisor import read_state, state_path
+from deployments import adoption, profile, secrets, service_records, services, work_pool
+from deployments.ready import first_forecast_message, ready_message
+from deployments.stack_status import status
+from deployments.supervisor import state_path
 from deployments.watchdog import StackWatch
 from integrations.embedded_mongo import port_in_use
 
@@ -66,7 +69,9 @@ class StackInfo:
     seconds_to_ready: float
     first_runs: dict[str, str] = field(default_factory=dict)  # deployment -> run id or reason
     gateway_url: str | None = None  # None: BOTAI_API_JWT_SECRET unset, gateway not started
+    first_model: str | None = None  # the version the first pipeline's training registers
     watch: StackWatch | None = field(default=None, repr=False)  # supervisor and watchdog
+    adopted: list[str] = field(default_factory=list)  # services left running by a dead botai up
 
 
 @contextmanager
@@ -117,15 +122,12 @@ def start_stack(settings: Settings, environ: Mapping[str, str], say: Say) -> Sta
         ServiceUnavailableError: a component did not become ready in time.
     """
     started = time.monotonic()
-    running = services.running_services(settings)
-    if running and not any(r.name == services.CONTROLLER for r in running):
-        # the botai up that supervised them died (kill -9, OOM): stop what it left, start anew
-        say(
-            "botai: the previous botai up on this state folder is gone; stopping what it left "
-            f"running ({', '.join(r.name for r in running)})"
-        )
-        services.stop_all(settings)
-        running = services.running_services(settings)
+    api_port = gateway_port(environ)
+    api_host = environ.get("BOTAI_API_HOST") or "127.0.0.1"
+    gateway_url = f"http://{api_host}:{api_port}/api" if api_port is not None else None
+    if adoption.orphaned_services(settings):  # the botai up that supervised them died
+        return _adopt(settings, environ, gateway_url, say, started)
+    running = service_records.running_services(settings)
     if running:
         raise ConfigurationError(
             f"a stack already runs on {settings.state_dir} ({', '.join(r.name for r in running)}):"
@@ -138,33 +140,20 @@ def start_stack(settings: Settings, environ: Mapping[str, str], say: Say) -> Sta
                 f"port {port} on {settings.host} is already in use: stop what runs there "
                 f"(`botai down`) or set {variable}"
             )
-    api_port = gateway_port(environ)
-    api_host = environ.get("BOTAI_API_HOST") or "127.0.0.1"
     if api_port is not None and port_in_use(api_host, api_port):
         raise ConfigurationError(
             f"port {api_port} on {api_host} is already in use: stop what runs there "
             "or set BOTAI_API_PORT"
         )
-    services.pid_file(settings).unlink(missing_ok=True)
+    service_records.pid_file(settings).unlink(missing_ok=True)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    services.record_service(
-        settings, services.CONTROLLER, os.getpid(), services.run_dir(settings) / "up.log"
-    )
-    # the gateway's signing secret goes to the gateway only, not to the server, worker or runs
-    env = services.prefect_env(
-        settings, {k: v for k, v in environ.items() if k != "BOTAI_API_JWT_SECRET"}
-    )
-    gateway_url = f"http://{api_host}:{api_port}/api" if api_port is not None else None
-    watch = StackWatch(
+    service_records.record_service(
         settings,
-        env,
-        gateway_env=(
-            {**env, "BOTAI_API_JWT_SECRET": environ["BOTAI_API_JWT_SECRET"]}
-            if gateway_url
-            else None
-        ),
-        gateway_url=gateway_url,
+        service_records.CONTROLLER,
+        os.getpid(),
+        service_records.run_dir(settings) / "up.log",
     )
+    watch = adoption.build_watch(settings, environ, gateway_url)
     sup = watch.supervisor
 
     say(f"state folder: {settings.state_dir}")
@@ -177,6 +166,7 @@ def start_stack(settings: Settings, environ: Mapping[str, str], say: Say) -> Sta
     say("starting the Prefect server (a fresh database migrates first, ~20 s)...")
     sup.launch("prefect-server")
     say(f"Prefect server healthy at {settings.prefect_api_url}")
+    profile.write_profile(settings)  # other terminals: botai status/down, plain prefect
 
     with prefect_api(settings):
         from blocks.loader import load_store
@@ -187,13 +177,14 @@ def start_stack(settings: Settings, environ: Mapping[str, str], say: Say) -> Sta
         blocks = bootstrap_blocks(settings, environ)
         store = load_store(ensure_indexes=False)
         store.ensure_indexes(force=True)  # an index dropped by hand comes back at start-up
-        services.ensure_work_pool(settings)
+        work_pool.ensure_work_pool(settings)
         worker = sup.launch("prefect-worker")
         say("loading demo market data...")
         demo = load_demo_data(store, settings)
+        first_model = first_model_version(store)
         say("applying prefect.yaml (prefect deploy --all)...")
         existing = {d.split("/", 1)[1] for d in list_deployments()}
-        if not services.apply_deployments(settings, env, existing=existing):
+        if not work_pool.apply_deployments(settings, watch.env, existing=existing):
             say("  unchanged since the last apply (prefect.yaml, flows/, core/): kept")
         ensure_crash_detection(settings)
         services.wait_worker_online(settings, worker, settings.startup_timeout_s)
@@ -216,7 +207,24 @@ def start_stack(settings: Settings, environ: Mapping[str, str], say: Say) -> Sta
         seconds_to_ready=time.monotonic() - started,
         gateway_url=gateway_url,
         watch=watch,
+        first_model=first_model,
     )
+
+
+def _adopt(
+    settings: Settings, environ: Mapping[str, str], gateway_url: str | None, say: Say, t0: float
+) -> StackInfo:
+    """Supervise what the previous ``botai up`` left running (deployments.adoption)."""
+    say(f"state folder: {settings.state_dir}; the previous botai up is gone: adopting")
+    watch, adopted = adoption.adopt(settings, environ, gateway_url, say)
+    with prefect_api(settings):
+        watch.sink.connect()
+        deployments = list_deployments()
+    mongodb_uri = settings.mongodb_uri or settings.embedded_mongodb_uri
+    return StackInfo(
+        settings.prefect_ui_url, settings.prefect_api_url, redact_uri(mongodb_uri), ["kept"], "",
+        deployments, time.monotonic() - t0, gateway_url=gateway_url, watch=watch, adopted=adopted,
+    )  # fmt: skip
 
 
 def gateway_port(environ: Mapping[str, str]) -> int | None:
@@ -268,6 +276,19 @@ def first_pipeline_params(today: datetime | None = None) -> dict[str, BaseModel]
     }
 
 
+def first_model_version(store: Any) -> str | None:
+    """The version name the first pipeline's training will register (``lstm-BTCUSDT-1h-v1``
+    on a fresh stack), or None when its parameters no longer validate."""
+    from core.schemas.registry import version_label
+
+    try:
+        p = first_pipeline_params()[FIRST_PIPELINE[1]]
+    except ValidationError:
+        return None
+    number = store.models.model_next_version(p.model_type, p.symbol, p.timeframe)
+    return version_label(p.model_type, p.symbol, p.timeframe, number)
+
+
 def start_first_pipeline(settings: Settings) -> dict[str, str]:
     """Create one run of each first-pipeline deployment that exists.
 
@@ -295,49 +316,6 @@ def start_first_pipeline(settings: Settings) -> dict[str, str]:
     return out
 
 
-def ready_message(info: StackInfo, settings: Settings) -> str:
-    """The text printed once the stack is ready: what runs and what to try next."""
-    lines = [
-        f"botai: ready in {info.seconds_to_ready:.1f} s",
-        f"  Prefect UI:   {info.ui_url}",
-        f"  Prefect API:  {info.api_url}",
-        f"  MongoDB:      {info.mongodb_uri} (database {settings.mongodb_database})",
-        f"  work pool:    {settings.work_pool} (queues {', '.join(services.WORK_QUEUES)}),"
-        " one process worker",
-        f"  state folder: {settings.state_dir}  (logs in {services.run_dir(settings)})",
-        f"  blocks:       {', '.join(info.blocks) or 'none'}",
-        (
-            f"  HTTP gateway: {info.gateway_url} (OpenAPI docs at "
-            f"{info.gateway_url.removesuffix('/api')}/docs; a token: botai-api token --user ID --admin)"
-            if info.gateway_url
-            else "  HTTP gateway: off (set BOTAI_API_JWT_SECRET to start it; docs/api.md)"
-        ),
-        *(f"  {line}" for line in info.demo_summary.splitlines()),
-        f"  deployments ({len(info.deployments)}): {', '.join(info.deployments) or 'none'}",
-        "Try next (in another terminal):",
-        f"  export PREFECT_API_URL={info.api_url}",
-        f'  export PREFECT_API_AUTH_STRING="$(cat {secrets.auth_string_path(settings)})"'
-        "  # the UI asks for it too",
-    ]
-    if "ingest-market-data/ingest-market-data" in info.deployments:
-        lines.append(
-            "  prefect deployment run ingest-market-data/ingest-market-data "
-            """--param params='{"source": "synthetic", "symbols": ["ETHUSDT"], "days": 60}'"""
-        )
-    if "backtest-strategy/backtest-strategy" in info.deployments:
-        today = datetime.now(UTC).date()
-        lines.append(
-            "  prefect deployment run backtest-strategy/backtest-strategy --param "
-            """params='{"strategy_name": "macd", "symbol": "ETHUSDT", """
-            f""""start_date": "{today - timedelta(days=60)}", "end_date": "{today}"}}'"""
-        )
-    lines += [
-        "  botai status    # what runs",
-        "  botai down      # stop everything (or Ctrl-C here)",
-    ]
-    return "\n".join(lines)
-
-
 def up(
     settings: Settings,
     environ: Mapping[str, str],
@@ -363,11 +341,12 @@ def up(
     try:
         info = start_stack(settings, environ, say=say)
         say(ready_message(info, settings))
-        if first_pipeline:
+        if first_pipeline and not info.adopted:  # adopted: its first pipeline ran already
             info.first_runs = start_first_pipeline(settings)
             say("first pipeline (watch it in the UI):")
             for name, what in info.first_runs.items():
                 say(f"  {name}: {what}")
+            say(first_forecast_message(info))
         if not stay:
             stop_needed = False
             return info
@@ -392,99 +371,4 @@ def up(
             signal.signal(s, handler)
 
 
-def _service_rows(settings: Settings) -> list[dict[str, Any]]:
-    """Recorded processes joined with the supervisor's view (restarts, uptime, exit code)."""
-    sup = read_state(settings)
-    sup_alive = bool(sup) and any(
-        r.name == services.CONTROLLER and r.pid == sup.get("pid") and services.record_alive(r)
-        for r in services.read_records(settings)
-    )
-    known = sup.get("services", {}) if sup_alive else {}
-    now = time.time()
-    rows: dict[str, dict[str, Any]] = {}
-    for r in services.read_records(settings):
-        rows[r.name] = {"name": r.name, "pid": r.pid, "alive": services.record_alive(r)}
-    for name, st in known.items():
-        row = rows.setdefault(name, {"name": name, "pid": st.get("pid"), "alive": False})
-        running = st.get("status") == "running" and row["alive"]
-        failures = len(st.get("failures") or [])
-        state = st.get("status") if row["alive"] or st.get("status") != "running" else "dead"
-        if failures >= settings.restart_alert_failures and not running:
-            state = "FAILING"  # alerted as critical; still retried
-        row.update(
-            status=state,
-            restarts=st.get("restarts", 0),
-            uptime_s=round(now - st["started_at"], 1) if running and st.get("started_at") else None,
-            last_exit_code=st.get("last_exit_code"),
-            last_exit_at=st.get("last_exit_at"),
-            last_error=st.get("last_error"),
-            failures_in_window=failures,
-            next_start_in_s=(
-                round(max(0.0, st["next_start_at"] - now), 1) if st.get("next_start_at") else None
-            ),
-        )
-    return list(rows.values())
-
-
-def status(settings: Settings) -> dict[str, Any]:
-    """What runs on this state folder: recorded processes with the supervisor's restarts,
-    uptime and last exit code; its recent alerts; when the API answers, per work queue the
-    waiting runs and the oldest's age, per worker its last heartbeat (TC-ASYNC-087, 102),
-    deployments and the latest flow runs that left Scheduled.
-
-    Returns a dict with ``services``, ``alerts``, ``api``, ``api_healthy`` and, when the API
-    answers, ``queues``, ``workers``, ``deployments`` and ``runs``.
-    """
-    import httpx
-
-    sup = read_state(settings)
-    out: dict[str, Any] = {
-        "state_dir": str(settings.state_dir),
-        "services": _service_rows(settings),
-        "alerts": sup.get("alerts", []),
-        "orphaned_flow_runs": sup.get("orphaned_flow_runs", []),
-        "jobs": sup.get("jobs", []),
-        "api": settings.prefect_api_url,
-    }
-    try:
-        healthy = httpx.get(f"{settings.prefect_api_url}/health", timeout=2).is_success
-    except httpx.HTTPError:
-        healthy = False
-    out["api_healthy"] = healthy
-    if healthy:
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import (
-            FlowRunFilter,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-        )
-        from prefect.client.schemas.objects import StateType
-        from prefect.client.schemas.sorting import FlowRunSort
-
-        from core.exceptions import PrefectUnavailableError
-        from tasks.queue_health import pool_problems, read_pool_health
-
-        try:
-            pool = read_pool_health(settings)
-            out["queues"] = [q.model_dump(mode="json") for q in pool.queues]
-            out["workers"] = [w.model_dump(mode="json") for w in pool.workers]
-            out["pool_problems"] = [t for _, t in pool_problems(pool, settings)]
-        except PrefectUnavailableError as e:
-            out["pool_error"] = str(e)
-        not_scheduled = FlowRunFilter(
-            state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED]))
-        )
-        with prefect_api(settings):
-            out["deployments"] = list_deployments()
-            with get_client(sync_client=True) as client:
-                runs = client.read_flow_runs(
-                    flow_run_filter=not_scheduled, limit=10, sort=FlowRunSort.START_TIME_DESC
-                )
-            out["runs"] = [
-                {"name": r.name, "state": r.state.name if r.state else "?", "id": str(r.id)}
-                for r in runs
-            ]
-    return out
-
-
-__all__ = ["StackInfo", "start_stack", "status", "up"]
+__all__ = ["StackInfo", "ready_message", "start_stack", "status", "up"]

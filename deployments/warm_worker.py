@@ -28,6 +28,9 @@ Pickup: the worker polls its queues at once when the server streams a
 ``--query-seconds`` (default :data:`WARM_QUERY_SECONDS`) instead of the stock 2-10 s, one
 cheap API call per poll; the poll alone picks runs up when events are unavailable.
 
+Metrics: with ``BOTAI_WORKER_METRICS_PORT`` set the worker serves ``/metrics`` for Prometheus
+(runs it started, its fork server and flow-run processes; deployments/worker_metrics.py).
+
 Run: ``python -m deployments.warm_worker --pool botai-process`` (see :func:`worker_command`).
 """
 
@@ -55,6 +58,7 @@ from deployments.fork_server import (  # noqa: F401 (_noop, _run_flow_run: see b
     settings_env,
     warm_up,
 )
+from deployments.start_guard import requeued_since
 from deployments.wakeup import ScheduledRunWaker
 
 if TYPE_CHECKING:
@@ -109,12 +113,15 @@ def _worker_class() -> type:
             *args: Any,
             preload: list[str] | None = None,
             code_root: Path | None = None,
+            metrics: Any = None,
+            host_name: str | None = None,
             **kwargs: Any,
         ) -> None:
             super().__init__(*args, **kwargs)
+            self._metrics = metrics  # deployments.worker_metrics.WorkerMetrics, or None
             self._preload = preload if preload is not None else preload_modules()
             self._fork_ctx = fork_context(self._preload)
-            self._hostname = socket.gethostname()
+            self._hostname = host_name or socket.gethostname()  # host:pid of its runs
             self._code_root = code_root or Path(__file__).resolve().parent.parent
             self._fingerprint: tuple = ()
             self._in_flight = 0
@@ -147,6 +154,23 @@ def _worker_class() -> type:
                 await super().__aexit__(*exc_info)
             finally:
                 await self._exec_ctx.__aexit__(None, None, None)
+
+        async def _propose_crashed_state(
+            self, flow_run: Any, message: str, client: Any = None
+        ) -> None:
+            """Report a crash of the attempt this worker started, unless the run was queued
+            again since (recovery re-queues a Crashed run after a short backoff; a report
+            that comes later would crash the next attempt before it ran)."""
+            try:
+                states = await (client or self.client).read_flow_run_states(flow_run.id)
+            except Exception:  # noqa: BLE001 - report as the stock worker does
+                states = []
+            if requeued_since(states, flow_run.state):
+                self._logger.info(
+                    "run %s was queued again: its old crash not reported", flow_run.id
+                )
+                return
+            await super()._propose_crashed_state(flow_run, message, client)
 
         async def _fork_server_current(self) -> bool:
             """True when the fork server holds the code on disk now. A change restarts
@@ -186,14 +210,25 @@ def _worker_class() -> type:
             if task_status is None:
                 task_status = anyio.TASK_STATUS_IGNORED
             self._in_flight += 1
+            if self._metrics is not None:
+                self._metrics.run_started()
+            ok = False
             try:
                 if not await self._fork_server_current():
-                    return await super().run(
+                    if not configuration._command_configured:  # the start guard first
+                        configuration.command = f"{sys.executable} -m deployments.start_guard"
+                        configuration._command_configured = True
+                    result = await super().run(
                         flow_run, configuration, _HostPidStatus(task_status, self._hostname)
                     )
-                return await self._run_forked(flow_run, configuration, task_status)
+                else:
+                    result = await self._run_forked(flow_run, configuration, task_status)
+                ok = result.status_code == 0
+                return result
             finally:
                 self._in_flight -= 1
+                if self._metrics is not None:
+                    self._metrics.run_finished(ok)
 
         async def _run_forked(
             self, flow_run: Any, configuration: ProcessJobConfiguration, task_status: Any
@@ -257,6 +292,8 @@ def worker_command(settings: Settings) -> list[str]:
         settings.work_pool,
         "--query-seconds",
         f"{min(settings.worker_query_seconds, WARM_QUERY_SECONDS):g}",
+        "--host-name",
+        settings.host_name,
     ]
 
 
@@ -270,6 +307,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--queue", action="append", default=None)
     parser.add_argument(
+        "--host-name", default=None, help="host part of the runs' host:pid (default: hostname)"
+    )
+    parser.add_argument(
         "--preload", action="append", default=[], help="extra module for the fork server"
     )
     args = parser.parse_args(argv)
@@ -277,12 +317,16 @@ def main(argv: list[str] | None = None) -> None:
     import anyio
     from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
 
+    from deployments.worker_metrics import start_worker_metrics
+
     worker = make_worker(
         args.pool,
         name=args.name,
         limit=args.limit,
         work_queues=args.queue,
         preload=[*preload_modules(), *args.preload],
+        metrics=start_worker_metrics(),  # None when BOTAI_WORKER_METRICS_PORT is 0
+        host_name=args.host_name,
     )
     with (
         temporary_settings(updates={PREFECT_WORKER_QUERY_SECONDS: args.query_seconds}),

@@ -37,7 +37,7 @@ import psutil
 
 from core.exceptions import BotAIError, PrefectUnavailableError
 from core.settings import Settings
-from deployments import services
+from deployments import process_groups, service_records, services
 from deployments.orphans import end_orphaned_flow_runs, flow_run_processes
 from deployments.supervisor import PeriodicJob, ServiceSpec, Supervisor
 
@@ -162,25 +162,23 @@ class StackWatch:
                 f"{self.gateway_url}/health",
                 self.settings.startup_timeout_s,
                 proc=proc,
-                what=f"HTTP gateway (see {services.run_dir(self.settings) / 'api-gateway.log'})",
+                what=f"HTTP gateway (see {service_records.run_dir(self.settings) / 'api-gateway.log'})",
                 any_status=True,
             )
         except BotAIError:
-            services.kill_group(proc)
+            process_groups.kill_group(proc)
             raise
         return proc
 
     # ------------------------------------------------------------ probes
     def _probe_store(self) -> str | None:
-        from integrations.store import connect
+        from integrations.store import Store, connect
 
-        client = connect(self.settings.embedded_mongodb_uri, timeout_ms=3000)
-        try:
-            client.admin.command("ping")
-        except Exception as e:
-            return f"no answer to ping within 3 s ({type(e).__name__})"
-        finally:
-            client.close()
+        with Store(connect(self.settings.embedded_mongodb_uri, timeout_ms=3000), "admin") as store:
+            try:
+                store.ping()
+            except BotAIError as e:  # the store's boundary: the client's error is the cause
+                return f"no answer to ping within 3 s ({type(e.__cause__ or e).__name__})"
         return None
 
     def _probe_server(self) -> str | None:

@@ -1,5 +1,6 @@
 # Shared by scripts/up.sh and scripts/test.sh: create .venv if missing and install the
-# project with its test extras, skipping the install when pyproject.toml is unchanged.
+# locked dependencies (requirements.lock) and the project, skipping the install when
+# pyproject.toml and the lock are unchanged.
 # Sourced (not run); needs only Python 3.11 (or 3.12) and access to the package registry.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,11 +19,14 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 STAMP=.venv/.botai-install-stamp
-WANT="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+WANT="$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
-    echo "installing the project and its dependencies into .venv (first run takes minutes)" >&2
-    .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e '.[test]'
+    echo "installing the locked dependencies into .venv (first run takes minutes)" >&2
+    # Exactly the versions and files the suite was tested with (requirements.lock, every file's
+    # sha256 checked); the project itself is installed editable on top, without resolving again.
+    .venv/bin/python -m pip install --quiet --upgrade 'pip>=24'
+    .venv/bin/python -m pip install --quiet --require-hashes -r requirements.lock
+    .venv/bin/python -m pip install --quiet --no-deps -e .
     echo "$WANT" > "$STAMP"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"
