@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="botai-tests-"))
 os.environ["PREFECT_HOME"] = str(_SESSION_TMP / "prefect-home")
+# not the profile a prefect.toml that `botai up` wrote in the repo root points at
+os.environ["PREFECT_PROFILES_PATH"] = str(_SESSION_TMP / "prefect-home" / "profiles.toml")
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ["BOTAI_STATE_DIR"] = str(_SESSION_TMP / "state")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "true")

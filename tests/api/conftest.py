@@ -17,9 +17,8 @@ from api.settings import ApiSettings, load_api_settings
 from flows.backtest_strategy import backtest_strategy
 from flows.train_model import train_model
 from integrations.store import Store
+from tests.api.helpers import SECRET
 from tests.peers import create_process_deployment, create_process_pool
-
-SECRET = "s3cret-" + "k" * 40
 
 
 @pytest.fixture(scope="module")

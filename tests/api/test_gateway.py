@@ -32,7 +32,7 @@ from api.settings import ApiSettings, load_api_settings
 from core.exceptions import ConfigurationError
 from integrations.market_data.synthetic import generate_candles
 from integrations.store import C, Store
-from tests.api.conftest import SECRET
+from tests.api.helpers import SECRET
 from tests.peers import free_port, process_worker
 
 TRAIN = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -85,7 +86,8 @@ def test_a_cancel_never_orphans_a_run_a_worker_has_just_claimed(pools, store: St
         with get_client(sync_client=True) as prefect:
             assert prefect.set_flow_run_state(run_id, Pending()).status.value == "ACCEPT"
             if pid is not None:
-                prefect.update_flow_run(run_id, infrastructure_pid=str(pid))
+                # the form the warm worker records (deployments/warm_worker.py)
+                prefect.update_flow_run(run_id, infrastructure_pid=f"{socket.gethostname()}:{pid}")
             if flow_started:
                 assert prefect.set_flow_run_state(run_id, Running()).status.value == "ACCEPT"
         return run_id

@@ -26,7 +26,7 @@ from core.schemas.analysis import BulkAnalysisParams, PredictPriceParams
 from integrations.market_data.synthetic import generate_candles
 from integrations.store import C, Store
 from tests.api.test_gateway import SECRET
-from tests.ml.conftest import deploy_small_model, make_candles
+from tests.ml.helpers import deploy_small_model, make_candles
 
 
 def read_back(store: Store, task_id: str) -> dict:

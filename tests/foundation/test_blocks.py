@@ -26,7 +26,7 @@ from blocks import (
 from blocks.loader import load_block, load_store
 from core.exceptions import ConfigurationError
 from core.redact import is_placeholder, redact_mapping, redact_uri
-from core.settings import Settings
+from core.settings import load_settings
 from deployments.bootstrap import bootstrap_blocks, describe_blocks, model_key_path
 from tests.peers import restored_blocks
 
@@ -94,7 +94,7 @@ def _use_blocks() -> dict[str, object]:
 def test_bootstrap_creates_blocks_from_environment_and_a_flow_loads_them(
     restore_blocks: None, prefect_server: str, mongo_uri: str, mongo_db_name: str, tmp_path: Path
 ) -> None:
-    settings = Settings(state_dir=tmp_path / "state")
+    settings = load_settings(state_dir=tmp_path / "state")
     env = _environ(mongo_uri, mongo_db_name)
     saved = bootstrap_blocks(settings, env)
     assert saved == [
@@ -192,7 +192,7 @@ def test_placeholder_secrets_rejected_and_nothing_saved(
         "SLACK_WEBHOOK_URL": f"https://hooks.slack.com/services/{marker}",
     }
     with pytest.raises(ConfigurationError, match="LLM_API_KEY") as e:
-        bootstrap_blocks(Settings(state_dir=tmp_path), env)
+        bootstrap_blocks(load_settings(state_dir=tmp_path), env)
     assert "placeholder" in str(e.value)
     try:
         slack = load_block(SlackBlock)
@@ -205,7 +205,7 @@ def test_placeholder_secrets_rejected_and_nothing_saved(
 def test_settings_reject_placeholder_mongodb_password(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MONGODB_URI", "mongodb://bot:changeme@db.example.org/")
     with pytest.raises(ValueError, match="placeholder"):
-        Settings()
+        load_settings()
     assert not is_placeholder("sk-live-3f9a8b7c") and not is_placeholder("")
 
 
@@ -213,7 +213,7 @@ def test_settings_reject_placeholder_mongodb_password(monkeypatch: pytest.Monkey
 def test_optional_blocks_skipped_without_their_variables(
     restore_blocks: None, prefect_server: str, mongo_uri: str, tmp_path: Path
 ) -> None:
-    settings = Settings(state_dir=tmp_path, mongodb_database="only_defaults")
+    settings = load_settings(state_dir=tmp_path, mongodb_database="only_defaults")
     saved = bootstrap_blocks(settings, {"MONGODB_URI": mongo_uri, "MODEL_STORE_KEY": ""})
     assert saved == ["botai-mongodb/mongodb", "botai-model-store/model-store"]
     assert load_block(MongoDBBlock).database == "only_defaults"

@@ -16,7 +16,7 @@ from api.security import issue_token
 from api.settings import load_api_settings
 from core.exceptions import InvalidInputError
 from core.schemas.market_data import IngestParameters
-from core.settings import Settings
+from core.settings import load_settings
 from integrations.market_data.csv_source import read_candles_csv
 from integrations.market_data.pipeline import import_csv
 from integrations.store import C, Store
@@ -73,19 +73,22 @@ def test_default_folders_are_the_shared_data_and_the_state_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("BOTAI_DATA_DIRS", raising=False)
-    settings = Settings(state_dir=tmp_path / "state", data_dir=tmp_path / "shared")
+    settings = load_settings(state_dir=tmp_path / "state", data_dir=tmp_path / "shared")
     assert settings.allowed_data_dirs == [
         (tmp_path / "shared").resolve(),
         (tmp_path / "state" / "data").resolve(),
     ]
     monkeypatch.setenv("BOTAI_DATA_DIRS", f"{tmp_path / 'a'}{os.pathsep}{tmp_path / 'b'}")
-    assert Settings().allowed_data_dirs == [(tmp_path / "a").resolve(), (tmp_path / "b").resolve()]
+    assert load_settings().allowed_data_dirs == [
+        (tmp_path / "a").resolve(),
+        (tmp_path / "b").resolve(),
+    ]
 
 
 def test_the_import_checks_again_where_it_opens_the_file(folders, store: Store) -> None:
     """A caller that bypassed the parameter model still cannot make the worker read it."""
     data, outside = folders
-    allowed = Settings().allowed_data_dirs
+    allowed = load_settings().allowed_data_dirs
     with pytest.raises(InvalidInputError, match="is outside the data folders"):
         import_csv(store, str(outside / "secret.csv"), symbol="XRPUSDT", allowed_dirs=allowed)
     with pytest.raises(InvalidInputError, match="is outside the data folders"):

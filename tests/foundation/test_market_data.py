@@ -1,9 +1,8 @@
-"""Market data: Binance client against a local klines server, CSV imports (real and corrupt),
-quality checks, resampling, the synthetic generator, the ingest flow and the demo loader."""
+"""Market data: CSV imports (real and corrupt), quality checks, resampling, the synthetic
+generator, the ingest flow and the demo loader (the Binance client: test_binance_client.py)."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,153 +10,21 @@ import numpy as np
 import pandas as pd
 import pytest
 from pytest_httpserver import HTTPServer
-from werkzeug import Request, Response
 
-from core.exceptions import PeerRejectedError, RateLimitedError, ServiceUnavailableError
 from core.schemas.market_data import IngestParameters
-from core.settings import Settings
+from core.settings import load_settings
 from integrations.embedded_mongo import free_port
 from integrations.market_data.binance import BinanceClient
 from integrations.market_data.csv_source import read_candles_csv
-from integrations.market_data.pipeline import import_csv, load_demo_data, store_candles
+from integrations.market_data.pipeline import import_csv, load_demo_data
 from integrations.market_data.quality import check_candles
 from integrations.market_data.resample import resample_candles
 from integrations.market_data.synthetic import generate_candles
 from integrations.store import C, Store
+from tests.foundation.binance_peer import klines_handler
 
-HOUR_MS = 3_600_000
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
-
-
-def _kline(open_ms: int) -> list:
-    price = 100 + (open_ms // HOUR_MS) % 50
-    return [
-        open_ms,
-        f"{price:.2f}",
-        f"{price + 1:.2f}",
-        f"{price - 1:.2f}",
-        f"{price + 0.5:.2f}",
-        "10.5",
-        open_ms + HOUR_MS - 1,
-        f"{10.5 * price:.2f}",
-        42,
-        "5",
-        "500",
-        "0",
-    ]
-
-
-def _klines_handler(request: Request) -> Response:
-    """A Binance-like /api/v3/klines: 1h bars from startTime to endTime, at most `limit`."""
-    start = int(request.args["startTime"])
-    end = int(request.args["endTime"])
-    limit = int(request.args.get("limit", 500))
-    first = -(-start // HOUR_MS) * HOUR_MS
-    rows = [_kline(t) for t in range(first, end + 1, HOUR_MS)][:limit]
-    return Response(json.dumps(rows), content_type="application/json")
-
-
-def _client(server: HTTPServer, sleeps: list[float], **kw) -> BinanceClient:
-    return BinanceClient(
-        server.url_for("/").rstrip("/"), sleep=sleeps.append, now=lambda: NOW, **kw
-    )
-
-
-@pytest.mark.tc("none")
-def test_binance_paginates_beyond_1000_bars(httpserver: HTTPServer) -> None:
-    httpserver.expect_request("/api/v3/klines").respond_with_handler(_klines_handler)
-    sleeps: list[float] = []
-    got = _client(httpserver, sleeps).fetch_klines("BTCUSDT", "1h", T0, T0 + timedelta(hours=2500))
-    assert len(got.frame) == 2500 and got.requests == 3 and got.rejected == 0
-    assert got.frame.index[0] == pd.Timestamp(T0) and got.frame.index.is_unique
-    assert (np.diff(got.frame.index.asi8) == np.diff(got.frame.index.asi8)[0]).all()
-    pages = [int(r.args["startTime"]) for r, _ in httpserver.log]
-    assert pages == [int(T0.timestamp() * 1000) + i * 1000 * HOUR_MS for i in range(3)]
-    assert all(r.args["limit"] == "1000" and r.args["interval"] == "1h" for r, _ in httpserver.log)
-    assert got.frame["trades_count"].iloc[0] == 42 and sleeps == []
-
-
-@pytest.mark.tc("TC-ASYNC-082")
-def test_binance_honours_429_retry_after_then_succeeds(httpserver: HTTPServer) -> None:
-    httpserver.expect_ordered_request("/api/v3/klines").respond_with_response(
-        Response(
-            '{"code":-1003,"msg":"Too many requests"}', status=429, headers={"Retry-After": "7"}
-        )
-    )
-    httpserver.expect_ordered_request("/api/v3/klines").respond_with_handler(_klines_handler)
-    sleeps: list[float] = []
-    got = _client(httpserver, sleeps).fetch_klines("BTCUSDT", "1h", T0, T0 + timedelta(hours=10))
-    assert len(got.frame) == 10 and got.requests == 2
-    assert sleeps == [7.0]
-
-
-def _errors_handler(request: Request) -> Response:
-    symbol = request.args["symbol"]
-    if symbol == "BADUSDT":
-        return Response('{"code":-1121,"msg":"Invalid symbol."}', status=400)
-    if symbol == "BANUSDT":
-        return Response("", status=418, headers={"Retry-After": "3600"})
-    return Response("oops", status=503)
-
-
-@pytest.mark.tc("TC-ASYNC-082")
-def test_binance_errors_are_classified(httpserver: HTTPServer) -> None:
-    httpserver.expect_request("/api/v3/klines").respond_with_handler(_errors_handler)
-    sleeps: list[float] = []
-    end = T0 + timedelta(hours=2)
-    with pytest.raises(PeerRejectedError, match="Invalid symbol"):
-        _client(httpserver, sleeps).fetch_klines("BADUSDT", "1h", T0, end)
-    assert sleeps == []  # a 4xx is never retried
-    with pytest.raises(ServiceUnavailableError, match="503"):
-        _client(httpserver, sleeps, max_retries=3).fetch_klines("DOWNUSDT", "1h", T0, end)
-    assert sleeps == [0.5, 1.0, 2.0]  # exponential backoff, then give up
-    with pytest.raises(RateLimitedError) as e:
-        _client(httpserver, sleeps).fetch_klines("BANUSDT", "1h", T0, end)
-    assert e.value.retry_after_s == 3600.0 and sleeps == [0.5, 1.0, 2.0]  # not waited here
-
-
-@pytest.mark.tc("TC-ASYNC-082")
-def test_binance_unreachable_is_retried_then_service_unavailable() -> None:
-    sleeps: list[float] = []
-    dead = BinanceClient(
-        f"http://127.0.0.1:{free_port()}", max_retries=2, sleep=sleeps.append, timeout_s=1
-    )
-    with pytest.raises(ServiceUnavailableError, match="did not answer"):
-        dead.fetch_klines("BTCUSDT", "1h", T0, T0 + timedelta(hours=2))
-    assert sleeps == [0.5, 1.0] and dead.requests_made == 3
-    assert dead.ping(0.5) is False
-
-
-@pytest.mark.tc("TC-ASYNC-027")
-def test_binance_malformed_rows_rejected_and_reported(httpserver: HTTPServer, store: Store) -> None:
-    t = int(T0.timestamp() * 1000)
-    rows = [
-        _kline(t),
-        ["garbage"],
-        [t + HOUR_MS, "abc", "1", "1", "1", "1", 0, "1", 1],
-        _kline(t + 2 * HOUR_MS),
-        [t + 4 * HOUR_MS, "NaN", "1", "1", "1", "1", 0, "1", 1],
-    ]
-    bad_ohlc = _kline(t + 3 * HOUR_MS)
-    bad_ohlc[2] = "1.0"  # high below low
-    rows.append(bad_ohlc)
-    httpserver.expect_request("/api/v3/klines").respond_with_json(rows)
-    got = _client(httpserver, []).fetch_klines("BTCUSDT", "1h", T0, T0 + timedelta(hours=5))
-    assert got.rejected == 2 and got.examples[0].reason == "malformed_row"
-    assert "garbage" in got.examples[0].values["raw"] and "abc" in got.examples[1].values["raw"]
-    from core.schemas.market_data import QualityReport
-
-    prior = QualityReport(
-        rows_in=len(rows),
-        rows_kept=len(got.frame),
-        rejected={"malformed_row": 2},
-        examples=got.examples,
-    )
-    [res] = store_candles(store, "BTCUSDT", "1h", got.frame, source="binance", prior=prior)
-    assert res.inserted == 2
-    assert res.quality.rejected == {"malformed_row": 2, "nan_or_inf": 1, "high_below_low": 1}
-    assert res.rejected == 4
 
 
 @pytest.mark.tc("none")
@@ -321,7 +188,7 @@ def test_ingest_flow_synthetic_then_binance(
     assert all(r.inserted == 0 and r.unchanged > 0 for r in again.results)
     assert mongo_block.candle_summary()[0]["sources"] == ["synthetic"]
 
-    httpserver.expect_request("/api/v3/klines").respond_with_handler(_klines_handler)
+    httpserver.expect_request("/api/v3/klines").respond_with_handler(klines_handler)
     monkeypatch.setenv("BOTAI_BINANCE_BASE_URL", httpserver.url_for("/").rstrip("/"))
     got = ingest_market_data(
         IngestParameters(
@@ -374,7 +241,7 @@ def test_demo_data_falls_back_to_synthetic_and_imports_real_csv(
     real = (shared_data_dir / "Coinbase_BTCUSD_1h.csv").read_text().splitlines()
     (tmp_path / "Coinbase_BTCUSD_1h.csv").write_text("\n".join(real[:302]) + "\n")
     dead = f"http://127.0.0.1:{free_port()}"
-    settings = Settings(binance_base_url=dead, demo_probe_timeout_s=1, data_dir=tmp_path)
+    settings = load_settings(binance_base_url=dead, demo_probe_timeout_s=1, data_dir=tmp_path)
     report = load_demo_data(store, settings, now=NOW)
     assert report.source == "synthetic" and "not reachable" in report.reason
     assert report.symbols == ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT"] and report.days >= 60
@@ -392,8 +259,10 @@ def test_demo_data_from_binance_when_reachable(
     store: Store, httpserver: HTTPServer, tmp_path: Path
 ) -> None:
     httpserver.expect_request("/api/v3/ping").respond_with_json({})
-    httpserver.expect_request("/api/v3/klines").respond_with_handler(_klines_handler)
-    settings = Settings(binance_base_url=httpserver.url_for("/").rstrip("/"), data_dir=tmp_path)
+    httpserver.expect_request("/api/v3/klines").respond_with_handler(klines_handler)
+    settings = load_settings(
+        binance_base_url=httpserver.url_for("/").rstrip("/"), data_dir=tmp_path
+    )
     client = BinanceClient(settings.binance_base_url, now=lambda: NOW)
     report = load_demo_data(store, settings, client=client, now=NOW, days=60)
     assert report.source == "binance" and report.real_csv is None

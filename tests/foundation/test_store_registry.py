@@ -14,7 +14,8 @@ import pytest
 
 from core.exceptions import InvalidInputError
 from integrations.store import C, DuplicateKeyStoreError, Store
-from ml.registry import ModelRecord, ModelRegistry
+from ml.records import ModelRecord
+from ml.registry import ModelRegistry
 
 KEY = {"model_type": "lstm", "symbol": "BTCUSDT", "timeframe": "1h"}
 

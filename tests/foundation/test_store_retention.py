@@ -7,12 +7,15 @@ every 60 s.
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
+from core.settings import load_settings
 from integrations.store import EXPIRING, C, Retention, Store
 
 OLD = datetime.now(UTC) - timedelta(days=8)
@@ -72,7 +75,7 @@ def test_results_older_than_retention_expire_models_and_costs_stay(store: Store)
 
 @pytest.mark.tc("TC-ASYNC-093")
 def test_retention_is_configurable_per_collection() -> None:
-    settings = Settings(retention_days=3, retention_overrides={"backtest_results": 1})
+    settings = load_settings(retention_days=3, retention_overrides={"backtest_results": 1})
     ret = Retention(settings.retention_days, settings.retention_overrides)
     now = datetime.now(UTC)
     assert ret.expires_at(C.BACKTEST_RESULTS, now) == now + timedelta(days=1)
@@ -100,3 +103,108 @@ def test_indexes_are_applied_once_and_again_only_when_forced_or_changed(store: S
     store.col(C.TASK_RESULTS).drop_index("task_id")
     assert store.ensure_indexes() is True and has_task_id_index()  # another index set: applied
     assert store.col(C.META).find_one({"_id": "indexes"})["fingerprint"] != "older set"
+
+
+# ---------------------------------------------------------------- every retained collection
+ARCHITECTURE = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
+
+
+def _documented_retention() -> dict[str, float | None]:
+    """``{collection: days}`` from the Retention table of docs/architecture.md (None: forever)."""
+    text = ARCHITECTURE.read_text().split("### Retention", 1)[1].split("\n## ", 1)[0]
+    out: dict[str, float | None] = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 2 or not cells[0].startswith("`"):
+            continue
+        kept = re.match(r"(\d+) days", cells[1])
+        for name in re.findall(r"`([a-z_]+)`", cells[0]):
+            out[name] = float(kept.group(1)) if kept else None
+    return out
+
+
+def _written_by_production(store: Store, at: datetime) -> dict[str, Callable[[], None]]:
+    """One write per expiring collection, each through the call production makes."""
+    from api.quotas import reserve
+    from core.schemas.training import TrainModelParams
+    from ml.training_jobs import new_job, save_job
+    from tasks.results import write_task_result
+
+    params = TrainModelParams(model_type="lstm", symbol="BTCUSDT", timeframe="1h")
+
+    def training_job() -> None:  # train-model's job record (ml/lifecycle.py)
+        save_job(store, {**new_job(params, "t-train"), "created_at": at})
+
+    def task_result() -> None:  # every job's result (tasks/results.py), one attempt per try
+        write_task_result.fn(store, {"task_id": "t-result", "result": {}, "saved_at": at})
+
+    doc = {"task_id": "t-doc", "created_at": at}
+    return {
+        C.TRAINING_JOBS: training_job,
+        C.BACKTEST_RESULTS: lambda: store.backtest_result_save(doc),
+        C.OPTIMIZATION_RESULTS: lambda: store.optimization_result_save(doc),
+        C.TASK_RESULTS: task_result,
+        C.HEALTH_REPORTS: lambda: store.health_report_save({"created_at": at}),
+        C.ALERTS: lambda: store.alert_record({"fingerprint": "fp", "created_at": at}),
+        C.PORTFOLIO_REPORTS: lambda: store.portfolio_report_save({"created_at": at}),
+        C.LLM_ANALYSIS_HISTORY: lambda: store.llm_analysis_save(doc),
+        C.RETRAIN_HISTORY: lambda: store.retrain_history_save(doc),
+        # the gateway's quota: one counter (api_quota) and one run owner (api_usage)
+        C.API_QUOTA: lambda: reserve(store, "alice", "backtest", 5, "backtests", at),
+        C.API_USAGE: lambda: None,  # written by the same reserve() call
+        # predict-price / bulk-analysis record what they served; score-predictions its figures
+        C.PREDICTION_LEDGER: lambda: store.ledger.entries_record(
+            [{"entry_id": "t:X:price:1", "created_at": at, "scored": False}]
+        ),
+        C.MODEL_LIVE_SCORES: lambda: store.ledger.live_scores_save(
+            {"model_id": "m", "created_at": at}
+        ),
+    }
+
+
+@pytest.mark.tc("TC-ASYNC-093", "TC-ASYNC-104")
+def test_every_retained_collection_gets_its_expiry_through_its_real_write_path(
+    store: Store,
+) -> None:
+    documented = _documented_retention()
+    retained = {name: days for name, days in documented.items() if days is not None}
+    assert retained == store.retention.days  # docs and code name the same collections and days
+    assert not set(EXPIRING) & {n for n, d in documented.items() if d is None}
+
+    at = datetime.now(UTC).replace(microsecond=123000)  # whole ms: what the store keeps
+    writers = _written_by_production(store, at)
+    assert set(writers) == set(EXPIRING)  # a new expiring collection needs its write path here
+    for write in writers.values():
+        write()
+    for name, days in retained.items():
+        docs = list(store.col(name).find())
+        assert len(docs) == 1, name
+        expires = docs[0].get("expires_at")
+        assert expires is not None, f"{name}: written without expires_at"
+        assert expires.replace(tzinfo=None) == (at + timedelta(days=days)).replace(tzinfo=None), (
+            name
+        )
+        ttl = [
+            v["key"]
+            for v in store.col(name).index_information().values()
+            if v.get("expireAfterSeconds") == 0
+        ]
+        assert ttl == [[("expires_at", 1)]], name
+
+
+@pytest.mark.tc("TC-ASYNC-093")
+def test_documents_written_without_an_expiry_get_one_when_indexes_are_applied(
+    store: Store,
+) -> None:
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    # as task results were written before they went through the store: no expires_at
+    store.col(C.TASK_RESULTS).insert_one({"task_id": "legacy", "saved_at": at})
+    store.col(C.ALERTS).insert_one({"fingerprint": "legacy", "created_at": at})
+    store.col(C.STRATEGY_STATE).insert_one({"strategy": "rsi", "created_at": at})
+    assert store.ensure_indexes(force=True) is True  # botai up forces them on every start
+    for name in (C.TASK_RESULTS, C.ALERTS):
+        doc = store.col(name).find_one()
+        assert doc["expires_at"].replace(tzinfo=None) == (at + timedelta(days=7)).replace(
+            tzinfo=None
+        ), name
+    assert "expires_at" not in store.col(C.STRATEGY_STATE).find_one()  # kept forever

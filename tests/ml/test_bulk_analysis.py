@@ -28,7 +28,7 @@ from ml.analysis import (
     use_dask,
 )
 from tasks.analysis import analyze_frames, analyze_on_dask, run_analysis_batch
-from tests.ml.conftest import deploy_small_model, make_candles
+from tests.ml.helpers import deploy_small_model, make_candles
 
 START = datetime(2026, 9, 1, tzinfo=UTC)
 GOOD = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "DOTUSDT"]
@@ -198,6 +198,13 @@ def test_bulk_analysis_flow_with_invalid_symbols_and_a_model(
     assert all(
         by_symbol[s].source == "indicators" and by_symbol[s].model_id is None for s in GOOD[1:]
     )
+    # the model's signal is in the prediction ledger (indicator signals carry no P(up))
+    (entry,) = mongo_block.ledger.entries_find({"task_id": result.task_id})
+    assert (entry["kind"], entry["symbol"], entry["signal"]) == ("signal", "BTCUSDT", btc.signal)
+    assert entry["up_probability"] == btc.up_probability and entry["scored"] is False
+    assert (entry["model_id"], entry["model_version"]) == (record.model_id, record.version)
+    assert entry["target_time"] == btc.timestamp + timedelta(hours=record.horizon_bars)
+    assert entry["origin_price"] == btc.price
 
     async def artifacts():  # progress artifact reached 100%
         async with get_client() as client:

@@ -13,8 +13,8 @@ from core.exceptions import InsufficientDataError, NotFoundError
 from core.schemas.analysis import PredictPriceParams
 from integrations.store import Store
 from ml.forecast import ForecastConfig, forecast_path, interval_coverage
-from tests.backtest.conftest import read_cryptodatadownload
-from tests.ml.conftest import deploy_small_model
+from tests.backtest.helpers import read_cryptodatadownload
+from tests.ml.helpers import deploy_small_model
 
 #: Held out: the method's choices (80%, 90-day window, 24-bar volatility half-life) were
 #: fixed beforehand and only looked at on 2018; this test window was never used to tune.
@@ -71,14 +71,12 @@ def test_regime_scale_brings_frozen_calibration_back_toward_80pct(btc: pd.DataFr
 
 
 @pytest.mark.tc("TC-ASYNC-013")
-def test_forecast_path_structure_tilt_and_decreasing_confidence(btc: pd.DataFrame) -> None:
+def test_forecast_path_structure_tilt_and_direction_confidence(btc: pd.DataFrame) -> None:
     close = btc["close"].to_numpy()[:12000]
     flat = forecast_path(close, 168)
     assert np.allclose(flat.predicted, close[-1])  # p unknown: random-walk forecast
     assert (flat.lower < flat.predicted).all() and (flat.predicted < flat.upper).all()
-    assert (np.diff(flat.confidence) < 0).all() and 0 < flat.confidence[-1] < flat.confidence[
-        0
-    ] <= 1
+    assert np.allclose(flat.confidence, 0.5)  # no model probability: no direction
     assert (np.diff(flat.upper) >= 0).all() and (np.diff(flat.lower) <= 0).all()
     assert (flat.upper - flat.lower)[-1] > 3 * (flat.upper - flat.lower)[0]
     up = forecast_path(close, 24, up_probability=0.7, model_horizon_bars=4)
@@ -86,6 +84,10 @@ def test_forecast_path_structure_tilt_and_decreasing_confidence(btc: pd.DataFram
     assert (up.predicted > close[-1]).all() and (down.predicted < close[-1]).all()
     assert up.predicted[3] == pytest.approx(up.predicted[23])  # no drift past the model horizon
     assert up.predicted[0] < up.predicted[3]
+    # confidence = P(direction): the model's 0.7 at its own horizon, toward 0.5 around it
+    assert up.confidence[3] == pytest.approx(0.7) and down.confidence[3] == pytest.approx(0.7)
+    assert (np.diff(up.confidence[:4]) > 0).all() and (np.diff(up.confidence[3:]) < 0).all()
+    assert np.allclose(up.confidence, down.confidence) and (up.confidence > 0.5).all()
     with pytest.raises(InsufficientDataError, match="needs at least"):
         forecast_path(close[:200], 24)
     with pytest.raises(ValueError, match="interval_level"):
@@ -131,9 +133,11 @@ def test_predict_price_flow_on_real_btc_hours(
     assert preds[0].timestamp == recent.index[-1] + 2 * step
     assert all(b.timestamp - a.timestamp == step for a, b in zip(preds, preds[1:], strict=False))
     assert all(p.lower < p.predicted_price < p.upper for p in preds)
-    conf = [p.confidence for p in preds]
-    assert all(a > b for a, b in zip(conf, conf[1:], strict=False))
-    assert (preds[0].predicted_price > result.last_price) == (result.up_probability > 0.5)
+    conf = [p.confidence for p in preds]  # P(direction); the model's horizon is 1 hour
+    assert all(a >= b for a, b in zip(conf, conf[1:], strict=False)) and conf[-1] >= 0.5
+    p_cal = result.calibrated_up_probability
+    assert conf[0] == pytest.approx(max(p_cal, 1 - p_cal))
+    assert (preds[0].predicted_price > result.last_price) == (p_cal > 0.5)
     assert result.calibration_bars >= 2000
     fit = result.recent_calibration_fit
     assert fit is not None and fit.horizons == [1, 6, 24] and 0.6 <= fit.coverage <= 0.95

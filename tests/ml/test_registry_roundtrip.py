@@ -40,7 +40,9 @@ def test_encrypted_round_trip_and_lifecycle(
         created_by="test",
     )
     rec1 = reg.register(model, **common)
-    path = Path(rec1.file_path)
+    # the record names the file in the store, not a path of this host; the folder is a cache
+    assert "/" not in rec1.file_path and store.blobs.info(rec1.file_path) is not None
+    path = tmp_path / "models" / rec1.file_path
     assert path.name.startswith("transformer_BTCUSDT_1h_") and path.suffix == ".keras"
     assert not zipfile.is_zipfile(path)  # encrypted: not a readable Keras zip
     assert b"config.json" not in path.read_bytes()
@@ -63,7 +65,7 @@ def test_encrypted_round_trip_and_lifecycle(
     reg.deploy(rec1.model_id, by="test")
     assert reg.deployed("BTCUSDT", "1h", "transformer").model_id == rec1.model_id
     reg.deploy(rec2.model_id, by="test")
-    assert reg.get(rec1.model_id).status == "archived"
+    assert reg.get(rec1.model_id).status == "retired"
     dep = reg.deployed("BTCUSDT", "1h")
     assert dep.model_id == rec2.model_id and dep.deployed_at is not None
     assert [r.version for r in reg.history(symbol="BTCUSDT")] == [2, 1]

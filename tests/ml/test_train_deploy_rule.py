@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_gated_candles
 from sklearn.linear_model import LogisticRegression
 
 from core.exceptions import InsufficientDataError
 from ml.deploy_rule import DEPLOYED, candidate_windows, decide, hold_out, score_holdout
 from ml.features import prepare_dataset
 from ml.metrics import baseline_probabilities, correct, paired_difference
+from tests.ml.helpers import make_gated_candles
 
 LOOKBACK = 4
 

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from core.exceptions import ConfigurationError, TrainingError
+from ml.checkpoints import CheckpointStore
 from ml.features import prepare_dataset
 from ml.models import build_model
-from ml.training import CheckpointStore, TrainConfig, TrainingStopped, check_free_disk, train
+from ml.training import TrainConfig, TrainingStopped, check_free_disk, train
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-from conftest import make_candles
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.flow_engine import run_flow
@@ -16,6 +15,7 @@ from prefect.states import Scheduled
 from core.schemas.training import TrainModelParams
 from flows.train_model import train_model
 from integrations.store import C, Store
+from tests.ml.helpers import make_candles
 
 FAST = dict(days_of_data=30, batch_size=32, learning_rate=3e-3, units=8, lookback=12)
 

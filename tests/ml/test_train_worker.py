@@ -14,15 +14,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import make_candles
 from prefect.client.orchestration import get_client
 from prefect.states import Cancelling
 
 from core.exceptions import DuplicateRunError
 from core.schemas.training import TrainModelParams
-from core.settings import Settings
+from core.settings import load_settings
 from flows.train_model import train_model
 from integrations.store import C, Store
+from tests.ml.helpers import make_candles
 from tests.peers import create_process_deployment, create_process_pool, process_worker
 
 pytestmark = pytest.mark.tc("TC-ASYNC-004", "TC-ASYNC-005", "TC-ASYNC-006", "TC-ASYNC-010")
@@ -134,7 +134,7 @@ def test_two_at_a_time_cancel_checkpoint_resume_and_duplicate(
         assert job["status"] == "cancelled"
         done = len(job["epochs"])
         print(f"run A: cancelled after {done} of 1000 epochs")
-        ckpt = Settings().checkpoint_dir
+        ckpt = load_settings().checkpoint_dir
         saved = sorted(ckpt.glob(f"lstm_BTCUSDT_{a}_epoch_*.npz"))
         assert saved, "no checkpoint written on cancel"
         last_epoch = max(int(p.stem.rsplit("_", 1)[1]) for p in saved)

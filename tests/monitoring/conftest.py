@@ -13,13 +13,8 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from tests import peers
-from tests.peers import Mailbox, envelope, free_port  # noqa: F401 (re-exported to the tests)
-
-# Fixed values: pytest imports this file as "conftest" while tests import it as
-# "tests.monitoring.conftest", so anything random here would differ between the two.
-SLACK_SECRET = "slack-webhook-secret-4f1c2d"
-SMTP_PASSWORD = "smtp-password-9b7e31"
-SLACK_PATH = f"/services/T0/B0/{SLACK_SECRET}"
+from tests.monitoring.helpers import SLACK_PATH
+from tests.peers import Mailbox
 
 
 @pytest.fixture
@@ -46,11 +41,6 @@ def hanging_address() -> Iterator[str]:
     for c in held:
         c.close()
     srv.close()
-
-
-def slack_messages(server: HTTPServer) -> list[dict]:
-    """JSON bodies the Slack webhook received."""
-    return peers.slack_messages(server, SLACK_PATH)
 
 
 @pytest.fixture

@@ -12,12 +12,14 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
-from core.settings import Settings
-from integrations.health import CheckSpec, Probes, check_amqp, check_redis, load_checks
+from core.settings import load_settings
+from integrations.health import CheckSpec, Probes, load_checks
 from integrations.notifications import EmailSender, Notifier, SlackSender
+from integrations.service_checks import check_amqp, check_redis
 from integrations.store import C, Store, connect
 from tasks.monitoring import HEALTH_REPORTS_FILE, perform_health_check
-from tests.monitoring.conftest import SLACK_PATH, Mailbox, free_port, slack_messages
+from tests.monitoring.helpers import SLACK_PATH, slack_messages
+from tests.peers import Mailbox, free_port
 
 REDIS, RABBIT = "127.0.0.1:6379", "127.0.0.1:5672"
 
@@ -38,7 +40,7 @@ def _probes(disk: float = 40.0, mem: float = 50.0) -> Probes:
 
 @pytest.mark.tc("TC-ASYNC-031", "TC-ASYNC-044")
 def test_default_config_loads_and_unconfigured_is_unknown_not_healthy(tmp_path: Path) -> None:
-    settings = Settings(state_dir=tmp_path)
+    settings = load_settings(state_dir=tmp_path)
     specs = load_checks(settings.health_checks_path)
     names = [s.name for s in specs]
     for name in (
@@ -83,7 +85,7 @@ def test_stock_install_counts_only_checked_services(
         "DASK_ADDRESS",
     ):
         monkeypatch.delenv(var, raising=False)
-    settings = Settings(state_dir=tmp_path)
+    settings = load_settings(state_dir=tmp_path)
     specs = [
         s for s in load_checks(settings.health_checks_path) if not s.kind.startswith("prefect")
     ]
@@ -113,7 +115,7 @@ def test_all_healthy_with_real_redis_and_rabbitmq(
         CheckSpec(name="Disk", kind="disk", target="/"),
         CheckSpec(name="Memory", kind="memory"),
     ]
-    settings = Settings(state_dir=tmp_path)
+    settings = load_settings(state_dir=tmp_path)
     report = perform_health_check(
         specs, settings, store, _notifier(peer, mailbox, store), probes=_probes()
     )
@@ -130,7 +132,7 @@ def test_down_only_after_two_consecutive_failures(
 ) -> None:
     closed = f"127.0.0.1:{free_port()}"
     specs = [CheckSpec(name="Redis", kind="redis", target=closed, timeout_s=1)]
-    settings = Settings(state_dir=tmp_path)
+    settings = load_settings(state_dir=tmp_path)
     notifier = _notifier(peer, mailbox, store)
 
     first = perform_health_check(specs, settings, store, notifier, probes=_probes())
@@ -169,7 +171,7 @@ def test_slow_service_and_disk_thresholds(
         return Response("ok")
 
     peer.expect_request("/slow").respond_with_handler(slow)
-    settings = Settings(state_dir=tmp_path)
+    settings = load_settings(state_dir=tmp_path)
     notifier = _notifier(peer, mailbox, store)
     specs = [
         CheckSpec(name="Rust Core Engine", kind="http", target=peer.url_for("/slow"), slow_ms=200),
@@ -192,7 +194,7 @@ def test_slow_service_and_disk_thresholds(
 @pytest.mark.tc("TC-ASYNC-043", "TC-ASYNC-044", "TC-ASYNC-045")
 def test_everything_hanging_or_down_mongodb_too(hanging_address: str, tmp_path: Path) -> None:
     dead = Store(connect(f"mongodb://127.0.0.1:{free_port()}/", timeout_ms=500), "x")
-    settings = Settings(state_dir=tmp_path, health_deadline_s=1.5)
+    settings = load_settings(state_dir=tmp_path, health_deadline_s=1.5)
     specs = [
         CheckSpec(
             name="Rust Core Engine", kind="http", target=f"http://{hanging_address}/", timeout_s=1

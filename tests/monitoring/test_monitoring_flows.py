@@ -12,9 +12,10 @@ import pytest
 import yaml
 from pytest_httpserver import HTTPServer
 
-from core.settings import REPO_ROOT
+from core.environment import REPO_ROOT
 from integrations.store import C, Store
-from tests.monitoring.conftest import Mailbox, envelope, free_port, slack_messages
+from tests.monitoring.helpers import slack_messages
+from tests.peers import Mailbox, envelope, free_port
 
 pytestmark = pytest.mark.usefixtures("channel_blocks")
 

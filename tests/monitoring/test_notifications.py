@@ -10,7 +10,8 @@ from pytest_httpserver import HTTPServer
 
 from integrations.notifications import EmailSender, Notifier, SlackSender
 from integrations.store import Store
-from tests.monitoring.conftest import SLACK_PATH, SMTP_PASSWORD, Mailbox, free_port, slack_messages
+from tests.monitoring.helpers import SLACK_PATH, SMTP_PASSWORD, slack_messages
+from tests.peers import Mailbox, free_port
 
 
 def _senders(peer: HTTPServer, mailbox: Mailbox) -> tuple[SlackSender, EmailSender]:

@@ -8,7 +8,7 @@ from datetime import date
 import numpy as np
 import pytest
 
-from core.settings import Settings
+from core.settings import load_settings
 from integrations.reports import (
     cost_report,
     monthly_projection,
@@ -17,7 +17,7 @@ from integrations.reports import (
     portfolio_report,
 )
 
-S = Settings()
+S = load_settings()
 THRESHOLDS = dict(
     daily_warning_usd=S.cost_daily_warning_usd,
     daily_critical_usd=S.cost_daily_critical_usd,

@@ -11,7 +11,7 @@ from werkzeug import Response
 
 from core.exceptions import PeerRejectedError, ServiceUnavailableError
 from integrations.trading_engine import EngineEndpoints, TradingEngineClient
-from tests.monitoring.conftest import envelope
+from tests.peers import envelope
 
 
 @pytest.mark.tc("TC-ASYNC-036", "TC-ASYNC-099")

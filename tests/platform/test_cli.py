@@ -51,3 +51,12 @@ def test_down_and_status_on_an_empty_state_folder(capsys, monkeypatch, tmp_path)
     assert main(["status"]) == 1
     out = capsys.readouterr().out
     assert "no process recorded" in out and "not answering" in out
+
+
+@pytest.mark.tc("none")
+def test_prefect_passthrough_needs_a_stack_profile_and_keeps_every_argument(
+    capsys, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("BOTAI_STATE_DIR", str(tmp_path))
+    assert main(["prefect", "--help"]) == 1  # `--help` is prefect's, not botai's
+    assert "no Prefect profile in" in capsys.readouterr().err

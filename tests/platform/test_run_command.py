@@ -20,9 +20,9 @@ import psutil
 import pytest
 import yaml
 
-from core.settings import Settings
+from core.settings import load_settings
 from deployments.secrets import prefect_auth_string
-from deployments.services import read_records
+from deployments.service_records import read_records
 from integrations.embedded_mongo import free_port
 
 pytestmark = pytest.mark.tc(
@@ -77,7 +77,7 @@ def test_up_ready_serves_ui_and_deployments_then_sigint_leaves_nothing(tmp_path:
         BOTAI_API_JWT_SECRET=GATEWAY_SECRET,
         BOTAI_API_PORT=str(api_port),
     )
-    settings = Settings(state_dir=state, prefect_port=port, mongodb_port=mongo_port)
+    settings = load_settings(state_dir=state, prefect_port=port, mongodb_port=mongo_port)
     out_path = tmp_path / "up.out"
     with open(out_path, "w") as out:
         up = subprocess.Popen(
@@ -214,6 +214,23 @@ def test_up_ready_serves_ui_and_deployments_then_sigint_leaves_nothing(tmp_path:
             for p in _tree(r.pid):
                 seen[p.pid] = p
         assert len(seen) >= 5  # up, store, server, worker, at least one flow-run process
+
+        # the first forecast, shown to a newcomer; botai models from another terminal (no
+        # secret in its environment: the gateway left its URL and the operator's token)
+        shown = out_path.read_text()
+        assert "first forecast (lstm BTCUSDT 1h):" in shown
+        assert "botai models promote lstm-BTCUSDT-1h-v1 --reason" in shown
+        fresh = {k: v for k, v in env.items() if k != "BOTAI_API_JWT_SECRET"}
+        models = subprocess.run(
+            [*cli, "models", "list", "--symbol", "BTCUSDT", "--json"],
+            cwd=REPO_ROOT,
+            env=fresh,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert models.returncode == 0, models.stderr[-2000:]
+        assert json.loads(models.stdout)["deployed"] == {}  # nothing deployed yet
     finally:
         up.send_signal(signal.SIGINT)
         try:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
+from core.settings import load_settings
 from deployments import services
 from integrations.embedded_mongo import free_port
 
@@ -53,7 +53,7 @@ def test_prefect_server_on_postgres_runs_a_flow(pg_database: str, tmp_path: Path
 
     from deployments.up import prefect_api
 
-    settings = Settings(
+    settings = load_settings(
         state_dir=tmp_path / "state",
         prefect_port=free_port(),
         prefect_database_url=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{pg_database}",
@@ -100,7 +100,7 @@ def test_dask_address_runs_tasks_on_that_cluster(prefect_server: str):
     with LocalCluster(
         n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster:
-        settings = Settings(dask_address=cluster.scheduler_address)
+        settings = load_settings(dask_address=cluster.scheduler_address)
         worker_addresses = set(cluster.scheduler_info["workers"])
 
         @task

@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from core.settings import Settings
-from deployments import services
+from core.settings import Settings, load_settings
+from deployments import service_records, services, work_pool
 from deployments.housekeeping import clean_up
 from deployments.orphans import end_orphaned_flow_runs
 from deployments.supervisor import ServiceSpec, Supervisor, backoff_s, read_state
@@ -42,21 +42,21 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.tc("TC-ASYNC-077")
 def test_stop_all_kills_group_and_descendants_even_when_sigterm_is_ignored(tmp_path: Path):
-    settings = Settings(state_dir=tmp_path / "state")
+    settings = load_settings(state_dir=tmp_path / "state")
     env = services.prefect_env(settings)
     child = services.spawn("stubborn", [sys.executable, "-c", STUBBORN], env, settings)
     deadline = time.monotonic() + 20
     while not psutil.Process(child.pid).children() and time.monotonic() < deadline:
         time.sleep(0.1)
     grandchild = psutil.Process(child.pid).children()[0]
-    assert grandchild.pid and services.running_services(settings)[0].name == "stubborn"
+    assert grandchild.pid and service_records.running_services(settings)[0].name == "stubborn"
 
     started = time.monotonic()
     assert services.stop_all(settings, timeout_s=1.0) == ["stubborn"]
     child.wait(5)
     assert time.monotonic() - started < 10
     assert not _alive(child.pid) and not _alive(grandchild.pid)
-    assert not services.pid_file(settings).exists()
+    assert not service_records.pid_file(settings).exists()
     assert services.stop_all(settings) == []  # idempotent
 
 
@@ -80,7 +80,7 @@ def _fast_settings(tmp_path: Path, **overrides) -> Settings:
         "service_hung_after_s": 0.5,
         **overrides,
     }
-    return Settings(**values)
+    return load_settings(**values)
 
 
 @pytest.mark.tc("TC-ASYNC-076", "TC-ASYNC-077", "TC-ASYNC-078")
@@ -113,7 +113,9 @@ def test_supervisor_restarts_a_killed_service_with_backoff_and_alerts_when_it_ke
         state = read_state(settings)["services"]["sleeper"]
         assert state["restarts"] == 3 and state["last_exit_code"] == -signal.SIGKILL
         assert state["uptime_s"] is not None and state["pid"] == pids[-1]
-        assert [r.pid for r in services.read_records(settings) if r.name == "sleeper"] == [pids[-1]]
+        assert [r.pid for r in service_records.read_records(settings) if r.name == "sleeper"] == [
+            pids[-1]
+        ]
         assert alerts.count(("warning", "sleeper died: restarting")) == 3
         assert ("critical", "sleeper keeps failing") in alerts  # 3 deaths within the window
         assert [backoff_s(n, settings) for n in (1, 2, 3, 4)] == [0.2, 0.4, 0.8, 0.8]
@@ -243,7 +245,7 @@ def test_a_dead_workers_flow_run_is_found_after_reparenting_and_ended_with_sigte
 
 @pytest.mark.tc("TC-ASYNC-093", "TC-ASYNC-104")
 def test_clean_up_deletes_only_result_and_chart_files_older_than_the_horizon(tmp_path: Path):
-    settings = Settings(state_dir=tmp_path / "state", run_retention_days=7)
+    settings = load_settings(state_dir=tmp_path / "state", run_retention_days=7)
     old_t = time.time() - 8 * 86400
     files = {
         "old_result": settings.prefect_home / "storage" / "a" / "old-result",
@@ -267,16 +269,16 @@ def test_clean_up_deletes_only_result_and_chart_files_older_than_the_horizon(tmp
 
 @pytest.mark.tc("TC-ASYNC-077")
 def test_stop_spares_other_owners(tmp_path: Path):
-    settings = Settings(state_dir=tmp_path / "state")
+    settings = load_settings(state_dir=tmp_path / "state")
     # a record owned by another process survives a stop limited to this owner
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        rec = services.record_service(settings, "other", other.pid, tmp_path / "o.log")
-        records = services.read_records(settings)
+        rec = service_records.record_service(settings, "other", other.pid, tmp_path / "o.log")
+        records = service_records.read_records(settings)
         records[-1].owner = rec.owner + 1
-        services._write_records(settings, records)
+        service_records.write_records(settings, records)
         assert services.stop_all(settings, owner=rec.owner) == []
-        assert other.poll() is None and services.pid_file(settings).exists()
+        assert other.poll() is None and service_records.pid_file(settings).exists()
         assert services.stop_all(settings) == ["other"]
         assert other.wait(5) is not None
     finally:
@@ -287,18 +289,18 @@ def test_stop_spares_other_owners(tmp_path: Path):
 def test_apply_deployments_is_skipped_only_when_inputs_and_deployments_are_unchanged(
     tmp_path: Path,
 ):
-    settings = Settings(state_dir=tmp_path / "state")
-    names = set(services.prefect_yaml_deployments())
+    settings = load_settings(state_dir=tmp_path / "state")
+    names = set(work_pool.prefect_yaml_deployments())
     assert {"train-model", "backtest-strategy", "ingest-market-data"} <= names
     stamp = settings.prefect_home / "deployed.sha256"
     stamp.parent.mkdir(parents=True)
-    stamp.write_text(services.deployment_inputs_hash() + "\n")
+    stamp.write_text(work_pool.deployment_inputs_hash() + "\n")
     # unchanged inputs, every deployment present: no `prefect deploy` (no API needed)
-    assert services.apply_deployments(settings, {}, existing=names) is False
-    assert services.deployment_inputs_hash() == stamp.read_text().strip()
+    assert work_pool.apply_deployments(settings, {}, existing=names) is False
+    assert work_pool.deployment_inputs_hash() == stamp.read_text().strip()
     # a stamp from other inputs, or a missing deployment, would run it: check the decision
     stamp.write_text("0" * 64)
-    assert services.deployment_inputs_hash() != stamp.read_text().strip()
+    assert work_pool.deployment_inputs_hash() != stamp.read_text().strip()
 
 
 @pytest.mark.tc("TC-ASYNC-077", "TC-ASYNC-102")
@@ -310,7 +312,9 @@ def test_status_shows_restarts_uptime_and_last_exit_of_supervised_services(
 
     settings = _fast_settings(tmp_path, prefect_port=free_port())  # no API answers there
     env = services.prefect_env(settings)
-    services.record_service(settings, services.CONTROLLER, os.getpid(), tmp_path / "up.log")
+    service_records.record_service(
+        settings, service_records.CONTROLLER, os.getpid(), tmp_path / "up.log"
+    )
     sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
     spec = ServiceSpec("sleeper", lambda: services.spawn("sleeper", sleeper, env, settings))
     sup = Supervisor(settings, [spec], lambda *_: None)

@@ -3,7 +3,8 @@ the worker killed mid-run (its orphaned flow-run process is ended and the run le
 for recovery), the worker stopped (SIGSTOP: alerted within 60 s and replaced), the store and
 the Prefect server killed (back on the same port; a new run is picked up and completes).
 Nothing tears the stack down; `botai status --json` counts the restarts and shows queues and
-worker heartbeats. Also the queue-depth reads against the session's Prefect server.
+worker heartbeats. Last, `botai up` itself is killed -9 and started again: it adopts the same
+processes and their in-flight run. Also the queue-depth reads against the session's Prefect server.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import psutil
 import pytest
 from prefect import flow
 
-from core.settings import Settings
+from core.settings import Settings, load_settings
 from integrations.embedded_mongo import free_port
 from integrations.store import connect
 
@@ -107,6 +108,18 @@ class Stack:
         assert self.up.poll() is None, self.out_path.read_text()[-3000:]
 
 
+def _start_up(env: dict[str, str], out_path: Path) -> subprocess.Popen:
+    """``botai up --no-first-pipeline`` in the background, its output in ``out_path``."""
+    with open(out_path, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "deployments.cli", "up", "--no-first-pipeline"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("supervised")
@@ -130,17 +143,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         BOTAI_RUN_RETENTION_DAYS="1",  # the shortest horizon, so old things can be faked
         BOTAI_CLEANUP_INTERVAL_S="60",
     )
-    settings = Settings(state_dir=state, prefect_port=port, mongodb_port=mongo_port)
+    settings = load_settings(state_dir=state, prefect_port=port, mongodb_port=mongo_port)
     out_path = tmp / "up.out"
-    with open(out_path, "w") as out:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "deployments.cli", "up", "--no-first-pipeline"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    s = Stack(up, settings, env, out_path, tmp)
+    s = Stack(_start_up(env, out_path), settings, env, out_path, tmp)
+    up = s.up
     try:
         _wait_for(
             lambda: up.poll() is not None or "supervising:" in out_path.read_text(),
@@ -164,13 +170,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             os.utime(charts / name, (t, t))
         yield s
     finally:
+        up = s.up  # a later botai up that adopted the stack, if a test started one
         up.send_signal(signal.SIGINT)
         try:
             up.wait(120)
         except subprocess.TimeoutExpired:
             up.kill()
             raise
-    assert up.returncode == 0, out_path.read_text()[-3000:]
+    assert up.returncode == 0, s.out_path.read_text()[-3000:]
     left = [
         p.info
         for p in psutil.process_iter(["pid", "cmdline"])
@@ -323,6 +330,53 @@ def test_killed_store_and_server_come_back_on_their_ports_and_new_runs_complete(
     assert jobs[0]["name"] == "clean-up" and "chart files" in jobs[0]["last_summary"], jobs
 
 
+@pytest.mark.slow
+@pytest.mark.tc("TC-ASYNC-077", "TC-ASYNC-102")
+def test_a_restarted_botai_up_adopts_the_running_services_and_their_in_flight_run(stack: Stack):
+    """kill -9 of `botai up` alone: its services run on; a new `botai up` on the same state
+    folder supervises the same processes (nothing killed), the run in flight completes, and a
+    service that dies afterwards is restarted by the new supervisor."""
+    from deployments.supervisor import read_state
+
+    names = ("nx-27017", "prefect-server", "prefect-worker")
+    pids = {n: _wait_for(lambda n=n: stack.running_pid(n), 60, f"{n} running") for n in names}
+    marker = stack.tmp / "adopted-run.pid"
+    run_id = _run(stack, 45, str(marker))
+    flow_pid = int(_wait_for(lambda: marker.exists() and marker.read_text(), 120, "the run"))
+
+    old_up = stack.up
+    os.kill(old_up.pid, signal.SIGKILL)
+    assert old_up.wait(30) == -9
+    assert all(psutil.pid_exists(p) for p in [*pids.values(), flow_pid])
+
+    stack.out_path = stack.tmp / "up-again.out"
+    stack.up = _start_up(stack.env, stack.out_path)
+    _wait_for(
+        lambda: stack.up.poll() is not None or "supervising:" in stack.out_path.read_text(),
+        180,
+        "the new botai up to supervise",
+    )
+    stack.assert_up()
+    out = stack.out_path.read_text()
+    assert all(f"adopted {n} (pid {pids[n]})" in out for n in names), out[-3000:]
+    assert read_state(stack.settings)["pid"] == stack.up.pid  # the new supervisor's view
+    assert {n: stack.running_pid(n) for n in names} == pids  # the same processes
+    assert psutil.pid_exists(flow_pid) and _state(stack, run_id) == "RUNNING"
+    _wait_for(lambda: _state(stack, run_id) == "COMPLETED", 120, "the in-flight run to complete")
+
+    os.kill(pids["prefect-worker"], signal.SIGKILL)  # a death after the adoption
+    new_pid = _wait_for(
+        lambda: (p := stack.running_pid("prefect-worker")) not in (0, pids["prefect-worker"]) and p,
+        90,
+        "the new supervisor to restart the worker",
+    )
+    worker = read_state(stack.settings)["services"]["prefect-worker"]  # the new supervisor's
+    assert worker["status"] == "running" and worker["pid"] == new_pid and worker["restarts"] == 1
+    assert "adopted: exit code unknown" in (worker.get("last_error") or "")
+    run_id = _run(stack, 0.5)
+    _wait_for(lambda: _state(stack, run_id) == "COMPLETED", 180, "a run on the new worker")
+
+
 @pytest.mark.tc("TC-ASYNC-087", "TC-ASYNC-102")
 def test_queue_depth_oldest_wait_and_missing_worker_are_read_and_alerted(prefect_server: str):
     import uuid
@@ -349,7 +403,7 @@ def test_queue_depth_oldest_wait_and_missing_worker_are_read_and_alerted(prefect
     assert queues["idle"].waiting == 0 and queues["idle"].oldest_waiting_s is None
     assert health.workers == []
 
-    settings = Settings(queue_max_depth=2, queue_max_wait_s=1.0, work_pool=pool)
+    settings = load_settings(queue_max_depth=2, queue_max_wait_s=1.0, work_pool=pool)
     problems = pool_problems(health, settings)
     assert problems[0][0] == "critical" and "no live worker" in problems[0][1]
     assert [s for s, _ in problems[1:]] == ["warning", "warning"]

@@ -135,18 +135,19 @@ def test_kill_9_of_one_run_leaves_concurrent_run_and_worker_unharmed(warm_pool, 
 
 @pytest.mark.tc("TC-ASYNC-088")
 def test_a_scheduled_run_is_picked_up_on_its_event_not_at_the_next_poll(warm_pool):
-    """The worker polls every 20 s; each of three runs must still be claimed (Pending)
-    within 3 s of its creation: only the Scheduled event can do that (by chance, a poll
-    would claim all three so fast with probability (3/20)^3, under 0.4 %)."""
+    """The worker polls every 20 s; each of four runs must still be claimed (Pending)
+    within 6 s of its creation: only the Scheduled event can do that (by chance, a poll
+    would claim all four so fast with probability (6/20)^4, under 1 %). Unloaded, a claim
+    takes about 0.3 s; the bound leaves room for a loaded CI machine (3.2 s seen)."""
     with get_client(sync_client=True) as client:
         claim_s = []
-        for _ in range(3):
+        for _ in range(4):
             run = client.create_flow_run_from_deployment(warm_pool["probe"], parameters={})
             created = client.read_flow_run(run.id).created
             _wait(lambda r=run: _state(client, r.id) == "COMPLETED", 60, "the run to complete")
             states = {s.type.value: s.timestamp for s in client.read_flow_run_states(run.id)}
             claim_s.append((states["PENDING"] - created).total_seconds())
-        assert max(claim_s) < 3.0, claim_s
+        assert max(claim_s) < 6.0, claim_s
 
 
 @pytest.mark.tc("TC-ASYNC-005")

@@ -16,9 +16,9 @@ from api.main import create_app
 from api.security import issue_token
 from api.settings import load_api_settings
 from deployments.dead_letters import DEAD_LETTERED, dead_letter_summary
-from deployments.recovery import RECOVERY_MARK
+from deployments.recovery_rules import RECOVERY_MARK
 from integrations.store import C
-from tests.reliability.conftest import SLACK_PATH, Stack, wait_for
+from tests.reliability.stack import SLACK_PATH, Stack, wait_for
 
 pytestmark = pytest.mark.slow
 

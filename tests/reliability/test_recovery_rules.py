@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prefect.states import Completed, Crashed, Failed, Running, Scheduled
 
-from core.settings import Settings
+from core.settings import load_settings
 from deployments.dead_letters import DEAD_LETTERED, REQUEUE_MARK, record_status
-from deployments.recovery import (
+from deployments.recovery_rules import (
     RECOVERY_MARK,
     backoff_s,
     ended_attempts,
@@ -68,7 +68,7 @@ def test_attempts_are_counted_from_the_state_history_and_restart_after_a_requeue
         _at(Crashed(message="again"), 40),
     ]
     assert [(a.run_count, a.message) for a in ended_attempts(requeued)] == [(3, "again")]
-    settings = Settings(recovery_backoff_s=5, recovery_backoff_max_s=12)
+    settings = load_settings(recovery_backoff_s=5, recovery_backoff_max_s=12)
     assert [backoff_s(settings, k) for k in (1, 2, 3, 4)] == [5, 10, 12, 12]
 
 

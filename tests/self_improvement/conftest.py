@@ -4,7 +4,6 @@ llm/slack/smtp/trading-engine blocks pointing at them (the server's documents re
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -13,45 +12,15 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from tests import peers
-from tests.peers import Mailbox, envelope, free_port  # noqa: F401 (re-exported to the tests)
+from tests.peers import Mailbox
+from tests.self_improvement.helpers import (
+    LLM_IN_USD_PER_1M,
+    LLM_KEY,
+    LLM_OUT_USD_PER_1M,
+    SLACK_PATH,
+)
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
-
-# Fixed values: pytest imports this file as "conftest" while tests may import it by path.
-LLM_KEY = "sk-test-llm-key-7d3a9e51"
-SLACK_PATH = "/services/T0/B0/slack-secret-c0ffee"
-LLM_IN_USD_PER_1M = 30.0
-LLM_OUT_USD_PER_1M = 60.0
-
-
-def chat_completion(content: str, prompt_tokens: int = 500, completion_tokens: int = 200) -> dict:
-    """An OpenAI chat-completions response body with ``content`` and usage counts."""
-    return {
-        "id": "chatcmpl-test",
-        "object": "chat.completion",
-        "created": 1764300000,
-        "model": "test-model",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
-    }
-
-
-def llm_requests(server: HTTPServer) -> list[dict]:
-    return [json.loads(req.data) for req, _ in server.log if req.path == "/v1/chat/completions"]
-
-
-def slack_messages(server: HTTPServer) -> list[dict]:
-    return peers.slack_messages(server, SLACK_PATH)
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from core.settings import REPO_ROOT, Settings
+from core.environment import REPO_ROOT
+from core.settings import load_settings
 
 pytestmark = pytest.mark.tc("TC-ASYNC-100", "TC-ASYNC-101")
 
@@ -29,7 +30,7 @@ def test_self_improvement_deployments() -> None:
         assert module == f"flows/{name.replace('-', '_')}.py"
         mod = __import__(module.removesuffix(".py").replace("/", "."), fromlist=[func])
         assert getattr(mod, func).name == name
-    s = Settings()
+    s = load_settings()
     assert s.adaptive_retrain_deployment == "adaptive-retrain/adaptive-retrain"
     assert s.self_analysis_deployment == "llm-self-analysis/llm-self-analysis"
     assert s.emergency_disable_deployment == (

@@ -16,12 +16,12 @@ from werkzeug import Response
 from core.schemas.self_improvement import SelfAnalysisParams
 from integrations.llm import InvalidAnswerError, cost_usd, parse_recommendation
 from integrations.store import C, Store
-from tests.self_improvement.conftest import (
+from tests.peers import envelope
+from tests.self_improvement.helpers import (
     LLM_IN_USD_PER_1M,
     LLM_KEY,
     LLM_OUT_USD_PER_1M,
     chat_completion,
-    envelope,
     llm_requests,
     slack_messages,
 )

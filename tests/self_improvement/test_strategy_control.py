@@ -13,7 +13,8 @@ from werkzeug import Request, Response
 from core.exceptions import JobFailedError
 from core.schemas.self_improvement import StrategyDisableParams, StrategyEnableParams
 from integrations.store import Store
-from tests.self_improvement.conftest import envelope, slack_messages
+from tests.peers import envelope
+from tests.self_improvement.helpers import slack_messages
 
 REASON = "Win rate 40% (critical threshold 45%)"
 
