@@ -89,7 +89,7 @@ def main(trainings: int = 100, short_runs: int = 200, budget_s: float = 1500) ->
     from blocks.model_store import ModelStoreBlock, generate_model_key
     from blocks.mongodb import MongoDBBlock
     from core.schemas.training import TrainModelParams
-    from core.settings import Settings
+    from core.settings import load_settings
     from deployments.services import jax_cache_env
     from flows.train_model import train_model
     from integrations.embedded_mongo import start_embedded_mongo
@@ -129,7 +129,7 @@ def main(trainings: int = 100, short_runs: int = 200, budget_s: float = 1500) ->
                 "PYTHONPATH": str(REPO),
                 **api_auth_env(),
                 # the stack's JAX compilation cache, as services.prefect_env sets it
-                **jax_cache_env(Settings()),
+                **jax_cache_env(load_settings()),
             }
             cmd = [sys.executable, "-m", "deployments.warm_worker", "--pool", pool]
             cmd += ["--preload", "bench.latency_job"]

@@ -46,7 +46,7 @@ def main() -> None:
     from blocks.model_store import ModelStoreBlock, generate_model_key
     from blocks.mongodb import MongoDBBlock
     from core.schemas.analysis import PredictPriceParams
-    from core.settings import Settings
+    from core.settings import load_settings
     from integrations.embedded_mongo import start_embedded_mongo
     from integrations.store import Store, connect
     from ml.features import prepare_dataset
@@ -56,7 +56,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp())
     os.environ["BOTAI_STATE_DIR"] = str(tmp / "state")
-    btc = load_btc_hours(Settings().data_dir)
+    btc = load_btc_hours(load_settings().data_dir)
     recent, older = btc.iloc[-3000:], btc.iloc[-9000:-3000]
     mongo = start_embedded_mongo(tmp / "mongo")
     try:
@@ -121,10 +121,10 @@ def calibration() -> None:
     import numpy as np
     import pandas as pd
 
-    from core.settings import Settings
+    from core.settings import load_settings
     from ml.forecast import ForecastConfig, interval_coverage
 
-    btc = load_btc_hours(Settings().data_dir)
+    btc = load_btc_hours(load_settings().data_dir)
     close = btc["close"].to_numpy(float)
 
     def at(day: str) -> int:

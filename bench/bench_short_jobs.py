@@ -70,16 +70,13 @@ def once(http, client, path: str, body: dict, headers: dict) -> tuple[float, flo
 
 def main(rounds: int = 20) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL
 
     from api.security import issue_token
-    from bench.bench_latency import api_auth_env, prefect_server, wait_online
+    from bench.bench_latency import prefect_server, start_warm_worker, wait_online
     from bench.bench_load import gateway
     from bench.models import deploy_small_gru
     from blocks.model_store import ModelStoreBlock, generate_model_key
     from blocks.mongodb import MongoDBBlock
-    from core.settings import Settings
-    from deployments.services import jax_cache_env
     from flows.backtest_strategy import backtest_strategy
     from flows.predict_price import predict_price
     from integrations.embedded_mongo import start_embedded_mongo
@@ -120,22 +117,7 @@ def main(rounds: int = 20) -> None:
                 "backtesting",
                 "flows/backtest_strategy.py:backtest_strategy",
             )
-            env = {
-                **os.environ,
-                "PREFECT_API_URL": PREFECT_API_URL.value(),
-                "PYTHONPATH": str(REPO),
-                **api_auth_env(),
-                # the stack's JAX compilation cache, as services.prefect_env sets it
-                **jax_cache_env(Settings()),
-            }
-            log = open(tmp / "worker.log", "w")  # noqa: SIM115
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "deployments.warm_worker", "--pool", pool],
-                env=env,
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            worker = start_warm_worker(pool, tmp / "worker.log")
             online_s = wait_online(client, pool, worker, 300)
             print(f"warm worker online after {online_s:.0f} s", flush=True)
             http, api_settings = gateway(store)

@@ -35,11 +35,12 @@ def load_btc_hours(data_dir: Path) -> pd.DataFrame:
 
 
 def bench_real(days: int = 365, epochs: int = 20) -> None:
-    from core.settings import Settings
+    from core.settings import load_settings
+    from ml.checkpoints import CheckpointStore
     from ml.features import prepare_dataset
-    from ml.training import CheckpointStore, TrainConfig, train
+    from ml.training import TrainConfig, train
 
-    candles = load_btc_hours(Settings().data_dir).iloc[-days * 24 :]
+    candles = load_btc_hours(load_settings().data_dir).iloc[-days * 24 :]
     ds = prepare_dataset(candles, lookback=24, horizon_bars=1, validation_split=0.2)
     print(
         f"real BTC/USD 1h: {len(candles)} bars {candles.index[0]} .. {candles.index[-1]}; "

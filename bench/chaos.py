@@ -27,11 +27,9 @@ import argparse
 import os
 import random
 import signal
-import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,26 +37,17 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from core.settings import Settings  # noqa: E402
-from deployments import services  # noqa: E402
+from bench.chaos_report import EXECUTING, FINAL, load, report, say  # noqa: E402
+from core.settings import Settings, load_settings  # noqa: E402
+from deployments import service_records, services, work_pool  # noqa: E402
 from integrations.embedded_mongo import free_port, start_embedded_mongo  # noqa: E402
-from integrations.store import C, Store, connect  # noqa: E402
+from integrations.store import Store, connect  # noqa: E402
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT"]
 TINY_TRAIN = {"timeframe": "1h", "days_of_data": 30, "epochs": 8, "batch_size": 32, "units": 8}
 #: Symbols given a deployed GRU at bootstrap, for the predict-price runs (a training deploys
 #: its model only when it beats the deployed one and the baselines on held-out data).
 PREDICT_SYMBOLS = SYMBOLS[:2]
-FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
-
-
-def _say(text: str) -> None:
-    print(text, flush=True)
-
-
-def load() -> str:
-    one, five, _ = os.getloadavg()
-    return f"load {one:.1f}/{five:.1f} on {os.cpu_count()} cores"
 
 
 class Chaos:
@@ -114,7 +103,7 @@ class Chaos:
         ModelStoreBlock(directory=str(s.model_dir), key=generate_model_key()).save(
             "model-store", overwrite=True
         )
-        services.ensure_work_pool(s)
+        work_pool.ensure_work_pool(s)
         ensure_crash_detection(s)
         end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         key = ModelStoreBlock.load("model-store").get_key()
@@ -259,8 +248,8 @@ class Chaos:
             self.procs[name].kill()
             self.procs[name].wait(10)
         else:  # attached: the recorded process
-            for rec in services.read_records(self.settings):
-                if rec.name == record and services.record_alive(rec):
+            for rec in service_records.read_records(self.settings):
+                if rec.name == record and service_records.record_alive(rec):
                     os.kill(rec.pid, signal.SIGKILL)
         time.sleep(3)
         if not self.attach or not self._back(record, 60):
@@ -271,8 +260,8 @@ class Chaos:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if any(
-                r.name == record and services.record_alive(r)
-                for r in services.read_records(self.settings)
+                r.name == record and service_records.record_alive(r)
+                for r in service_records.read_records(self.settings)
             ):
                 return True
             time.sleep(1)
@@ -290,64 +279,6 @@ class Chaos:
 
 #: Seconds a fault waits for a run to be executing before it is injected anyway.
 FAULT_WAIT_S = 90.0
-#: States of a run whose process exists or is being started (what a fault can interrupt).
-EXECUTING = {"RUNNING", "PENDING"}
-#: An interruption (Crashed or Failed) later than this after a fault is not blamed on it.
-INTERRUPT_WINDOW_S = 180.0
-
-
-def recovery_times(
-    chaos: Chaos, faults: list[tuple[float, str, list[str]]]
-) -> list[dict[str, Any]]:
-    """Per fault, over the runs that were executing (Running/Pending) at the kill and were
-    interrupted by it (a Crashed or Failed state within :data:`INTERRUPT_WINDOW_S`):
-    seconds from the kill to the interruption being recorded (detected), to the run being
-    scheduled again (resubmitted) and to it running again or ending (recovered). Runs that
-    rode the fault out (no interruption) and queued runs are counted apart, not timed.
-
-    Returns:
-        one dict per fault: what, executing, interrupted, detected_s, resubmitted_s,
-        recovered_s (worst run of the fault; None when no run was interrupted).
-    """
-    from uuid import UUID
-
-    from prefect.client.orchestration import get_client
-
-    out = []
-    with get_client(sync_client=True) as client:
-        histories: dict[str, list[Any]] = {}
-        for at, what, active in faults:
-            row: dict[str, Any] = {"what": what, "executing": len(active), "interrupted": 0}
-            worst = {"detected_s": None, "resubmitted_s": None, "recovered_s": None}
-            for run_id in active:
-                if run_id not in histories:
-                    histories[run_id] = sorted(
-                        client.read_flow_run_states(UUID(run_id)), key=lambda s: s.timestamp
-                    )
-                later = [s for s in histories[run_id] if s.timestamp.timestamp() > at]
-                broke = next((s for s in later if s.type.value in ("CRASHED", "FAILED")), None)
-                if broke is None or broke.timestamp.timestamp() - at > INTERRUPT_WINDOW_S:
-                    continue  # kept running through the fault
-                row["interrupted"] += 1
-                t_broke = broke.timestamp.timestamp()
-                after = [s for s in later if s.timestamp.timestamp() > t_broke]
-                again = next((s for s in after if s.type.value == "SCHEDULED"), None)
-                back = next(
-                    (s for s in after if s.type.value == "RUNNING" or s.type.value in FINAL),
-                    None,
-                )
-                marks = {
-                    "detected_s": t_broke,
-                    "resubmitted_s": again.timestamp.timestamp() if again else None,
-                    "recovered_s": back.timestamp.timestamp() if back else None,
-                }
-                if back is None and broke.name == "DeadLettered":
-                    marks["recovered_s"] = t_broke  # ended: dead-lettered on its last attempt
-                for key, t in marks.items():
-                    if t is not None:
-                        worst[key] = max(worst[key] or 0.0, t - at)
-            out.append({**row, **worst})
-    return out
 
 
 def main() -> int:
@@ -361,9 +292,9 @@ def main() -> int:
     args = parser.parse_args()
     rng = random.Random(args.seed)
     if args.attach:
-        settings = Settings()
+        settings = load_settings()
     else:
-        settings = Settings(
+        settings = load_settings(
             state_dir=Path(tempfile.mkdtemp(prefix="botai-chaos-")) / "state",
             prefect_port=free_port(),
             mongodb_port=free_port(),
@@ -381,11 +312,11 @@ def main() -> int:
 
     prefect.context.refresh_global_settings_context()
     chaos = Chaos(settings, env, args.attach)
-    _say(f"chaos: seed {args.seed}, {args.runs} runs, state {settings.state_dir}; {load()}")
+    say(f"chaos: seed {args.seed}, {args.runs} runs, state {settings.state_dir}; {load()}")
     t0 = time.monotonic()
     try:
         chaos.start()
-        _say(f"stack ready in {time.monotonic() - t0:.0f} s; {load()}")
+        say(f"stack ready in {time.monotonic() - t0:.0f} s; {load()}")
         plan = chaos.workload(args.runs, rng)
         kinds = ["flow"] * args.flow_kills + ["worker", "server", "store"]
         rng.shuffle(kinds)
@@ -406,10 +337,10 @@ def main() -> int:
                     kind_of[run_id] = kind
                 except Exception as e:  # the server is down right now: try again shortly
                     plan.insert(0, (kind, params))
-                    _say(f"  submit deferred ({type(e).__name__})")
+                    say(f"  submit deferred ({type(e).__name__})")
                 next_submit = now + submit_every
             if not chaos.attach and chaos.procs["worker"].poll() is not None:
-                _say("  worker exited on its own: restarting it (as the supervisor does)")
+                say("  worker exited on its own: restarting it (as the supervisor does)")
                 chaos.procs["worker"] = services.start_worker(settings, env)
             if fault_at and now - start >= fault_at[0]:
                 try:
@@ -432,7 +363,7 @@ def main() -> int:
                 )
                 if what:
                     faults.append((at, what, active))
-                    _say(f"  t+{now - start:5.0f} s killed {what}; {load()}")
+                    say(f"  t+{now - start:5.0f} s killed {what}; {load()}")
             time.sleep(0.5)
         deadline = time.monotonic() + args.deadline_s
         while time.monotonic() < deadline:
@@ -451,74 +382,6 @@ def main() -> int:
     finally:
         chaos.stop()
     return 0
-
-
-def report(chaos: Chaos, ids, kind_of, faults, elapsed_s: float) -> None:
-    from uuid import UUID
-
-    from prefect.client.orchestration import get_client
-
-    states = chaos.runs(ids)
-    outcome: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    twice = []
-    with get_client(sync_client=True) as client:
-        for i in ids:
-            run = states.get(i)
-            name = run.state.name if run and run.state else "missing"
-            outcome[name] += 1
-            if name in ("DeadLettered", "Failed"):
-                reasons[f"{name}: {kind_of[i]}: {(run.state.message or '')[:90]}"] += 1
-            completed = [
-                s for s in client.read_flow_run_states(UUID(i)) if s.type.value == "COMPLETED"
-            ]
-            docs = chaos.store.col(C.BACKTEST_RESULTS).count_documents({"task_id": i})
-            models = chaos.store.col(C.MODELS).count_documents({"training_task_id": i})
-            if len(completed) > 1 or docs > 1 or models > 1:
-                twice.append(i)
-    stale = 0
-    for doc in chaos.store.col(C.TRAINING_JOBS).find({"status": {"$in": ["running", "queued"]}}):
-        run = states.get(doc["task_id"])
-        if run and run.state.type.value in FINAL:
-            stale += 1
-    ended = ("Completed", "DeadLettered", "Failed", "TimedOut", "Cancelled")
-    in_flight = ("Running", "Pending", "Submitting", "Scheduled", "Late", "AwaitingRetry")
-    lost = sum(n for name, n in outcome.items() if name not in ended + in_flight)
-    unfinished = sum(n for name, n in outcome.items() if name in in_flight)
-    times = recovery_times(chaos, faults)
-    _say(f"\nchaos result after {elapsed_s:.0f} s ({load()}):")
-    _say(f"  runs accepted:   {len(ids)} ({dict(Counter(kind_of.values()))})")
-    _say(f"  completed:       {outcome['Completed']}")
-    _say(f"  dead-lettered:   {outcome['DeadLettered']}")
-    _say(f"  failed:          {outcome['Failed']}")
-    for r, n in reasons.most_common():
-        _say(f"    {n} x {r}")
-    _say(f"  lost:            {lost}  (Crashed and not recovered, or missing)")
-    _say(f"  unfinished at the deadline (still queued/running): {unfinished}")
-    _say(f"  final states:    {dict(outcome)}")
-    _say(f"  executed twice:  {len(twice)} {twice}")
-    _say(f"  stale records:   {stale}")
-    _say(
-        "  recovery per fault (worst interrupted run; from the kill; "
-        "targets: detected <= 60 s, resubmitted <= 120 s):"
-    )
-    for key in ("detected_s", "resubmitted_s", "recovered_s"):
-        secs = [row[key] for row in times if row[key] is not None]
-        if secs:
-            _say(
-                f"    {key[:-2]:<12} p50 {statistics.median(secs):6.1f} s, "
-                f"max {max(secs):6.1f} s over {len(secs)} faults"
-            )
-    for row in times:
-        shown = ", ".join(
-            f"{k[:-2]} {row[k]:.1f} s"
-            for k in ("detected_s", "resubmitted_s", "recovered_s")
-            if row[k] is not None
-        )
-        _say(
-            f"    {row['what']}: {row['interrupted']} of {row['executing']} executing runs "
-            f"interrupted{'; ' + shown if shown else ''}"
-        )
 
 
 if __name__ == "__main__":

@@ -23,3 +23,20 @@ def short_job_task(symbol: str = "BTCUSDT") -> dict:
     from bench.latency_job import short_job
 
     return short_job(symbol)
+
+
+def http_app():  # noqa: ANN201 - a FastAPI app (imported lazily)
+    """The Celery anchor of bench/bench_gateway.py: ``POST /delay`` calls ``delay()`` and
+    answers 202 with the task id, as an HTTP gateway in front of Celery would.
+
+    Serve: ``uvicorn bench.latency_celery:http_app --factory --port <port>``.
+    """
+    from fastapi import FastAPI
+
+    api = FastAPI()
+
+    @api.post("/delay", status_code=202)
+    def delay() -> dict:
+        return {"id": short_job_task.delay().id}
+
+    return api

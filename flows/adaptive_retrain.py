@@ -29,7 +29,7 @@ from core.schemas.self_improvement import (
     ModelRetrainOutcome,
 )
 from core.schemas.training import HARD_TIME_LIMIT_S, TrainModelParams
-from core.settings import Settings
+from core.settings import load_settings
 from flows.train_model import train_model
 from tasks.notify import build_notifier, send_notification
 from tasks.results import save_task_result
@@ -57,7 +57,7 @@ def adaptive_retrain(params: AdaptiveRetrainParams) -> AdaptiveRetrainResult:
     from blocks.loader import load_store
 
     logger = get_run_logger()
-    settings = Settings()
+    settings = load_settings()
     run_id = str(flow_run.get_id())
     store = load_store()
     days = params.days_of_data or settings.retrain_days_of_data

@@ -2,8 +2,12 @@
 
 Steps: load the candles of ``[start_date, end_date)`` from the store (clear error when the
 range is missing or short) -> backtest (tasks.backtest -> backtest.service) -> markdown
-summary + equity/drawdown chart artifacts (PNG also under ``<state_dir>/backtests/``) ->
-save to ``backtest_results``. A progress artifact moves in steps of 10% at stage boundaries (the whole
+summary + chart artifact (the fills on the close price above the equity and drawdown
+curves; PNG also under ``<state_dir>/backtests/``) ->
+save to ``backtest_results``. ``strategy_name="model"`` trades a trained model's signals
+(tasks.model_backtest -> ml.model_backtest): the deployed model of ``parameters.model_type``
+or the version ``parameters.model_id``, its candles loaded with the history its features
+need; the result and the artifact say whether the range is in-sample for the model. A progress artifact moves in steps of 10% at stage boundaries (the whole
 backtest takes well under a second, so finer steps would only add API calls).
 """
 
@@ -14,15 +18,18 @@ import time
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from blocks.loader import load_store
+from blocks.loader import load_block, load_store
+from blocks.model_store import ModelStoreBlock
 from core.schemas.backtest import BacktestParameters, BacktestResult
-from core.settings import Settings
+from core.schemas.model_backtest import MODEL_STRATEGY
+from core.settings import load_settings
 from tasks.backtest import (
     load_backtest_candles,
     publish_backtest_artifacts,
     run_backtest_task,
     save_backtest_result,
 )
+from tasks.model_backtest import run_model_backtest
 from tasks.progress import ProgressReporter
 from tasks.results import save_task_result
 
@@ -39,16 +46,25 @@ def backtest_strategy(params: BacktestParameters) -> BacktestResult:
     )
     store = load_store()
     progress.update(10, "Loading candles")
-    frame = load_backtest_candles(
-        store, params.symbol, params.timeframe, params.start_date, params.end_date
-    )
-    progress.update(20, f"Loaded {len(frame)} bars")
-    progress.update(30, "Backtesting")
-    result = run_backtest_task(frame, params)
+    if params.strategy_name == MODEL_STRATEGY:
+        model_store = load_block(ModelStoreBlock)
+        progress.update(30, "Backtesting the model's signals")
+        result, frame = run_model_backtest(
+            store, params, model_store.directory, model_store.get_key()
+        )
+    else:
+        frame = load_backtest_candles(
+            store, params.symbol, params.timeframe, params.start_date, params.end_date
+        )
+        progress.update(20, f"Loaded {len(frame)} bars")
+        progress.update(30, "Backtesting")
+        result = run_backtest_task(frame, params)
     result.task_id = task_id
     progress.update(40, f"Backtested: {result.metrics.total_trades} trades")
-    progress.update(50, "Drawing the equity/drawdown chart")
-    result.chart_path = publish_backtest_artifacts(result, task_id, Settings())
+    progress.update(50, "Drawing the trades, equity and drawdown chart")
+    result.chart_path = publish_backtest_artifacts(
+        result, task_id, load_settings(), close=frame["close"]
+    )
     progress.update(60, "Artifacts published")
     progress.update(70, "Saving result")
     result.elapsed_s = time.perf_counter() - started

@@ -1,16 +1,20 @@
 """``bulk-analysis``: a BUY/SELL/HOLD signal with a confidence for up to 500 symbols.
 
 Steps: malformed symbols -> failed (reason 'invalid symbol') -> deployed models of the
-timeframe (one query) -> the newest candles of every symbol in ONE batched store read ->
+timeframe (one query; ``model_version`` serves its own symbol instead, a candidate included)
+-> the newest candles of every symbol in ONE batched store read ->
 signals (the deployed model's where one exists, else indicators; ml.analysis) computed in
 chunks in this process, or, from ml.analysis.DASK_MIN_SYMBOLS symbols on with a long-lived
 Dask cluster (DASK_ADDRESS), as coarse batches on that cluster. No cluster is ever started
-per run. Results sorted by confidence, failures with reasons. Progress: 'Analyzed n/N symbols'.
+per run. Results sorted by confidence, failures with reasons, and a signal map artifact
+(ml.signal_map). Model signals (with their P(up)) are recorded in the prediction ledger before
+the result is saved. Progress: 'Analyzed n/N symbols'.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -20,11 +24,20 @@ from blocks.loader import load_block
 from blocks.model_store import ModelStoreBlock
 from blocks.mongodb import MongoDBBlock
 from core.schemas.analysis import BulkAnalysisParams, BulkAnalysisResult, SymbolAnalysis
-from core.settings import Settings
+from core.settings import load_settings
 from ml.analysis import batch_symbols, split_valid_symbols, summarize, use_dask
-from tasks.analysis import analyze_loaded, analyze_on_dask, find_deployed_models, load_candles_batch
+from ml.ledger import signal_entries
+from ml.registry_views import with_served_versions
+from tasks.analysis import (
+    analyze_loaded,
+    analyze_on_dask,
+    find_serving_models,
+    load_candles_batch,
+    publish_signal_map,
+)
 from tasks.progress import ProgressReporter
 from tasks.results import save_task_result
+from tasks.scoring import record_predictions
 
 N_WORKERS = 2
 MAX_BATCH = 50
@@ -52,15 +65,20 @@ def bulk_analysis(params: BulkAnalysisParams) -> BulkAnalysisResult:
         done += len(batch)
         progress.update(100 * done / total, f"Analyzed {done}/{total} symbols")
 
+    models: dict = {}
     try:
-        models = find_deployed_models(store, valid, params.timeframe) if valid else {}
+        models, served = (
+            find_serving_models(store, valid, params.timeframe, params.model_version)
+            if valid
+            else ({}, {})
+        )
         frames = load_candles_batch(store, valid, params.timeframe, params.bars) if valid else {}
         model_dir = model_key = None
         if models:
             model_store = load_block(ModelStoreBlock)
             model_dir, model_key = model_store.directory, SecretBytes(model_store.get_key())
         with_model_first = [s for s in valid if s in models] + [s for s in valid if s not in models]
-        address = Settings().dask_address
+        address = load_settings().dask_address
         on_dask = use_dask(len(valid), address)
         batches = batch_symbols(with_model_first, N_WORKERS if on_dask else 1, MAX_BATCH)
         progress.update(100 * done / total, f"Analyzed {done}/{total} symbols")
@@ -72,7 +90,7 @@ def bulk_analysis(params: BulkAnalysisParams) -> BulkAnalysisResult:
     finally:
         store.client.close()
     result = summarize(
-        outcomes,
+        with_served_versions(outcomes, served),
         timeframe=params.timeframe,
         total_symbols=total,
         min_confidence=params.min_confidence,
@@ -81,6 +99,14 @@ def bulk_analysis(params: BulkAnalysisParams) -> BulkAnalysisResult:
         task_id=str(flow_run.get_id()),
         failed=invalid,
     )
+    entries = signal_entries(result, result.task_id or "", models, made_at=datetime.now(UTC))
+    if entries:  # the model signals, in the ledger before the result is acknowledged
+        ledger_store = mongo.get_store()
+        try:
+            record_predictions(ledger_store, entries)
+        finally:
+            ledger_store.client.close()
+    publish_signal_map(result)
     progress.update(100, f"Analyzed {total}/{total} symbols")
     logger.info(
         "bulk analysis %s: %d/%d analysed (%d with a model), %d failed, %d batches%s, %.1f s",

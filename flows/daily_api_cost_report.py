@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 
 from blocks.loader import load_store
 from core.schemas.monitoring import CostReportResult, ReportParameters
-from core.settings import Settings
+from core.settings import load_settings
 from tasks.monitoring import compute_cost_report
 from tasks.notify import build_notifier, send_notification
 from tasks.results import save_task_result
@@ -29,7 +29,7 @@ def daily_api_cost_report(
     Returns ``{status: "success", report: {...}, notifications: [...]}``.
     """
     logger = get_run_logger()
-    settings = Settings()
+    settings = load_settings()
     day = (
         date.fromisoformat(params.report_date)
         if params.report_date

@@ -1,7 +1,9 @@
 """``daily-performance-analysis`` (01:00 UTC): the last 7 days of closed trades, judged.
 
 Steps: closed trades (engine API or ``trades``; tasks.monitoring.fetch_closed_trades) ->
-integrations.reports.performance_metrics / performance_status (overall and per strategy) ->
+integrations.reports.performance_metrics / performance_status (overall and per strategy), and
+the deployed models' live record from the prediction ledger (tasks.live; a decayed model is
+named in the reasons) ->
 CRITICAL: start the ``llm-self-analysis`` deployment (tasks.monitoring.trigger_self_analysis)
 and notify; WARNING: notify. A strategy whose win rate is critical: start
 ``emergency-strategy-disable``; when that cannot be started the run notifies, then ends
@@ -16,13 +18,14 @@ from prefect import flow, get_run_logger
 
 from core.exceptions import BotAIError, JobFailedError
 from core.schemas.monitoring import PerformanceParameters, PerformanceResult
-from core.settings import Settings
+from core.settings import load_settings
 from integrations.reports import (
     performance_metrics,
     performance_status,
     split_by_strategy,
     trade_profit_pct,
 )
+from tasks.live import deployed_live_figures
 from tasks.monitoring import fetch_closed_trades, trigger_self_analysis
 from tasks.notify import build_notifier, send_notification
 from tasks.results import save_task_result
@@ -44,7 +47,7 @@ def daily_performance_analysis(
     from blocks.loader import load_store
 
     logger = get_run_logger()
-    settings = Settings()
+    settings = load_settings()
     end = datetime.now(UTC)
     start = end - timedelta(days=params.window_days or settings.perf_window_days)
     store = load_store()
@@ -66,9 +69,13 @@ def daily_performance_analysis(
         metrics=metrics,
         per_strategy={k: performance_metrics(v) for k, v in split_by_strategy(trades).items()},
         reasons=reasons,
+        model_live=deployed_live_figures(store),
         window_start=start,
         window_end=end,
     )
+    for m in result.model_live:  # live predictions, beside the trades
+        if m.decayed:
+            result.reasons.append(f"model {m.model_id} ({m.symbol}) decayed: {m.reasons[0]}")
     logger.info(
         "performance %s: %d trades, win rate %s%%, Sharpe %s, profit factor %s, max DD %s%% %s",
         status,

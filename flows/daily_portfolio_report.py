@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger
 
 from blocks.loader import load_store
 from core.schemas.monitoring import PortfolioReportResult, ReportParameters
-from core.settings import Settings
+from core.settings import load_settings
 from integrations.reports import portfolio_report
 from tasks.monitoring import fetch_portfolio, load_engine_client
 from tasks.notify import build_notifier, send_notification
@@ -36,7 +36,7 @@ def daily_portfolio_report(
     logger.info(report.summary)
     result = PortfolioReportResult(report=report)
     if params.notify:
-        notifier = build_notifier(store, Settings())
+        notifier = build_notifier(store, load_settings())
         result.notifications.append(
             send_notification(
                 notifier,

@@ -25,7 +25,7 @@ from core.schemas.self_improvement import (
     StrategyDisableResult,
     StrategyOutcome,
 )
-from core.settings import Settings
+from core.settings import load_settings
 from tasks.monitoring import load_engine_client
 from tasks.notify import build_notifier, send_notification
 from tasks.results import save_task_result
@@ -59,7 +59,7 @@ def emergency_strategy_disable(params: StrategyDisableParams) -> StrategyDisable
 
     t0 = time.monotonic()
     logger = get_run_logger()
-    settings = Settings()
+    settings = load_settings()
     run_id = str(flow_run.get_id())
     names = ", ".join(params.strategies)
     try:

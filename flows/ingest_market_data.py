@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger
 
 from blocks.loader import load_store
 from core.schemas.market_data import IngestParameters, IngestResult, SymbolIngestResult
-from core.settings import Settings
+from core.settings import load_settings
 from tasks.market_data import (
     SYNTHETIC,
     fetch_binance_candles,
@@ -29,7 +29,7 @@ from tasks.results import save_task_result
 def ingest_market_data(params: IngestParameters) -> IngestResult:
     """Ingest ``params``. Returns per-series counts and quality reports (:class:`IngestResult`)."""
     logger = get_run_logger()
-    settings = Settings()
+    settings = load_settings()
     store = load_store()
     progress = ProgressReporter(f"ingest-market-data-{params.source}", min_step_pct=10)
     results: list[SymbolIngestResult] = []

@@ -2,7 +2,8 @@
 
 Steps: last ``window_days`` of closed trades (engine API; tasks.monitoring.fetch_closed_trades)
 -> performance metrics and status (integrations.reports) -> deployed models' held-out
-accuracy and recent market context (tasks.llm) -> skip when acceptable (unless
+accuracy, their live record from the prediction ledger (tasks.live) and recent market
+context (tasks.llm) -> skip when acceptable (unless
 ``force_analysis``) -> prompt stating the thresholds -> LLM answer (integrations.llm, 3
 attempts, cost ledger, kill switch) or, when the LLM fails / is off, notify the admins and
 take the rule-based fallback -> a retrain recommendation with confidence >= 0.75 (or a
@@ -24,9 +25,10 @@ from core.schemas.self_improvement import (
     SelfAnalysisParams,
     SelfAnalysisResult,
 )
-from core.settings import Settings
+from core.settings import load_settings
 from integrations.llm import build_prompt, fallback_recommendation
 from integrations.reports import performance_metrics, performance_status, trade_profit_pct
+from tasks.live import deployed_live_figures
 from tasks.llm import (
     accuracy_history,
     ask_llm,
@@ -52,7 +54,7 @@ def llm_self_analysis(
     from blocks.loader import load_store
 
     logger = get_run_logger()
-    settings = Settings()
+    settings = load_settings()
     run_id = str(flow_run.get_id())
     store = load_store()
     end = datetime.now(UTC)
@@ -70,12 +72,15 @@ def llm_self_analysis(
     status, reasons = performance_status(metrics, **thresholds)
     accuracy, symbols = deployed_model_accuracy(store, params.timeframe)
     low = sorted(t for t, a in accuracy.items() if a < settings.self_analysis_min_accuracy)
+    live = deployed_live_figures(store, params.timeframe)
+    decayed = sorted({m.model_type for m in live if m.decayed})
     result = SelfAnalysisResult(
         status="skipped",
         task_id=run_id,
         performance=metrics,
         performance_status=status,
         model_accuracy=accuracy,
+        model_live=live,
     )
     history = {
         "task_id": run_id,
@@ -83,14 +88,17 @@ def llm_self_analysis(
         "performance": metrics.model_dump(),
         "performance_status": status,
         "model_accuracy": accuracy,
+        "model_live": [m.model_dump() for m in live],
         "force_analysis": params.force_analysis,
     }
 
-    if not params.force_analysis and status in ("GOOD", "INSUFFICIENT_DATA") and not low:
+    ok = status in ("GOOD", "INSUFFICIENT_DATA") and not low and not decayed
+    if not params.force_analysis and ok:
         result.skip_reason = (
             f"performance acceptable ({status}: {metrics.trades} trades, win rate "
-            f"{metrics.win_rate}%, Sharpe {metrics.sharpe_ratio}) and every deployed model at or "
-            f"above accuracy {settings.self_analysis_min_accuracy:.2f}; set force_analysis to ask"
+            f"{metrics.win_rate}%, Sharpe {metrics.sharpe_ratio}), every deployed model at or "
+            f"above accuracy {settings.self_analysis_min_accuracy:.2f} and none decayed on its "
+            "live predictions; set force_analysis to ask"
         )
         logger.info("skipped: %s", result.skip_reason)
         store.llm_analysis_save({**history, "status": "skipped", "decision": result.skip_reason})
@@ -107,6 +115,7 @@ def llm_self_analysis(
             "window_days": params.window_days,
         },
         accuracy_history(store, params.timeframe),
+        [m.model_dump() for m in live],
     )
     call = LLMCall(model="", attempts=0)
     try:

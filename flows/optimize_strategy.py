@@ -4,8 +4,9 @@ Steps: load candles (as backtest-strategy) -> hold out the newest ``holdout_pct`
 bars (grid/genetic) -> search (backtest.optimize) on the rest, every batch of parameter sets
 fanned out as one Prefect task on the Dask task runner -> backtest the best parameters on the
 search bars (in-sample) and, when bars were held out, on them (out-of-sample; walk-forward:
-its stitched test windows) -> markdown artifact labelling each figure's sample -> save to
-``optimization_results``.
+its stitched test windows) -> markdown artifact labelling each figure's sample, with the
+Sharpe heatmap of two parameters in-sample and out-of-sample (backtest.heatmap) and the
+best set's trades -> save to ``optimization_results``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from backtest.samples import holdout_start, label_samples
 from backtest.strategies import Candles
 from blocks.loader import load_store
 from core.schemas.backtest import BacktestParameters, OptimizationResult, OptimizeParameters
-from core.settings import Settings
+from core.settings import load_settings
 from tasks.backtest import (
     expected_evaluations,
     fan_out_evaluator,
@@ -41,7 +42,7 @@ N_WORKERS = 2
     name="optimize-strategy",
     validate_parameters=True,
     timeout_seconds=7200,
-    task_runner=dask_task_runner(Settings(), n_workers=N_WORKERS),
+    task_runner=dask_task_runner(load_settings(), n_workers=N_WORKERS),
 )
 def optimize_strategy(params: OptimizeParameters) -> OptimizationResult:
     """Optimise ``params.strategy_name``. Returns the ranked :class:`OptimizationResult`."""
@@ -150,7 +151,9 @@ def optimize_strategy(params: OptimizeParameters) -> OptimizationResult:
         elapsed_s=time.perf_counter() - started,
     )
     progress.update(90, "Saving result")
-    publish_optimization_artifact(result, task_id, Settings())
+    publish_optimization_artifact(
+        result, task_id, load_settings(), all_candles, split, frame["close"].iloc[:split]
+    )
     save_optimization_result(store, result)
     progress.update(100, "Complete")
     logger.info(

@@ -11,7 +11,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from core.schemas.self_improvement import StrategyEnableParams, StrategyEnableResult
-from core.settings import Settings
+from core.settings import load_settings
 from tasks.monitoring import load_engine_client
 from tasks.notify import build_notifier, send_notification
 from tasks.results import save_task_result
@@ -28,7 +28,7 @@ def strategy_enable(params: StrategyEnableParams) -> StrategyEnableResult:
     """
     from blocks.loader import load_store
 
-    settings = Settings()
+    settings = load_settings()
     run_id = str(flow_run.get_id())
     store = load_store()
     enable_strategy(load_engine_client(), params.strategy, params.reviewer, params.note, settings)

@@ -12,7 +12,7 @@ from prefect import flow
 from prefect.settings import PREFECT_API_URL
 
 from core.schemas.monitoring import HealthCheckParameters, HealthCheckResult
-from core.settings import Settings
+from core.settings import load_settings
 from integrations.health import load_checks
 from tasks.monitoring import open_health_store, run_health_checks
 from tasks.notify import build_notifier
@@ -26,7 +26,7 @@ def system_health_check(
 ) -> HealthCheckResult:
     """Check the services. Returns ``{status: "success", health_report: {...}}``; never fails
     because a service is down (only a broken configuration file fails the run)."""
-    settings = Settings()
+    settings = load_settings()
     specs = load_checks(params.config_path or settings.health_checks_path)
     store = open_health_store(settings)
     notifier = build_notifier(store, settings) if params.notify else None

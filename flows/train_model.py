@@ -5,7 +5,9 @@ Steps: reject a duplicate (same model_type+symbol+timeframe queued or running) -
 record (reopened on a re-run) -> load the newest ``days_of_data`` of candles -> take a training
 slot (global concurrency limit ``ml-training``, 2 platform-wide) -> the model lifecycle
 (``tasks.training.train_and_register`` -> ``ml.lifecycle``: hold out the newest bars, train with
-checkpoints, score, register, deploy only if better) -> result.
+checkpoints, score, register, deploy only if better) -> the economic evaluation's artifact
+(``economics-<type>-<symbol>-<tf>``: figures with SEs, equity curves of the model against
+buy-and-hold and logistic regression) -> result.
 
 Re-runs: when this flow run runs again under the same id (crash recovery sets it back to
 Scheduled; ``run_count`` > 1) it resumes from its own newest checkpoint and reaches the full
@@ -35,14 +37,14 @@ from blocks.loader import load_block, load_store
 from blocks.model_store import ModelStoreBlock
 from core.exceptions import TrainingError
 from core.schemas.training import HARD_TIME_LIMIT_S, TrainModelParams, TrainModelResult
-from core.settings import Settings
+from core.settings import load_settings
+from ml.training_jobs import open_job, save_job
+from tasks.economics import publish_economics_artifact
 from tasks.progress import ProgressReporter
 from tasks.results import save_task_result
 from tasks.training import (
     load_training_candles,
-    open_job,
     reject_duplicate_training,
-    save_job,
     train_and_register,
     training_slot,
 )
@@ -69,7 +71,7 @@ def train_model(params: TrainModelParams) -> TrainModelResult:
     reject_duplicate_training(params, run_id)
     store = load_store()
     model_store = load_block(ModelStoreBlock)
-    settings = Settings()
+    settings = load_settings()
     job = open_job(store, params, run_id, run_count)
     status, error = "failed", None
     try:
@@ -89,6 +91,14 @@ def train_model(params: TrainModelParams) -> TrainModelResult:
                 run_count=run_count,
             )
         status = "completed"
+        if result.economics is not None:
+            publish_economics_artifact(
+                result.economics,
+                f"economics-{params.model_type}-{params.symbol}-{params.timeframe}".lower(),
+                run_id,
+                settings,
+                f"{params.model_type} {params.symbol} {params.timeframe} on held-out bars",
+            )
         progress.update(100, "Complete")
         logger.info(
             "trained %s: val_accuracy %.3f, held-out accuracy %.3f, model %s %s",

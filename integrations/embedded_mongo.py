@@ -16,10 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pymongo.errors import PyMongoError
-
-from core.exceptions import ConfigurationError, ServiceUnavailableError
-from integrations.store import connect
+from core.exceptions import (
+    ConfigurationError,
+    ServiceUnavailableError,
+    StoreError,
+    StoreUnavailableError,
+)
+from integrations.store import Store, connect
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +132,7 @@ def start_embedded_mongo(
     server = EmbeddedMongo(proc, uri, db_path, log_path)
     deadline = time.monotonic() + timeout_s
     client = connect(uri, timeout_ms=500)
+    probe = Store(client, "admin")  # its boundary converts the client's errors
     try:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -136,10 +140,10 @@ def start_embedded_mongo(
                     f"nx-27017 exited with code {proc.returncode}; see {data_dir / 'nx-27017.out'}"
                 )
             try:
-                client.admin.command("ping")
+                probe.ping()
                 log.info("nx-27017 ready at %s (data %s)", uri, db_path)
                 return server
-            except PyMongoError:
+            except (StoreUnavailableError, StoreError):
                 time.sleep(0.2)
     finally:
         client.close()

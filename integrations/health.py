@@ -1,9 +1,10 @@
 """Health checks of the platform's services (pure: no Prefect import).
 
 Flow: :func:`load_checks` reads ``config/health_checks.yaml`` -> :func:`run_checks` runs every
-check in parallel threads, each with its own timeout and all within one deadline ->
-:func:`apply_failure_state` turns a first failure into ``failing`` and a second consecutive
-one into ``down`` -> :func:`build_report` computes the overall status (the worst of the
+check (:mod:`integrations.service_checks`) in parallel threads, each with its own timeout and
+all within one deadline -> :func:`integrations.health_status.apply_failure_state` turns a first
+failure into ``failing`` and a second consecutive one into ``down`` ->
+:func:`integrations.health_status.build_report` computes the overall status (the worst of the
 services actually checked: critical > degraded > healthy; ``unknown`` when none was checked),
 a summary of how many were checked, and the alert texts. A service that was not checked
 (no target configured) is ``unknown``, never healthy.
@@ -17,24 +18,26 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import socket
-import struct
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import psutil
-import requests
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from core.exceptions import ConfigurationError
-from core.schemas.monitoring import HealthReport, ServiceHealth
 from core.settings import Settings
+from integrations.service_checks import (
+    check_amqp,
+    check_http,
+    check_prefect_worker,
+    check_redis,
+    check_tcp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,114 +118,6 @@ class CheckOutcome:
     error: str | None = None
     value_pct: float | None = None
     skipped_note: str | None = None
-
-
-# ------------------------------------------------------------ individual checks
-def _host_port(address: str, default_port: int) -> tuple[str, int]:
-    address = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = address.rpartition(":")
-    if not host:
-        return address, default_port
-    return host, int(port)
-
-
-def check_http(url: str, expected_status: int, timeout_s: float) -> tuple[float, str | None]:
-    """GET ``url``. Returns (elapsed ms, error or None). Never raises."""
-    start = time.perf_counter()
-    try:
-        resp = requests.get(url, timeout=timeout_s)
-    except requests.Timeout:
-        return (time.perf_counter() - start) * 1000, f"timeout after {timeout_s:g}s"
-    except requests.RequestException as e:
-        return (time.perf_counter() - start) * 1000, f"unreachable: {type(e).__name__}"
-    ms = (time.perf_counter() - start) * 1000
-    if resp.status_code != expected_status:
-        return ms, f"HTTP {resp.status_code} (expected {expected_status})"
-    return ms, None
-
-
-def check_redis(address: str, timeout_s: float) -> tuple[float, str | None]:
-    """Send ``PING`` to Redis at ``host:port``. Returns (ms, error or None); never raises."""
-    start = time.perf_counter()
-    try:
-        with socket.create_connection(_host_port(address, 6379), timeout=timeout_s) as s:
-            s.settimeout(timeout_s)
-            s.sendall(b"PING\r\n")
-            reply = s.recv(64)
-    except OSError as e:
-        return (time.perf_counter() - start) * 1000, f"unreachable: {type(e).__name__}"
-    ms = (time.perf_counter() - start) * 1000
-    if not reply.startswith(b"+PONG"):
-        return ms, f"unexpected reply {reply[:40]!r}"
-    return ms, None
-
-
-def check_amqp(address: str, timeout_s: float) -> tuple[float, str | None]:
-    """Open an AMQP 0-9-1 handshake at ``host:port`` and expect Connection.Start.
-
-    Returns (ms, error or None); never raises.
-    """
-    start = time.perf_counter()
-    try:
-        with socket.create_connection(_host_port(address, 5672), timeout=timeout_s) as s:
-            s.settimeout(timeout_s)
-            s.sendall(b"AMQP\x00\x00\x09\x01")
-            header = _recv_exact(s, 11)
-    except OSError as e:
-        return (time.perf_counter() - start) * 1000, f"unreachable: {type(e).__name__}"
-    ms = (time.perf_counter() - start) * 1000
-    frame_type, channel, _size = struct.unpack(">BHI", header[:7])
-    if frame_type != 1 or channel != 0 or header[7:11] != b"\x00\x0a\x00\x0a":
-        return ms, f"no AMQP Connection.Start (got {header[:11]!r})"
-    return ms, None
-
-
-def _recv_exact(s: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionResetError("closed before the answer was complete")
-        buf += chunk
-    return buf
-
-
-def check_tcp(address: str, default_port: int, timeout_s: float) -> tuple[float, str | None]:
-    """Open a TCP connection. Returns (ms, error or None); never raises."""
-    start = time.perf_counter()
-    try:
-        with socket.create_connection(_host_port(address, default_port), timeout=timeout_s):
-            pass
-    except OSError as e:
-        return (time.perf_counter() - start) * 1000, f"unreachable: {type(e).__name__}"
-    return (time.perf_counter() - start) * 1000, None
-
-
-def check_prefect_worker(
-    api_url: str, work_pool: str, timeout_s: float, auth_string: str | None = None
-) -> tuple[float, str | None]:
-    """Ask the Prefect API for the pool's workers; healthy when one is ONLINE.
-
-    ``auth_string``: the API's ``user:password`` when it requires basic authentication.
-
-    Returns (ms, error or None); never raises.
-    """
-    start = time.perf_counter()
-    url = f"{api_url.rstrip('/')}/work_pools/{work_pool}/workers/filter"
-    auth = tuple(auth_string.split(":", 1)) if auth_string else None
-    try:
-        resp = requests.post(url, json={}, timeout=timeout_s, auth=auth)
-    except requests.RequestException as e:
-        return (time.perf_counter() - start) * 1000, f"Prefect API unreachable: {type(e).__name__}"
-    ms = (time.perf_counter() - start) * 1000
-    if resp.status_code == 404:
-        return ms, f"work pool {work_pool!r} does not exist"
-    if resp.status_code != 200:
-        return ms, f"Prefect API answered HTTP {resp.status_code}"
-    online = [w for w in resp.json() if str(w.get("status", "")).upper() == "ONLINE"]
-    if not online:
-        return ms, f"no live worker in work pool {work_pool!r}"
-    return ms, None
 
 
 # ------------------------------------------------------------ running
@@ -314,181 +209,6 @@ def run_checks(
         else:
             out.append(CheckOutcome(spec, ok=False, error=f"no answer within {deadline:g}s"))
     return out
-
-
-# ------------------------------------------------------------ classification
-def apply_failure_state(
-    outcomes: list[CheckOutcome],
-    previous: Mapping[str, Mapping[str, Any]],
-    settings: Settings,
-) -> tuple[dict[str, ServiceHealth], dict[str, dict[str, Any]]]:
-    """Classify outcomes using the previous consecutive-failure counts.
-
-    A failing network check is ``failing`` the first time and ``down`` from the second
-    consecutive failure; a success resets the count. Disk/memory are ``warning`` /
-    ``critical`` at their thresholds (no confirmation needed).
-
-    Returns:
-        (services by name, new state by name ``{consecutive_failures, last_status, updated_at}``).
-    """
-    services: dict[str, ServiceHealth] = {}
-    state: dict[str, dict[str, Any]] = {}
-    now = datetime.now(UTC)
-    for o in outcomes:
-        s = o.spec
-        if o.skipped_note:
-            services[s.name] = ServiceHealth(
-                name=s.name, kind=s.kind, status="unknown", note=o.skipped_note
-            )
-            continue
-        if s.kind in ("disk", "memory"):
-            if o.error is not None or o.value_pct is None:
-                services[s.name] = ServiceHealth(
-                    name=s.name, kind=s.kind, status="warning", error=o.error, severity="warning"
-                )
-                continue
-            warn = s.warning_pct or (
-                settings.disk_warning_pct if s.kind == "disk" else settings.memory_warning_pct
-            )
-            crit = s.critical_pct or (
-                settings.disk_critical_pct if s.kind == "disk" else settings.memory_critical_pct
-            )
-            pct = round(o.value_pct, 1)
-            if pct >= crit:
-                status, sev = "critical", "critical"
-            elif pct >= warn:
-                status, sev = "warning", "warning"
-            else:
-                status, sev = "healthy", "ok"
-            services[s.name] = ServiceHealth(
-                name=s.name, kind=s.kind, status=status, value_pct=pct, severity=sev
-            )
-            continue
-        prev = int(previous.get(s.name, {}).get("consecutive_failures", 0))
-        if o.ok:
-            slow_ms = s.slow_ms or settings.health_slow_ms
-            slow = s.kind == "http" and (o.response_time_ms or 0) > slow_ms
-            services[s.name] = ServiceHealth(
-                name=s.name,
-                kind=s.kind,
-                status="slow" if slow else "healthy",
-                response_time_ms=o.response_time_ms,
-                severity="warning" if slow else "ok",
-            )
-            count = 0
-        else:
-            count = prev + 1
-            down = count >= 2
-            services[s.name] = ServiceHealth(
-                name=s.name,
-                kind=s.kind,
-                status="down" if down else "failing",
-                response_time_ms=o.response_time_ms,
-                error=o.error,
-                consecutive_failures=count,
-                severity="critical" if down else "ok",
-                note=None if down else "first failure: reported down if the next check fails too",
-            )
-        state[s.name] = {
-            "consecutive_failures": count,
-            "last_status": services[s.name].status,
-            "updated_at": now.isoformat(),
-        }
-    return services, state
-
-
-def alert_text(svc: ServiceHealth) -> str | None:
-    """The spec's alert text of one service, or None when it needs no alert."""
-    if svc.status == "down":
-        return f"❌ {svc.name} is DOWN"
-    if svc.status == "slow":
-        return f"⚠️ {svc.name} slow response ({svc.response_time_ms:.0f}ms)"
-    label = "Disk" if svc.kind == "disk" else "Memory"
-    if svc.kind in ("disk", "memory") and svc.value_pct is not None:
-        if svc.status == "critical":
-            return f"❌ {label} usage critical: {svc.value_pct:.0f}%"
-        if svc.status == "warning":
-            return f"⚠️ {label} usage high: {svc.value_pct:.0f}%"
-    if svc.kind in ("disk", "memory") and svc.status == "warning":
-        return f"⚠️ {label} usage unknown: {svc.error}"
-    return None
-
-
-_RANK = {"healthy": 0, "degraded": 1, "critical": 2}
-
-
-def overall_status(services: Mapping[str, ServiceHealth]) -> str:
-    """The worst status of the checked services: critical (a service down / a resource
-    critical) > degraded (slow, failing once, resource warning) > healthy.
-
-    Returns:
-        that status; ``"unknown"`` when no service was checked (all ``unknown``), since
-        nothing is then known to be healthy.
-    """
-    checked = [svc for svc in services.values() if svc.status != "unknown"]
-    if not checked:
-        return "unknown"
-    worst = "healthy"
-    for svc in checked:
-        if svc.severity == "critical":
-            level = "critical"
-        elif svc.severity == "warning" or svc.status == "failing":
-            level = "degraded"
-        else:
-            level = "healthy"
-        if _RANK[level] > _RANK[worst]:  # a later check never lowers it
-            worst = level
-    return worst
-
-
-def summarize(services: Mapping[str, ServiceHealth]) -> str:
-    """One line saying how many services were checked and what they showed.
-
-    Returns:
-        e.g. ``"5 of 11 checked: 4 healthy, 1 down; 6 not checked (not configured)"``;
-        ``"0 of 3 checked; 3 not checked (not configured)"`` when none was.
-    """
-    counts: dict[str, int] = {}
-    unchecked = 0
-    for svc in services.values():
-        if svc.status == "unknown":
-            unchecked += 1
-        else:
-            counts[svc.status] = counts.get(svc.status, 0) + 1
-    checked = len(services) - unchecked
-    order = ["healthy", "slow", "warning", "failing", "down", "critical"]
-    parts = [f"{counts[k]} {k}" for k in order if counts.get(k)]
-    text = f"{checked} of {len(services)} checked"
-    if parts:
-        text += ": " + ", ".join(parts)
-    if unchecked:
-        text += f"; {unchecked} not checked (not configured)"
-    return text
-
-
-def build_report(
-    services: dict[str, ServiceHealth], started: datetime, duration_ms: float
-) -> HealthReport:
-    """Assemble the report: overall status, the checked/unchecked summary and alerts
-    (critical ones listed separately). Returns the :class:`HealthReport`."""
-    alerts, critical = [], []
-    for svc in services.values():
-        text = alert_text(svc)
-        if text:
-            alerts.append(text)
-            if svc.severity == "critical":
-                critical.append(text)
-    return HealthReport(
-        created_at=started,
-        overall_status=overall_status(services),  # type: ignore[arg-type]
-        summary=summarize(services),
-        checked_count=sum(1 for s in services.values() if s.status != "unknown"),
-        unchecked=[n for n, s in services.items() if s.status == "unknown"],
-        services=services,
-        alerts=alerts,
-        critical_alerts=critical,
-        duration_ms=round(duration_ms, 1),
-    )
 
 
 # ------------------------------------------------------------ local fallback files

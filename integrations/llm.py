@@ -210,9 +210,11 @@ def build_prompt(
     market: Mapping[str, Any],
     thresholds: Mapping[str, float],
     accuracy_history: Mapping[str, list[Any]] | None = None,
+    live_figures: list[Mapping[str, Any]] | None = None,
 ) -> str:
     """The user prompt: thresholds first, then performance, model accuracy (and its history:
-    recent trainings, newest first) and market context.
+    recent trainings, newest first), the deployed models' live record (their served
+    predictions scored against what happened, when any) and market context.
 
     Returns the prompt text (JSON blocks; numbers as measured).
     """
@@ -224,6 +226,7 @@ def build_prompt(
         "Trading performance, last {d} days:\n{perf}\n\n"
         "Deployed model accuracy (held-out):\n{acc}\n"
         "Recent trainings per model type, newest first (held-out accuracy):\n{hist}\n\n"
+        "{live}"
         "Market context (recent candles):\n{mkt}\n"
     ).format(
         w=thresholds["warning_win_rate_pct"],
@@ -236,6 +239,13 @@ def build_prompt(
         perf=json.dumps(dict(performance), default=str),
         acc=json.dumps(dict(model_accuracy)),
         hist=json.dumps(dict(accuracy_history or {}), default=str),
+        live=(
+            "Deployed models' live record (served predictions scored after their outcome; "
+            "hit_rate against majority_rate, the naive baseline; decayed: the decay rule "
+            f"fired):\n{json.dumps(list(live_figures), default=str)}\n\n"
+            if live_figures
+            else ""
+        ),
         mkt=json.dumps(dict(market), default=str),
     )
 

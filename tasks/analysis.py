@@ -10,19 +10,24 @@ deployed model; each model is loaded once and run once (one batched inference) p
 
 from __future__ import annotations
 
+import base64
+import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prefect import task
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.tasks import exponential_backoff
 from pydantic import SecretBytes
 
 from blocks.mongodb import MongoDBBlock
-from core.schemas.analysis import FailedSymbol, SymbolAnalysis
+from core.schemas.analysis import BulkAnalysisResult, FailedSymbol, SymbolAnalysis
 from integrations.store import Store
 from ml.analysis import SignalConfig, analyze_symbols, best_deployed_per_symbol
+from ml.registry_views import label, serving_version
+from ml.signal_map import render_signal_map
 from tasks.retry import retry_only_retryable
 
 
@@ -46,6 +51,36 @@ def find_deployed_models(
     """
     docs = store.deployed_model_docs(timeframe=timeframe)
     return best_deployed_per_symbol(docs, symbols)
+
+
+@task(
+    name="find-serving-models",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(2),
+    retry_condition_fn=retry_only_retryable,
+    cache_policy=NONE,
+)
+def find_serving_models(
+    store: Store, symbols: list[str], timeframe: str, model_version: str | None
+) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[str, bool]]]:
+    """The model document per symbol (the deployed one; for the symbol of ``model_version``
+    that version, a candidate included), and per model id its version name and whether it
+    is deployed.
+
+    Raises:
+        NotFoundError, InvalidInputError: ``model_version`` cannot serve (see
+            :func:`ml.registry_views.serving_version`).
+        ServiceUnavailableError (retried): MongoDB unreachable.
+    """
+    models = find_deployed_models.fn(store, symbols, timeframe)
+    served = {d["model_id"]: (label(d), True) for d in models.values()}
+    if model_version is not None:
+        record, deployed = serving_version(
+            store, model_version, symbols=symbols, timeframe=timeframe
+        )
+        models[record.symbol] = record.to_doc()
+        served[record.model_id] = (label(record), deployed)
+    return models, served
 
 
 @task(
@@ -253,3 +288,29 @@ def analyze_batch(
         ServiceUnavailableError (retried): MongoDB unreachable.
     """
     return run_analysis_batch(symbols, timeframe, bars, mongo, model_docs, model_dir, model_key)
+
+
+@task(name="publish-signal-map", cache_policy=NONE)
+def publish_signal_map(result: BulkAnalysisResult) -> str:
+    """Markdown artifact ``bulk-analysis-signal-map-<timeframe>``: the signal map of
+    ``result`` (ml.signal_map: one tile per symbol, coloured by signal, shaded by confidence).
+
+    Returns:
+        the artifact's key.
+    """
+    started = time.perf_counter()
+    png = render_signal_map(result)
+    drawn_s = time.perf_counter() - started
+    image = base64.b64encode(png).decode("ascii")
+    key = f"bulk-analysis-signal-map-{result.timeframe}".lower()
+    create_markdown_artifact(
+        f"# Signal map ({result.timeframe})\n\n"
+        f"![signal map of {len(result.results)} symbols](data:image/png;base64,{image})\n\n"
+        "Green: BUY, red: SELL, grey: HOLD, white: failed (its reason in the tile); the "
+        "darker the tile, the higher the confidence. Bold: the deployed model's signal, "
+        "else the indicators'. The full table is in the result artifact.\n",
+        key=key,
+        description=f"BUY/SELL/HOLD and confidence of {result.total_symbols} symbols",
+    )
+    get_run_logger().info("signal map drawn in %.2f s (%d bytes)", drawn_s, len(png))
+    return key

@@ -8,6 +8,7 @@ parameter sets (the unit of the Dask fan-out), saving results and publishing art
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,15 +21,11 @@ from prefect.cache_policies import NONE
 from prefect.futures import PrefectFuture
 from prefect.tasks import exponential_backoff
 
+from backtest.charts import render_backtest_chart
+from backtest.heatmap import optimization_heatmap, render_heatmap
 from backtest.optimize import Evaluate, evaluate_params, resolve_space, valid_combinations
 from backtest.samples import optimization_markdown
-from backtest.service import (
-    backtest_candles,
-    check_range,
-    range_bounds,
-    render_equity_chart,
-    summary_markdown,
-)
+from backtest.service import backtest_candles, check_range, range_bounds, summary_markdown
 from backtest.strategies import Candles, get_strategy
 from core.schemas.backtest import (
     BacktestConfig,
@@ -143,57 +140,118 @@ def expected_evaluations(params: OptimizeParameters) -> int:
     return max(1, params.wf_windows * min(size, params.parameter_variations))
 
 
-def _chart_path(settings: Settings, task_id: str) -> Path:
+def _chart_path(settings: Settings, task_id: str, suffix: str = "") -> Path:
     folder = settings.state_dir / "backtests"
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{task_id}.png"
+    return folder / f"{task_id}{suffix}.png"
+
+
+def _png_markdown(png: bytes, alt: str) -> str:
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
 
 
 @task(name="publish-backtest-artifacts", cache_policy=NONE)
 def publish_backtest_artifacts(
-    result: BacktestResult, task_id: str, settings: Settings, key_prefix: str = "backtest"
+    result: BacktestResult,
+    task_id: str,
+    settings: Settings,
+    key_prefix: str = "backtest",
+    close: pd.Series | None = None,
 ) -> str:
-    """Markdown artifact (metrics table + equity/drawdown PNG inline) and the PNG on disk.
+    """Markdown artifact (metrics table + the chart PNG inline) and the PNG on disk.
+
+    The chart (backtest.charts): with ``close`` (the close column of the backtest's candles)
+    every fill marked on the close price above the equity and drawdown curves; without it the
+    equity and drawdown curves alone.
 
     Returns:
         the path of the PNG written under ``<state_dir>/backtests/``.
     """
-    png = render_equity_chart(result)
+    started = time.perf_counter()
+    png = render_backtest_chart(result, close, label="IN-SAMPLE" if result.in_sample else "")
+    drawn_s = time.perf_counter() - started
     path = _chart_path(settings, task_id)
     path.write_bytes(png)
-    image = base64.b64encode(png).decode("ascii")
     key = f"{key_prefix}-{result.strategy_name}-{result.symbol}-{result.timeframe}".lower()
+    heading = "Trades, equity and drawdown" if close is not None else "Equity and drawdown"
     create_markdown_artifact(
         summary_markdown(result)
-        + f"\n## Equity and drawdown\n\n![equity and drawdown](data:image/png;base64,{image})\n"
+        + f"\n## {heading}\n\n{_png_markdown(png, heading.lower())}\n"
+        + (
+            "\nGreen up-triangles: buys (a long's entry, a short's exit); red "
+            "down-triangles: sells; at their fill price (the open after the signal).\n"
+            if close is not None
+            else ""
+        )
         + f"\nChart file: `{path}`\n",
         key=key,
-        description=f"{result.strategy_name} backtest summary and equity/drawdown chart",
+        description=f"{result.strategy_name} backtest summary and {heading.lower()} chart",
     )
-    get_run_logger().info("chart written to %s (%d bytes)", path, len(png))
+    get_run_logger().info(
+        "chart written to %s (%d bytes, drawn in %.2f s)", path, len(png), drawn_s
+    )
     return str(path)
 
 
 @task(name="publish-optimization-artifact", cache_policy=NONE)
 def publish_optimization_artifact(
-    result: OptimizationResult, task_id: str, settings: Settings
+    result: OptimizationResult,
+    task_id: str,
+    settings: Settings,
+    candles: Candles | None = None,
+    split: int | None = None,
+    close: pd.Series | None = None,
 ) -> str:
     """Markdown artifact of an optimisation: the headline with its sample named, in-sample vs
-    out-of-sample metrics, the top (in-sample) sets and the best set's equity chart titled
-    IN-SAMPLE; the PNG also on disk.
+    out-of-sample metrics, the top (in-sample) sets, the Sharpe heatmap of two parameters
+    (in-sample and out-of-sample side by side; needs ``candles``, every bar of the range, and
+    ``split``, the first held-out bar) and the best set's chart titled IN-SAMPLE (its fills
+    marked when ``close``, the close of its bars, is given); the PNGs also on disk.
 
     Returns:
-        the path of the PNG written under ``<state_dir>/backtests/``.
+        the path of the best set's chart PNG written under ``<state_dir>/backtests/``.
     """
-    png = render_equity_chart(result.best_result, label="IN-SAMPLE")
+    log = get_run_logger()
+    started = time.perf_counter()
+    png = render_backtest_chart(result.best_result, close, label="IN-SAMPLE")
+    log.info("best set's chart drawn in %.2f s", time.perf_counter() - started)
     path = _chart_path(settings, task_id)
     path.write_bytes(png)
-    image = base64.b64encode(png).decode("ascii")
+    heatmap = ""
+    if candles is not None:
+        started = time.perf_counter()
+        data = optimization_heatmap(result, candles, len(candles) if split is None else split)
+        computed = time.perf_counter()
+        heat_png = render_heatmap(
+            data, f"Sharpe of {result.method} {result.strategy_name} {result.symbol} "
+            f"{result.timeframe} by {data.axes_text}",
+        )  # fmt: skip
+        log.info(
+            "heatmap: out-of-sample Sharpe of %d cells in %.2f s, drawn in %.2f s",
+            sum(p is not None for row in data.cell_parameters for p in row),
+            computed - started,
+            time.perf_counter() - computed,
+        )
+        _chart_path(settings, task_id, "-heatmap").write_bytes(heat_png)
+        samples = (
+            "IN-SAMPLE and OUT-OF-SAMPLE side by side"
+            if data.out_of_sample is not None
+            else "IN-SAMPLE only (no bars were held out)"
+        )
+        heatmap = (
+            f"\n## Sharpe by {data.axes_text}, {samples}\n\n"
+            + _png_markdown(heat_png, f"Sharpe heatmap, {samples}")
+            + "\n"
+        )
     key = f"optimize-{result.method}-{result.strategy_name}-{result.symbol}".lower()
     create_markdown_artifact(
         optimization_markdown(result)
-        + "\n## Best parameters, IN-SAMPLE equity and drawdown\n\n"
-        + f"![in-sample equity and drawdown](data:image/png;base64,{image})\n",
+        + heatmap
+        + "\n## Best parameters, IN-SAMPLE "
+        + ("trades, " if close is not None else "")
+        + "equity and drawdown\n\n"
+        + _png_markdown(png, "in-sample equity and drawdown")
+        + "\n",
         key=key.replace("_", "-"),
         description=f"{result.method} optimisation of {result.strategy_name}: headline "
         f"{result.headline.replace('_', '-')}",

@@ -27,7 +27,7 @@ from core.schemas.monitoring import (
     ServiceHealth,
 )
 from core.settings import Settings
-from integrations import health, reports
+from integrations import health, health_status, reports
 from integrations.notifications import Notifier
 from integrations.store import Store
 from integrations.trading_engine import TradingEngineClient
@@ -120,10 +120,10 @@ def perform_health_check(
         except BotAIError as e:
             logger.warning("health state from file only: %s", e)
             mongo_ok = False
-    services, state = health.apply_failure_state(outcomes, previous, settings)
+    services, state = health_status.apply_failure_state(outcomes, previous, settings)
     health.write_state_file(state_file, {**previous, **state})
     services.update(extra_services or {})
-    report = health.build_report(services, started, (time.perf_counter() - t0) * 1000)
+    report = health_status.build_report(services, started, (time.perf_counter() - t0) * 1000)
     for svc in (extra_services or {}).values():  # queue depth / heartbeats (TC-ASYNC-087, 102)
         if svc.severity != "ok" and svc.error:
             text = f"{'❌' if svc.severity == 'critical' else '⚠️'} {svc.name}: {svc.error}"
@@ -166,7 +166,7 @@ def perform_health_check(
         title = "; ".join(report.critical_alerts or report.alerts)
         details = "\n".join(
             f"{a}" + (f" - {services[n].error}" if services[n].error else "")
-            for n, a in ((n, health.alert_text(s)) for n, s in services.items())
+            for n, a in ((n, health_status.alert_text(s)) for n, s in services.items())
             if a
         )
         message = f"Overall status: {report.overall_status.upper()} ({report.summary})\n{details}"

@@ -13,7 +13,7 @@ from prefect.cache_policies import NONE
 
 from core.exceptions import BotAIError
 from core.schemas.monitoring import Level, NotificationResult
-from core.settings import Settings
+from core.settings import Settings, load_settings
 from integrations.notifications import EmailSender, Notifier, SlackSender
 from integrations.store import Store
 
@@ -41,7 +41,7 @@ def build_notifier(store: Store | None, settings: Settings | None = None) -> Not
 
     Returns the notifier (``settings.alert_cooldown_s`` cool-down).
     """
-    settings = settings or Settings()
+    settings = settings or load_settings()
     slack, email = load_senders()
     return Notifier(slack=slack, email=email, store=store, cooldown_s=settings.alert_cooldown_s)
 

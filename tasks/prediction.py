@@ -1,4 +1,5 @@
-"""Prefect tasks of the ``predict-price`` flow: find the deployed model, read candles, forecast."""
+"""Prefect tasks of the ``predict-price`` flow: find the model that serves (the deployed one, or
+the version asked for), read candles, forecast."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from ml.forecast import ForecastConfig
 from ml.metrics import selection_accuracy
 from ml.prediction import predict_prices
 from ml.predictor import SharedForward
-from ml.registry import ModelRecord, ModelRegistry
+from ml.records import ModelRecord
+from ml.registry import ModelRegistry
+from ml.registry_views import newest_servable, serving_version
 from tasks.retry import retry_only_retryable
 
 
@@ -47,9 +50,40 @@ def find_deployed_model(store: Store, params: PredictPriceParams) -> ModelRecord
         symbol=params.symbol, timeframe=PREDICTION_TIMEFRAME, model_type=params.model_type
     )
     if not docs:
-        raise NotFoundError(no_model_message(params.model_type, params.symbol))
+        newest = newest_servable(store, params.model_type, params.symbol, PREDICTION_TIMEFRAME)
+        raise NotFoundError(no_model_message(params.model_type, params.symbol, newest))
     best = max(docs, key=lambda d: selection_accuracy(d.get("metrics")))
     return ModelRecord.from_doc(best)
+
+
+@task(
+    name="find-serving-model",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(2),
+    retry_condition_fn=retry_only_retryable,
+    cache_policy=NONE,
+)
+def find_serving_model(store: Store, params: PredictPriceParams) -> tuple[ModelRecord, bool]:
+    """The version ``params.model_version`` names (a candidate may serve), else the deployed
+    model of ``params.model_type`` for ``params.symbol``.
+
+    Returns:
+        (its registry record, whether it is the deployed version of its key).
+
+    Raises:
+        NotFoundError: none deployed, or no such version (the message says what to do).
+        InvalidInputError: the version is archived or of another symbol or model type.
+        ServiceUnavailableError (retried): MongoDB unreachable.
+    """
+    if params.model_version is None:
+        return find_deployed_model.fn(store, params), True
+    return serving_version(
+        store,
+        params.model_version,
+        symbols=[params.symbol],
+        timeframe=PREDICTION_TIMEFRAME,
+        model_type=params.model_type,
+    )
 
 
 @task(

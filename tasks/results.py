@@ -27,11 +27,10 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
-from pymongo.errors import ConnectionFailure, PyMongoError
 
-from core.exceptions import BotAIError, StoreError, StoreUnavailableError
+from core.exceptions import BotAIError
 from core.schemas.analysis import BulkAnalysisResult, PredictPriceResult
-from integrations.store import C, Store
+from integrations.store import Store
 from tasks.retry import retry_only_retryable
 
 R = TypeVar("R")
@@ -84,7 +83,10 @@ def save_task_result(result: R, store: Store | None = None, *, best_effort: bool
 
             store = load_store()
         # best effort: one attempt (a health check must not wait out a store that is down)
-        (write_task_result.fn if best_effort else write_task_result)(store, doc)
+        if best_effort:
+            write_task_result.fn(store, doc, retry=False)
+        else:
+            write_task_result(store, doc)
     except BotAIError as e:
         if not best_effort:
             raise
@@ -108,23 +110,17 @@ def save_task_result(result: R, store: Store | None = None, *, best_effort: bool
     retry_condition_fn=retry_only_retryable,
     cache_policy=NONE,
 )
-def write_task_result(store: Store, doc: dict[str, Any]) -> None:
+def write_task_result(store: Store, doc: dict[str, Any], *, retry: bool = True) -> None:
     """Replace (or insert) the ``task_results`` document of ``doc["task_id"]``.
+
+    Args:
+        retry: False makes one store attempt (see :meth:`Jobs.task_result_save`).
 
     Raises:
         StoreUnavailableError (retried): the store did not answer or dropped the connection.
         StoreError: the store refused the document.
     """
-    try:
-        store.col(C.TASK_RESULTS).replace_one({"task_id": doc["task_id"]}, doc, upsert=True)
-    except ConnectionFailure as e:
-        raise StoreUnavailableError(f"MongoDB store unavailable while saving a result: {e}") from e
-    except PyMongoError as e:
-        if getattr(e, "timeout", False):
-            raise StoreUnavailableError(
-                f"MongoDB store timed out while saving a result: {e}"
-            ) from e
-        raise StoreError(f"MongoDB store refused the result: {type(e).__name__}: {e}") from e
+    store.jobs.task_result_save(doc, retry=retry)
 
 
 def _jsonable(result: Any) -> Any:

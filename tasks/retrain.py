@@ -17,7 +17,8 @@ from core.schemas.self_improvement import ModelRetrainOutcome
 from core.schemas.training import TrainModelResult
 from integrations.store import Store
 from ml.deploy_rule import DEPLOYED
-from ml.registry import ModelRecord, ModelRegistry
+from ml.records import ModelRecord
+from ml.registry import ModelRegistry
 
 LOCK_NAME = "adaptive-retrain"
 
@@ -99,7 +100,7 @@ def retrain_outcome(old: ModelRecord | None, trained: TrainModelResult) -> Model
     selection saw; deployed only when it beats all of them by more than the standard error.
 
     Returns:
-        the outcome: ``deployed`` (new one deployed, old archived), ``kept_old`` (the old stays
+        the outcome: ``deployed`` (new one deployed, old retired), ``kept_old`` (the old stays
         deployed), or ``candidate`` (nothing was deployed and the new one did not beat the
         baselines), with both accuracies on the slice and the reason.
     """

@@ -9,7 +9,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,7 @@ def find_active_trainings(
     *,
     exclude_run_id: UUID | str | None = None,
     created_before: datetime | None = None,
+    client: Any = None,
 ) -> list[FlowRun]:
     """Queued or running ``train-model`` runs of the same model_type+symbol+timeframe.
 
@@ -75,11 +76,15 @@ def find_active_trainings(
     The HTTP gateway (api/) calls it (through :func:`assert_no_active_training`) before it
     creates a run; the flow calls it at start for runs created earlier than itself.
 
+    Args:
+        client: an open synchronous Prefect client to use (the gateway's shared one), or
+            None for a client of its own.
+
     Returns:
         matching runs, oldest first.
     """
     runs: list[FlowRun] = []
-    with get_client(sync_client=True) as client:
+    with nullcontext(client) if client is not None else get_client(sync_client=True) as client:
         while True:  # the API returns at most 200 per page
             page = client.read_flow_runs(
                 flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
@@ -115,8 +120,9 @@ def assert_no_active_training(
     *,
     exclude_run_id: UUID | str | None = None,
     created_before: datetime | None = None,
+    client: Any = None,
 ) -> None:
-    """Pre-check for the HTTP gateway and the flow.
+    """Pre-check for the HTTP gateway and the flow (``client``: see find_active_trainings).
 
     Raises:
         DuplicateRunError: 'Training already in progress for lstm+BTCUSDT' (names the run).
@@ -127,6 +133,7 @@ def assert_no_active_training(
         timeframe,
         exclude_run_id=exclude_run_id,
         created_before=created_before,
+        client=client,
     )
     if active:
         first = active[0]
@@ -195,28 +202,6 @@ def load_training_candles(store: Store, params: TrainModelParams) -> pd.DataFram
         candles.index[-1],
     )
     return candles
-
-
-# ---------------------------------------------------------------- jobs
-def new_job(params: TrainModelParams, run_id: str) -> dict[str, Any]:
-    """The ``training_jobs`` document of a run that starts now (see ``ml.lifecycle``)."""
-    from ml.lifecycle import new_job as _new_job
-
-    return _new_job(params, run_id)
-
-
-def open_job(store: Store, params: TrainModelParams, run_id: str, run_count: int = 1) -> dict:
-    """This run's job record, new or reopened on a re-run (see ``ml.lifecycle.open_job``)."""
-    from ml.lifecycle import open_job as _open_job
-
-    return _open_job(store, params, run_id, run_count)
-
-
-def save_job(store: Store, job: dict[str, Any], **changes: Any) -> None:
-    """Apply ``changes`` to ``job`` and write the whole document."""
-    from ml.lifecycle import save_job as _save_job
-
-    _save_job(store, job, **changes)
 
 
 # ---------------------------------------------------------------- training slots
@@ -354,8 +339,10 @@ def train_and_register(
         see ``ml.lifecycle.train_and_register``.
     """
     from ml import lifecycle
+    from ml.checkpoints import CheckpointStore
+    from ml.economics import EconomicsConfig
     from ml.registry import ModelRegistry
-    from ml.training import CheckpointStore
+    from ml.shared_files import SharedFiles
 
     logger = get_run_logger()
     hooks = lifecycle.Hooks(
@@ -373,10 +360,22 @@ def train_and_register(
         job,
         registry=ModelRegistry(store, model_dir, model_key),
         checkpoints=CheckpointStore(
-            settings.checkpoint_dir, params.model_type, params.symbol, params.timeframe, model_key
+            settings.checkpoint_dir,
+            params.model_type,
+            params.symbol,
+            params.timeframe,
+            model_key,
+            files=SharedFiles(store.blobs, settings.checkpoint_dir),
         ),
         min_free_disk_gb=settings.min_free_disk_gb,
         checkpoint_every_s=settings.checkpoint_every_s,
         run_count=run_count,
         hooks=hooks,
+        deploy_rule=settings.deploy_rule,
+        economics=EconomicsConfig(
+            fee_bps=settings.economics_fee_bps,
+            slippage_bps=settings.economics_slippage_bps,
+            block_bars=settings.economics_block_bars,
+            bootstrap_samples=settings.economics_bootstrap_samples,
+        ),
     )
