@@ -15,8 +15,11 @@ Two tests on the model's scored ledger entries; either fires the rule:
   (3.4 standard errors away); a 3-point edge is a toss-up: an edge that small does not pay
   a 0.1 % fee per side at one-hour horizons anyway.
 * **Coverage.** Over the last ``coverage_days`` of scored forecast hours, the 80 % interval's
-  coverage lies outside ``coverage_band`` (0.75-0.85), judged from ``min_coverage_pairs``
-  intervals on.
+  coverage lies outside ``coverage_band`` (0.75-0.85) by more than its own noise: fires when
+  the coverage's two-sided 95 % confidence interval (``coverage +- 1.96 * se``) lies wholly
+  outside the band, judged from ``min_coverage_pairs`` intervals on. Hourly intervals of one
+  day overlap and move together, so a well-calibrated model's coverage over a week wanders
+  by several points; a bare band check would flag it on that noise alone.
 
 Standard errors are clustered by the origin's UTC day (:func:`ml.scoring.clustered_mean`).
 """
@@ -34,6 +37,7 @@ from core.schemas.live import DecayVerdict
 from ml.scoring import clustered_mean
 
 Z_95_ONE_SIDED = 1.6449
+Z_95_TWO_SIDED = 1.9600
 
 
 @dataclass(frozen=True)
@@ -106,10 +110,13 @@ def judge(
             [float(r["inside"]) for r in inside], [f"{r['origin_time']:%Y-%m-%d}" for r in inside]
         )
         lo, hi = rule.coverage_band
-        if not lo <= cov <= hi:
+        if cov_se is None:  # one day only: independent draws at worst
+            cov_se = float(np.sqrt(max(cov * (1 - cov), 0.25 / len(inside)) / len(inside)))
+        margin = Z_95_TWO_SIDED * cov_se
+        if cov + margin < lo or cov - margin > hi:
             reasons.append(
-                f"80 % interval coverage {cov:.3f} over {len(inside)} hours of the last "
-                f"{rule.coverage_days:g} days is outside {lo:.2f}-{hi:.2f}"
+                f"80 % interval coverage {cov:.3f} +- {margin:.3f} (95 %) over {len(inside)} "
+                f"hours of the last {rule.coverage_days:g} days is outside {lo:.2f}-{hi:.2f}"
             )
     elif inside or any(r["kind"] == "price" for r in scored):
         notes.append(

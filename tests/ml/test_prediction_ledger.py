@@ -4,7 +4,7 @@ a confidence that is a calibrated probability (TC-ASYNC-013, 020)."""
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +93,9 @@ def test_confidence_is_calibrated_and_the_decay_rule_tells_signal_from_coin_flip
     flag = judge("coin", "COINUSDT", coin, now, rule)
     assert not keep.decayed and keep.direction_scored == 1500, keep
     assert flag.decayed and "no edge" in flag.reasons[0], flag
-    assert 0.75 <= flag.coverage <= 0.85 and len(flag.reasons) == 1  # the intervals hold
+    # the intervals hold: the coverage is within its noise of the 0.75-0.85 band
+    assert 0.75 - 1.96 * flag.coverage_se <= flag.coverage <= 0.85 + 1.96 * flag.coverage_se
+    assert len(flag.reasons) == 1, flag
     early = judge("coin", "COINUSDT", coin[:1200], now, rule)
     assert not early.decayed and "direction not judged" in early.note
     # intervals that cover too little fire the coverage test
@@ -103,3 +105,43 @@ def test_confidence_is_calibrated_and_the_decay_rule_tells_signal_from_coin_flip
     ]
     narrowed = judge("planted", "PLANTUSDT", narrow, now, rule)
     assert narrowed.decayed and "coverage" in narrowed.reasons[0] and narrowed.coverage < 0.75
+
+
+def _coverage_entries(insides_per_day: list[list[bool]], now: datetime) -> list[dict]:
+    """Scored price entries, one origin day per list, with the given ``inside`` outcomes."""
+    rows = []
+    for d, insides in enumerate(insides_per_day):
+        origin = now - timedelta(days=len(insides_per_day) - d)
+        for h, inside in enumerate(insides):
+            rows.append(
+                {
+                    "scored": True,
+                    "kind": "price",
+                    "hour": h + 1,
+                    "hit": None,
+                    "inside": inside,
+                    "origin_time": origin,
+                    "target_time": origin + timedelta(hours=h + 1),
+                }
+            )
+    return rows
+
+
+@pytest.mark.tc("TC-ASYNC-020")
+def test_the_coverage_test_fires_beyond_its_noise_and_not_within_it() -> None:
+    now = datetime.now(UTC)
+    rule = DecayRule(min_coverage_pairs=100, coverage_days=30)
+    # 14 days, 24 intervals each: days cover 19-24 of 24 (0.866 overall), as days share hours
+    per_day = [19, 24, 20, 23, 21, 22, 20, 23, 19, 22, 21, 20, 18, 19]
+    wandering = _coverage_entries([[i < k for i in range(24)] for k in per_day], now)
+    verdict = judge("m", "BTCUSDT", wandering, now, rule)
+    assert verdict.coverage > 0.85 and verdict.coverage - 1.96 * verdict.coverage_se < 0.85
+    assert not verdict.decayed, verdict
+    # the same mean with no day-to-day wandering is known precisely: 0.9 of every day's hours
+    steady = _coverage_entries([[i % 10 != 0 for i in range(20)] for _ in range(14)], now)
+    tight = judge("m", "BTCUSDT", steady, now, rule)
+    assert tight.coverage == pytest.approx(0.9) and tight.decayed, tight
+    assert "coverage 0.900" in tight.reasons[0] and "outside 0.75-0.85" in tight.reasons[0]
+    # intervals that cover far too little fire whatever the noise
+    narrow = _coverage_entries([[i < 12 for i in range(24)] for _ in per_day], now)
+    assert judge("m", "BTCUSDT", narrow, now, rule).decayed
