@@ -99,15 +99,19 @@ def deploy_small_model(
     symbol: str,
     model_type: str = "gru",
     epochs: int = 2,
+    seed: int | None = None,
 ):  # noqa: ANN201 - ml.registry.ModelRecord
     """Fit a tiny model on ``candles`` for ``epochs`` (held-out accuracy measured), register
-    and deploy it for ``symbol`` 1h. Returns the deployed record."""
+    and deploy it for ``symbol`` 1h. ``seed``: the same network whatever ran before in the
+    process (:func:`ml.models.seed_this_thread`). Returns the deployed record."""
     from ml.features import prepare_dataset
-    from ml.models import build_model
+    from ml.models import build_model, seed_this_thread
     from ml.registry import ModelRegistry
 
     ds = prepare_dataset(candles, lookback=12, horizon_bars=1)
-    model = build_model(model_type, 12, ds.spec.n_features, units=8)
+    if seed is not None:
+        seed_this_thread(seed)
+    model = build_model(model_type, 12, ds.spec.n_features, units=8, seed=seed)
     model.fit(ds.x_train, ds.y_train, epochs=epochs, batch_size=128, verbose=0)
     p = model.predict(ds.x_val, verbose=0).reshape(-1)
     val_accuracy = float(((p > 0.5) == (ds.y_val > 0.5)).mean())

@@ -21,10 +21,10 @@ def trained_model(
 ):  # noqa: ANN201 - ml.predictor.LoadedModel
     """A tiny GRU fitted on ``train`` (registered and deployed for ``symbol``), its record
     saying its data ended at ``train``'s last hour. Returns the loaded model."""
-    import keras
-
-    keras.utils.set_random_seed(len(symbol))  # this thread fits it: the same model each run
-    record = deploy_small_model(store, model_dir, key, train, symbol=symbol, epochs=epochs)
+    # the same model in every run, whatever the process did before
+    record = deploy_small_model(
+        store, model_dir, key, train, symbol=symbol, epochs=epochs, seed=len(symbol)
+    )
     doc = store.col("models").find_one({"model_id": record.model_id})
     doc["metrics"] = {**doc["metrics"], "data_end": train.index[-1].isoformat()}
     store.col("models").replace_one({"_id": doc["_id"]}, doc)
