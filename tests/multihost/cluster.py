@@ -6,8 +6,11 @@ docs/multihost.md tells an operator to:
 * ``api1`` (.11), ``api2`` (.12): ``botai up --role server`` with ``BOTAI_SERVER_PARTS=api``;
 * ``svc`` (.13): ``botai up --role server`` with ``BOTAI_SERVER_PARTS=services`` (it also
   prepares the stack: blocks, pool, deployments);
-* ``w1`` (.21), ``w2`` (.22): ``botai up --role worker``;
-* ``gw`` (.30): ``botai up --role gateway`` on port 8000.
+* ``w1`` (.21), ``w2`` (.22): ``botai up --role worker`` (and, for the bulk-analysis
+  scenario, a Dask worker each, with the Dask scheduler on ``svc``);
+* ``gw`` (.30): ``botai up --role gateway`` on port 8000;
+* ``rec1`` (.31), ``rec2`` (.32): ``botai up --role recovery``, two replicas (one acts at a
+  time, by a lease in MongoDB).
 
 Every host gets the stack's secrets by environment, as the guide says, and a state folder
 of its own.
@@ -65,7 +68,7 @@ class Cluster:
 
     #: Hosts started together once the first API server answers, in this order.
     LATER = (("api2", "server"), ("svc", "server"), ("w1", "worker"), ("w2", "worker"))
-    LATER += (("gw", "gateway"),)
+    LATER += (("gw", "gateway"), ("rec1", "recovery"), ("rec2", "recovery"))
 
     @property
     def db(self) -> Host:
@@ -79,6 +82,29 @@ class Cluster:
     @property
     def gateway_url(self) -> str:
         return f"http://{self.lab.hosts['gw'].address}:8000/api"
+
+    @property
+    def dask_address(self) -> str:
+        """The Dask scheduler of the services host (:meth:`start_dask`)."""
+        return f"tcp://{self.lab.hosts['svc'].address}:8786"
+
+    def start_dask(self) -> list[subprocess.Popen]:
+        """A Dask scheduler on the services host and one Dask worker on each worker host, as
+        docs/multihost.md tells an operator to start them. Returns their processes."""
+        svc = self.lab.hosts["svc"]
+        scheduler = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+        scheduler += ["--host", svc.address, "--port", "8786", "--no-dashboard"]
+        procs = [self.lab.run(svc, scheduler, "svc-dask", self.host_env(svc))]
+        self.lab.wait_log("svc-dask", "Scheduler at:", 120, procs[0])
+        for name in ("w1", "w2"):
+            host = self.lab.hosts[name]
+            worker = [sys.executable, "-m", "distributed.cli.dask_worker", self.dask_address]
+            worker += ["--host", host.address, "--nworkers", "1", "--nthreads", "1"]
+            worker += ["--no-dashboard", "--name", f"dask-{name}"]
+            procs.append(self.lab.run(host, worker, f"{name}-dask", self.host_env(host)))
+        for name, proc in zip(("w1", "w2"), procs[1:], strict=True):
+            self.lab.wait_log(f"{name}-dask", "Registered to:", 120, proc)
+        return procs
 
     @property
     def mongodb_uri(self) -> str:
@@ -138,6 +164,14 @@ class Cluster:
                 BOTAI_API_TASKS_PER_DAY="1000",
                 # a loaded 2-core machine runs 9 hosts' processes: give Prefect calls time
                 BOTAI_API_PREFECT_TIMEOUT_S="20",
+            )
+        if name in ("w1", "w2"):  # bulk analysis fans out to the stack's Dask cluster
+            return self.host_env(host, DASK_ADDRESS=self.dask_address)
+        if name in ("rec1", "rec2"):
+            # a run whose host died is found by its silent heartbeats (30 s apart): judge it
+            # after two of them, and re-queue at once
+            return self.host_env(
+                host, BOTAI_RECOVERY_HEARTBEAT_STALE_S="60", BOTAI_RECOVERY_BACKOFF_S="1"
             )
         return self.host_env(host)
 
@@ -284,6 +318,8 @@ def build_cluster(root: Path) -> Cluster:
         ("w1", 21),
         ("w2", 22),
         ("gw", 30),
+        ("rec1", 31),
+        ("rec2", 32),
     ]:
         lab.add_host(name, octet)
     return Cluster(

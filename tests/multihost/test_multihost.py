@@ -4,11 +4,14 @@ host of Prefect's background services, two worker hosts and a gateway host, each
 ``botai up --role`` as docs/multihost.md describes (tests/multihost/cluster.py).
 
 Scenarios: (a) trainings and short jobs through the gateway run on both worker hosts with
-never more than 2 trainings at once; (c) one API server host dies: workers and gateway carry
+never more than 2 trainings at once; (b) every process of the worker host running a
+training is killed: a recovery replica finds the run by its silent heartbeats and the other
+worker host resumes it from the checkpoint in MongoDB; (c) one API server host dies: workers and gateway carry
 on through the other, no accepted request is lost, and the host is replaced by starting its
-role again; (g) each API server and the services process are killed -9 while trainings hold
-both training slots: every queued training completes once and no slot stays taken (leases in
-Redis). The figures each scenario measures are printed (``-s``) for the guide.
+role again; (g) with 20 trainings queued, each API server and the services process are
+killed -9 while trainings hold both training slots: every queued training completes once and
+no slot stays taken (leases in Redis); (f) 50 short jobs cancelled right after their 202, over both worker hosts: none
+executes. The figures each scenario measures are printed (``-s``) for the guide.
 """
 
 from __future__ import annotations
@@ -24,12 +27,16 @@ import pytest
 
 from tests.multihost.cluster import Cluster, api_health, build_cluster
 from tests.multihost.traffic import (
+    TRAIN_BODY,
     Gateway,
     max_overlap,
+    models_of_run,
     run_facts,
     runs_of_user,
     seed_candles,
+    seed_hours,
     slot_intervals,
+    training_job,
     training_slots,
     unfinished,
     workers,
@@ -37,8 +44,9 @@ from tests.multihost.traffic import (
 
 TOOLS = ("ip", "haproxy", "redis-server", "initdb", "postgres", "createdb", "runuser")
 TRAIN_SYMBOLS = [f"MHT{i}USDT" for i in range(12)]
+B_SYMBOL = "MHB0USDT"
 C_SYMBOLS = [f"MHC{i}USDT" for i in range(2)]
-G_SYMBOLS = [f"MHG{i}USDT" for i in range(16)]  # 6 at first, 2 more whenever < 3 are left
+G_SYMBOLS = [f"MHG{i}USDT" for i in range(26)]  # 20 at first, 2 more whenever < 3 are left
 
 pytestmark = pytest.mark.multihost
 
@@ -65,7 +73,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     c = build_cluster(tmp_path_factory.mktemp("multihost"))
     try:
         c.start_all()
-        seed_candles(c, TRAIN_SYMBOLS + C_SYMBOLS + G_SYMBOLS)
+        seed_candles(c, TRAIN_SYMBOLS + [B_SYMBOL] + C_SYMBOLS + G_SYMBOLS)
         for name, seconds in c.timings.items():
             _figure(name, f"{seconds:.1f} s ({_load()})")
         yield c
@@ -141,6 +149,98 @@ def test_a_jobs_spread_over_both_worker_hosts_with_two_trainings_at_most(cluster
     _figure("a: most training runs in state Running at once (some wait for a slot)", running_peak)
 
 
+@pytest.mark.tc("TC-ASYNC-012", "TC-ASYNC-102")
+def test_bulk_analysis_fans_out_to_dask_workers_on_both_worker_hosts(cluster: Cluster):
+    from distributed import Client
+
+    from ml.analysis import DASK_MIN_SYMBOLS
+
+    symbols = [f"MHD{i:03d}USDT" for i in range(DASK_MIN_SYMBOLS)]
+    seed_hours(cluster, symbols, 80)
+    procs = cluster.start_dask()
+    try:
+        gateway = Gateway(cluster, user="dora")
+        body = {"symbols": symbols, "timeframe": "1h", "bars": 60}
+        # one symbol short of the threshold: analysed in the flow's own process
+        local = gateway.submit("bulk-analysis", {**body, "symbols": symbols[:-1]})
+        remote = gateway.submit("bulk-analysis", body)
+        assert None not in (local, remote), gateway.answers
+        final = gateway.wait_final([local, remote], timeout_s=240)
+        assert {t: s["status"] for t, s in final.items()} == {local: "SUCCESS", remote: "SUCCESS"}
+        results = {t: final[t]["result"]["result"] for t in (local, remote)}
+        assert results[remote]["symbols_analyzed"] == DASK_MIN_SYMBOLS, results[remote]
+        assert results[local]["symbols_analyzed"] == DASK_MIN_SYMBOLS - 1
+        # the same signals either way, for the symbols both analysed
+        signals = {
+            t: {r["symbol"]: (r["signal"], r["confidence"]) for r in results[t]["results"]}
+            for t in (local, remote)
+        }
+        assert {s: signals[remote][s] for s in signals[local]} == signals[local]
+        with Client(cluster.dask_address, timeout="20s") as client:
+            done = client.run(lambda dask_worker: dask_worker.state.executed_count)
+        per_host = {addr.split("//")[1].split(":")[0]: n for addr, n in done.items()}
+        hosts = {cluster.lab.hosts[h].address: h for h in ("w1", "w2")}
+        batches = {hosts[a]: n for a, n in per_host.items()}
+        assert batches.get("w1", 0) > 0 and batches.get("w2", 0) > 0, batches
+        _figure("dask: batches per worker host", batches)
+        _figure(
+            "dask: 500 symbols on Dask across hosts vs 499 in the flow's process (s)",
+            f"{results[remote]['elapsed_s']:.2f} vs {results[local]['elapsed_s']:.2f} ({_load()})",
+        )
+    finally:
+        for proc in procs:
+            proc.kill()
+
+
+@pytest.mark.tc("TC-ASYNC-076", "TC-ASYNC-077", "TC-ASYNC-085")
+def test_b_a_worker_host_dies_mid_training_and_the_other_resumes_it(cluster: Cluster):
+    gateway = Gateway(cluster, user="bob")
+    task = gateway.submit(
+        "train",
+        {**TRAIN_BODY, "symbol": B_SYMBOL, "epochs": 400, "checkpoint_interval": 10},
+    )
+    assert task is not None, gateway.answers
+
+    def trained_30_epochs() -> bool:
+        job = training_job(cluster, task)
+        return job is not None and len(job.get("epochs") or []) >= 30
+
+    _wait(trained_30_epochs, 180, "30 epochs trained (3 checkpoints stored)")
+    first = run_facts(cluster, [task])[task]
+    host = first["host"]
+    assert host in ("w1", "w2"), first
+    killed = cluster.lab.kill_host(host)  # the worker host's botai up, worker and the run
+    killed_at = time.monotonic()
+    assert killed >= 2
+    # the gateway stays true throughout: never FAILURE for a run that will be resumed
+    seen: list[str] = []
+    while time.monotonic() - killed_at < 240:
+        status = gateway.status(task)["status"]
+        if not seen or seen[-1] != status:
+            seen.append(status)
+        if status in ("SUCCESS", "FAILURE", "REVOKED"):
+            break
+        time.sleep(1)
+    completed_s = time.monotonic() - killed_at
+    assert seen[-1] == "SUCCESS" and "FAILURE" not in seen, seen
+    after = run_facts(cluster, [task])[task]
+    other = "w2" if host == "w1" else "w1"
+    assert after["host"] == other, after
+    assert after["times_running"] == 2, after  # the killed attempt and the resumed one
+    job = training_job(cluster, task)
+    assert job["status"] == "completed" and job["attempts"] == 2, job
+    assert job["resumed_from_epoch"] is not None and job["resumed_from_epoch"] > 10, job
+    assert models_of_run(cluster, task) == 1  # registered once
+    assert completed_s < 120 + 60, completed_s  # found within 90 s, the rest to train
+    # the host is replaced by starting its role again
+    cluster.start_role(host, "worker")
+    replaced_s = cluster.wait_ready(host, "worker", timeout_s=240)
+    _figure("b: resumed on the other host from epoch", f"{job['resumed_from_epoch']} of 400")
+    _figure("b: gateway statuses after the kill", seen)
+    _figure("b: completed, counted from the kill, in", f"{completed_s:.1f} s ({_load()})")
+    _figure("b: worker host replaced in", f"{replaced_s:.1f} s")
+
+
 @pytest.mark.tc("TC-ASYNC-076")
 def test_c_an_api_server_host_dies_and_the_stack_carries_on(cluster: Cluster):
     gateway = Gateway(cluster, user="carol")
@@ -187,11 +287,41 @@ def test_c_an_api_server_host_dies_and_the_stack_carries_on(cluster: Cluster):
     _figure("c: API host replaced (botai up --role server) in", f"{replaced_s:.1f} s ({_load()})")
 
 
+@pytest.mark.tc("TC-ASYNC-005", "TC-ASYNC-085")
+def test_f_jobs_cancelled_right_after_their_202_never_execute_on_any_host(cluster: Cluster):
+    gateway = Gateway(cluster, user="frank")
+    tasks: list[str] = []
+    answers: list[tuple[int, str]] = []
+    for k in range(50):
+        task_id = gateway.backtest()
+        assert task_id is not None, gateway.answers
+        tasks.append(task_id)
+        code, body = gateway.cancel(task_id)
+        answers.append((code, body.get("state") or body.get("detail", "")))
+        time.sleep(0.05 * (k % 4))  # cancels land before, during and after a worker's claim
+    assert all(code == 202 for code, _ in answers), answers
+    final = gateway.wait_final(tasks, timeout_s=120)
+    assert {t: s["status"] for t, s in final.items() if s["status"] != "REVOKED"} == {}
+    time.sleep(3)  # a run that slipped through would show Running by now
+    facts = run_facts(cluster, tasks)
+    ran = {t: f for t, f in facts.items() if f["times_running"]}
+    assert ran == {}, ran
+    assert {f["state"] for f in facts.values()} == {"Cancelled"}, facts
+    claimed: dict[str, int] = {}
+    for f in facts.values():
+        if f["host"] != "?":
+            claimed[f["host"]] = claimed.get(f["host"], 0) + 1
+    _figure("f: cancelled right after the 202, executed", f"0 of {len(tasks)}")
+    _figure("f: claimed by a worker host before the cancel landed", claimed)
+    _figure("f: cancel answers", sorted({state for _, state in answers}))
+
+
 @pytest.mark.tc("TC-ASYNC-076", "TC-ASYNC-078")
 def test_g_servers_killed_while_trainings_hold_both_slots(cluster: Cluster):
     gateway = Gateway(cluster)
     spare = list(G_SYMBOLS)
-    trainings = [gateway.train(spare.pop(0), epochs=6) for _ in range(6)]
+    # 20 trainings queued at once; the first 6 long enough to hold both slots at the kills
+    trainings = [gateway.train(spare.pop(0), epochs=6 if k < 6 else 2) for k in range(20)]
     assert None not in trainings, gateway.answers
     back_s = {}
     held_at_kill: dict[str, int] = {}

@@ -40,6 +40,31 @@ def seed_candles(cluster: Cluster, symbols: list[str]) -> None:
         store.upsert_candles(BACKTEST_SYMBOL, "1h", frame, source="synthetic")
 
 
+def seed_hours(cluster: Cluster, symbols: list[str], bars: int) -> None:
+    """``bars`` generated 1h candles per symbol, ending now, in the shared MongoDB."""
+    from datetime import timedelta
+
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=bars)
+    with Store(connect(cluster.mongodb_uri, timeout_ms=5000), DB_NAME) as store:
+        for symbol in symbols:
+            frame = generate_candles(symbol, "1h", start, bars)
+            store.upsert_candles(symbol, "1h", frame, source="synthetic")
+
+
+def training_job(cluster: Cluster, task_id: str) -> dict[str, Any] | None:
+    """The ``training_jobs`` record of a training run, from the shared MongoDB."""
+    with Store(connect(cluster.mongodb_uri, timeout_ms=5000), DB_NAME) as store:
+        return store.training_job_get(task_id)
+
+
+def models_of_run(cluster: Cluster, task_id: str) -> int:
+    """How many models the training run ``task_id`` registered."""
+    from integrations.store import C
+
+    with Store(connect(cluster.mongodb_uri, timeout_ms=5000), DB_NAME) as store:
+        return store.col(C.MODELS).count_documents({"training_task_id": task_id})
+
+
 @dataclass
 class Gateway:
     """A client of the gateway host, as ``user`` (an admin: trainings allowed)."""
@@ -84,6 +109,11 @@ class Gateway:
         body = {"strategy_name": "rsi", "symbol": BACKTEST_SYMBOL, "timeframe": "1h"}
         body |= {"start_date": "2026-01-05", "end_date": "2026-02-25"}
         return self.submit("backtest", body)
+
+    def cancel(self, task_id: str) -> tuple[int, dict[str, Any]]:
+        """DELETE ``/tasks/<id>``. Returns the HTTP status and the answer's body."""
+        r = self.http.delete(f"/tasks/{task_id}", headers=self.headers)
+        return r.status_code, r.json()
 
     def status(self, task_id: str) -> dict[str, Any]:
         r = self.http.get(f"/tasks/{task_id}", headers=self.headers)
