@@ -10,7 +10,10 @@ worker host resumes it from the checkpoint in MongoDB; (c) one API server host d
 on through the other, no accepted request is lost, and the host is replaced by starting its
 role again; (g) with 20 trainings queued, each API server and the services process are
 killed -9 while trainings hold both training slots: every queued training completes once and
-no slot stays taken (leases in Redis); (f) 50 short jobs cancelled right after their 202, over both worker hosts: none
+no slot stays taken (leases in Redis); (d) the processes of
+10 trainings killed -9 at random moments on both worker hosts while two recovery replicas
+watch: each run is re-run once, none executes twice, nothing is dead-lettered; (f) 50 short
+jobs cancelled right after their 202, over both worker hosts: none
 executes. The figures each scenario measures are printed (``-s``) for the guide.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import threading
@@ -46,6 +50,7 @@ TOOLS = ("ip", "haproxy", "redis-server", "initdb", "postgres", "createdb", "run
 TRAIN_SYMBOLS = [f"MHT{i}USDT" for i in range(12)]
 B_SYMBOL = "MHB0USDT"
 C_SYMBOLS = [f"MHC{i}USDT" for i in range(2)]
+D_SYMBOLS = [f"MHX{i}USDT" for i in range(10)]
 G_SYMBOLS = [f"MHG{i}USDT" for i in range(26)]  # 20 at first, 2 more whenever < 3 are left
 
 pytestmark = pytest.mark.multihost
@@ -73,7 +78,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     c = build_cluster(tmp_path_factory.mktemp("multihost"))
     try:
         c.start_all()
-        seed_candles(c, TRAIN_SYMBOLS + [B_SYMBOL] + C_SYMBOLS + G_SYMBOLS)
+        seed_candles(c, TRAIN_SYMBOLS + [B_SYMBOL] + C_SYMBOLS + D_SYMBOLS + G_SYMBOLS)
         for name, seconds in c.timings.items():
             _figure(name, f"{seconds:.1f} s ({_load()})")
         yield c
@@ -285,6 +290,66 @@ def test_c_an_api_server_host_dies_and_the_stack_carries_on(cluster: Cluster):
     _figure("c: answers other than 202 (retried with the same Idempotency-Key)", errors)
     _figure("c: all completed, counted from the kill, in", f"{completed_s:.1f} s")
     _figure("c: API host replaced (botai up --role server) in", f"{replaced_s:.1f} s ({_load()})")
+
+
+def _recovery_actions(cluster: Cluster, run_ids: list[str]) -> dict[str, int]:
+    """Per recovery replica: how many of ``run_ids`` it resubmitted or dead-lettered."""
+    out = {}
+    for name in ("rec1", "rec2"):
+        path = cluster.lab.hosts[name].state_dir / "run" / "recovery.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        out[name] = sum(
+            text.count(f"({r}) resubmitted") + text.count(f"{r} dead-lettered") for r in run_ids
+        )
+    return out
+
+
+@pytest.mark.tc("TC-ASYNC-076", "TC-ASYNC-077", "TC-ASYNC-078")
+def test_d_two_recovery_replicas_while_runs_are_crashed_at_random(cluster: Cluster):
+    import uuid
+
+    from integrations.store import C, Store, connect
+    from tests.multihost.cluster import DB_NAME
+    from tests.multihost.traffic import prefect
+
+    gateway = Gateway(cluster, user="dave")
+    body = {**TRAIN_BODY, "epochs": 150, "checkpoint_interval": 10}
+    tasks = [gateway.submit("train", {**body, "symbol": s}) for s in D_SYMBOLS]
+    assert None not in tasks, gateway.answers
+    rng = random.Random(20261207)
+    crashed: dict[str, str] = {}  # run -> host whose run process was killed
+    deadline = time.monotonic() + 240
+    while len(crashed) < len(tasks) and time.monotonic() < deadline:
+        with prefect(cluster) as client:
+            runs = [client.read_flow_run(uuid.UUID(t)) for t in tasks if t not in crashed]
+        running = [r for r in runs if r.state and r.state.is_running() and r.infrastructure_pid]
+        if running:
+            run = rng.choice(running)
+            host, pid = str(run.infrastructure_pid).split(":")
+            time.sleep(rng.uniform(0, 2))  # at a random moment of its run
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+                crashed[str(run.id)] = host
+            except ProcessLookupError:
+                pass  # it ended meanwhile: another run is picked
+        time.sleep(0.3)
+    assert len(crashed) == len(tasks), f"crashed {len(crashed)} of {len(tasks)} in 240 s"
+    final = gateway.wait_final(tasks, timeout_s=300)
+    assert {t: s["status"] for t, s in final.items() if s["status"] != "SUCCESS"} == {}
+    facts = run_facts(cluster, tasks)
+    # each run: the killed attempt and one more, never two at once; its work done once
+    assert {t: f["times_running"] for t, f in facts.items()} == {t: 2 for t in tasks}
+    assert all(models_of_run(cluster, t) == 1 for t in tasks)
+    with Store(connect(cluster.mongodb_uri, timeout_ms=5000), DB_NAME) as store:
+        letters = store.col(C.DEAD_LETTERS).count_documents({"task_id": {"$in": tasks}})
+    assert letters == 0
+    acted = _recovery_actions(cluster, tasks)
+    assert sum(acted.values()) == len(tasks), acted  # each crash re-queued once, by one replica
+    hosts = {h: sum(1 for x in crashed.values() if x == h) for h in ("w1", "w2")}
+    _figure("d: run processes killed -9 at random, per worker host", hosts)
+    _figure("d: completed, each re-run once, none twice", f"{len(tasks)} of {len(tasks)}")
+    _figure("d: re-queued by recovery replica", acted)
+    _figure("d: dead letters", letters)
 
 
 @pytest.mark.tc("TC-ASYNC-005", "TC-ASYNC-085")
