@@ -156,6 +156,11 @@ class Lab:
         tail = self.log(log_name)[-3000:]
         raise AssertionError(f"{log_name}: no {text!r} within {timeout_s:.0f} s; log:\n{tail}")
 
+    def cut(self, name: str, connected: bool) -> None:
+        """Take host ``name``'s link down (a network partition: its processes run on, cut
+        off from every other host) or up again."""
+        _ip("link", "set", f"bmhv-{name}"[:15], "up" if connected else "down")
+
     def kill_host(self, name: str, sig: int = signal.SIGKILL) -> int:
         """Kill every process of host ``name`` (a host death). Returns how many."""
         return kill_namespace(self.hosts[name].ns, sig)

@@ -12,7 +12,9 @@ role again; (g) with 20 trainings queued, each API server and the services proce
 killed -9 while trainings hold both training slots: every queued training completes once and
 no slot stays taken (leases in Redis); (d) the processes of
 10 trainings killed -9 at random moments on both worker hosts while two recovery replicas
-watch: each run is re-run once, none executes twice, nothing is dead-lettered; (f) 50 short
+watch: each run is re-run once, none executes twice, nothing is dead-lettered; (e) the
+worker host running a training is cut off from every other host for 30 s, then healed: the
+training completes, its work done once; (f) 50 short
 jobs cancelled right after their 202, over both worker hosts: none
 executes. The figures each scenario measures are printed (``-s``) for the guide.
 """
@@ -51,6 +53,7 @@ TRAIN_SYMBOLS = [f"MHT{i}USDT" for i in range(12)]
 B_SYMBOL = "MHB0USDT"
 C_SYMBOLS = [f"MHC{i}USDT" for i in range(2)]
 D_SYMBOLS = [f"MHX{i}USDT" for i in range(10)]
+E_SYMBOL = "MHE0USDT"
 G_SYMBOLS = [f"MHG{i}USDT" for i in range(26)]  # 20 at first, 2 more whenever < 3 are left
 
 pytestmark = pytest.mark.multihost
@@ -78,7 +81,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     c = build_cluster(tmp_path_factory.mktemp("multihost"))
     try:
         c.start_all()
-        seed_candles(c, TRAIN_SYMBOLS + [B_SYMBOL] + C_SYMBOLS + D_SYMBOLS + G_SYMBOLS)
+        seed_candles(c, TRAIN_SYMBOLS + [B_SYMBOL, E_SYMBOL] + C_SYMBOLS + D_SYMBOLS + G_SYMBOLS)
         for name, seconds in c.timings.items():
             _figure(name, f"{seconds:.1f} s ({_load()})")
         yield c
@@ -350,6 +353,47 @@ def test_d_two_recovery_replicas_while_runs_are_crashed_at_random(cluster: Clust
     _figure("d: completed, each re-run once, none twice", f"{len(tasks)} of {len(tasks)}")
     _figure("d: re-queued by recovery replica", acted)
     _figure("d: dead letters", letters)
+
+
+@pytest.mark.tc("TC-ASYNC-076", "TC-ASYNC-077")
+def test_e_a_worker_host_cut_off_for_30_s_then_healed(cluster: Cluster):
+    gateway = Gateway(cluster, user="erin")
+    task = gateway.submit(
+        "train", {**TRAIN_BODY, "symbol": E_SYMBOL, "epochs": 400, "checkpoint_interval": 10}
+    )
+    assert task is not None, gateway.answers
+
+    def training() -> bool:
+        job = training_job(cluster, task)
+        return job is not None and len(job.get("epochs") or []) >= 20
+
+    _wait(training, 180, "20 epochs trained")
+    host = run_facts(cluster, [task])[task]["host"]
+    assert host in ("w1", "w2")
+    cluster.lab.cut(host, connected=False)
+    cut_at = time.monotonic()
+    seen: list[str] = []
+    try:
+        while time.monotonic() - cut_at < 30:  # the gateway answers throughout
+            status = gateway.status(task)["status"]
+            if not seen or seen[-1] != status:
+                seen.append(status)
+            time.sleep(1)
+    finally:
+        cluster.lab.cut(host, connected=True)
+    final = gateway.wait_final([task], timeout_s=240)[task]
+    healed_s = time.monotonic() - cut_at - 30
+    seen.append(final["status"])
+    assert final["status"] == "SUCCESS" and "FAILURE" not in seen, seen
+    facts = run_facts(cluster, [task])[task]
+    assert models_of_run(cluster, task) == 1  # its work done once
+    job = training_job(cluster, task)
+    assert job["status"] == "completed", job
+    # still online once healed: the host's worker heartbeats again
+    _wait(lambda: workers(cluster).get(f"botai-worker-{host}-4200") == "ONLINE", 120, "online")
+    _figure("e: training attempts (Running states) across the partition", facts["times_running"])
+    _figure("e: gateway statuses from the cut", seen)
+    _figure("e: completed after the heal in", f"{healed_s:.1f} s ({_load()})")
 
 
 @pytest.mark.tc("TC-ASYNC-005", "TC-ASYNC-085")
