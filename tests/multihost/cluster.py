@@ -276,6 +276,14 @@ class Cluster:
             self.timings[f"{name}_ready_s"] = time.monotonic() - later
         self.timings["stack_ready_s"] = time.monotonic() - started
 
+    def service_pid(self, host: str, service: str) -> int:
+        """The pid ``botai up --role`` recorded for ``service`` on ``host``."""
+        import json
+
+        path = self.lab.hosts[host].state_dir / "run" / "services.json"
+        records = [r for r in json.loads(path.read_text()) if r["name"] == service]
+        return int(records[-1]["pid"])  # the newest (a replaced host keeps its old record)
+
     # ------------------------------------------------------------ talking to it
     def prefect_headers(self) -> dict[str, str]:
         import base64

@@ -21,7 +21,6 @@ executes. The figures each scenario measures are printed (``-s``) for the guide.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -87,13 +86,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         yield c
     finally:
         c.close()
-
-
-def _service_pid(c: Cluster, host: str, service: str) -> int:
-    """The pid ``botai up --role`` recorded for ``service`` on ``host``."""
-    path = c.lab.hosts[host].state_dir / "run" / "services.json"
-    records = [r for r in json.loads(path.read_text()) if r["name"] == service]
-    return int(records[-1]["pid"])  # the newest (a replaced host keeps its old record)
 
 
 def _wait(predicate, timeout_s: float, what: str, poll_s: float = 0.5) -> float:
@@ -453,7 +445,7 @@ def test_g_servers_killed_while_trainings_hold_both_slots(cluster: Cluster):
         except AssertionError as e:
             raise AssertionError(f"{e}; last (slots, unfinished trainings): {seen[-3:]}") from None
         held = held_at_kill[f"{host} {service}"] = seen[-1][0]
-        old = _service_pid(cluster, host, service)
+        old = cluster.service_pid(host, service)
         os.kill(old, signal.SIGKILL)
         killed_at = time.monotonic()
         # the host's supervisor starts it again (the API: once it answers its health check)
@@ -463,7 +455,7 @@ def test_g_servers_killed_while_trainings_hold_both_slots(cluster: Cluster):
             time.sleep(3)  # HAProxy takes a server back after 2 good checks 1 s apart
         else:
             _wait(
-                lambda h=host, o=old: _service_pid(cluster, h, "prefect-services") != o,
+                lambda h=host, o=old: cluster.service_pid(h, "prefect-services") != o,
                 60,
                 "services back",
             )
