@@ -88,8 +88,13 @@ class HostChaos:
             "services": ("svc", "prefect-services"),
             "recovery replica": (rng.choice(("rec1", "rec2")), "recovery"),
         }[kind]
+        if host in self.replace_at:
+            return None
         pid = c.service_pid(host, service)
-        os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return None  # killed before and not restarted yet: the next kind is drawn
         return f"{service} on {host} (pid {pid})"
 
     def replace_due(self) -> None:
