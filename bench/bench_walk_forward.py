@@ -15,7 +15,8 @@ Real Coinbase BTC/USD hours (``../shared/data``). For each month of the test per
 2. Serve the month with the DEPLOYED model (none yet: "no model served"): a predict-price
    forecast of hours 1-24 every ``--origin-every`` hours and a bulk-analysis signal every
    hour (``tests.ml.ledger_helpers``: the flows' own ``predict_prices``, ``signal_from_score``
-   and ledger entries), scored by the scoring flow's ``score_due_entries``.
+   and ledger entries), scored by the scoring flow's ``score_due_entries``. The month's new
+   model's signals are also recorded and scored in the shadow, deployed or not.
 3. Coverage of the 80 % interval, hours 1-24, at the same origins (``ml.forecast.
    coverage_pairs``): calibration FROZEN at the month's first origin (quantiles from the hours
    before it, unchanged all month; the regime scale, product default, still follows the recent
@@ -27,7 +28,9 @@ clustered_mean``): deployed share, live hit rate of the served signals against t
 class of each month's training labels and logistic regression retrained every month on the
 same split, the coverages, and long/flat P&L after the settings' fee (0.1 % per side) against
 buy-and-hold over the served hours (``ml.economics``: block bootstrap, blocks of 24 h). The
-machine load is printed beside every timing.
+machine load is printed beside every timing. ``--budget-min`` starts no month after that many
+minutes (the summary covers the months done). 20 epochs: 7 min for nine months with nothing
+deployed; with models served, scoring dominates (70-360 s a month). Figures: docs/ml.md.
 """
 
 from __future__ import annotations
@@ -82,6 +85,9 @@ class Month:
     lines: list[str] = field(default_factory=list)
     #: served signals: hit of the model, of the majority class, of logistic regression
     signals: dict[str, Rows] = field(default_factory=dict)
+    #: the month's candidate's signals, served in the shadow whether deployed or not
+    shadow: dict[str, Rows] = field(default_factory=dict)
+    p_shadow: np.ndarray | None = None
     #: (origin, hour) pairs inside the 80 % interval: served (ledger) and replayed per mode
     served_pairs: Rows = field(default_factory=list)
     replay: dict[str, Rows] = field(default_factory=dict)
@@ -122,6 +128,36 @@ def baselines_of(
     windows, have = inference_windows(frame, ds.spec)
     row = {int(e): i for i, e in enumerate(have)}
     return baseline_probabilities(ds.x_train, ds.y_train, windows[[row[int(e)] for e in ends]])
+
+
+def ledger_signals(
+    store: Any, prefix: str, lead: int, base: dict[str, np.ndarray]
+) -> tuple[np.ndarray, dict[str, Rows], Rows]:
+    """The month's signal entries of run ``prefix`` read back from the ledger.
+
+    Returns:
+        (P(up) per hour of the month, NaN where none; hit rows of the model, the majority
+        class and logistic regression on the scored hours; the ledger's P&L per trade).
+    """
+    n = len(base["majority_class"])
+    ids = [f"{prefix}-{t}" for t in range(lead, lead + n)]
+    rows = store.ledger.entries_find({"task_id": {"$in": ids}, "kind": "signal"})
+    pos = np.array([int(e["task_id"].rsplit("-", 1)[1]) - lead for e in rows], dtype=int)
+    p_up = np.full(n, np.nan)
+    p_up[pos] = [e["up_probability"] for e in rows]
+    hits: dict[str, Rows] = {"model": [], "majority class": [], "logistic regression": []}
+    pnl: Rows = []
+    for e, i in zip(rows, pos, strict=True):
+        day = f"{e['origin_time']:%Y-%m-%d}"
+        if e.get("scored") and e.get("hit") is not None:
+            rose = bool(e["rose"])
+            hits["model"].append((day, float(e["hit"])))
+            for name, key in (("majority class", "majority_class"),
+                              ("logistic regression", "logistic_regression")):  # fmt: skip
+                hits[name].append((day, float((base[key][i] >= 0.5) == rose)))
+        if e.get("pnl_pct") is not None:
+            pnl.append((day, float(e["pnl_pct"])))
+    return p_up, hits, pnl
 
 
 def run_month(
@@ -178,46 +214,31 @@ def run_month(
     tilt = np.full(len(close), np.nan)
     base = baselines_of(params, train, sig_frame, np.arange(lead, len(sig_frame)))
     m.p_lr = base["logistic_regression"]
+    t1, n_fc = time.perf_counter(), 0
+    candidate = registry.load(registry.get(result.model_id))
+    serve_signals(store, candidate, sig_frame, lead, f"shadow-{m.label}")
     if current is not None:
         m.served_by = f"{current.model_id} ({ctx['trained_for'][current.model_id]}'s)"
         model = registry.load(current)
-        t1 = time.perf_counter()
         frame = candles.iloc[m.start - SERVE_CONTEXT : m.end]
         n_fc = serve_forecasts(store, model, frame, origins, 24, f"fc-{m.label}")
-        n_sig = serve_signals(store, model, sig_frame, lead, f"sig-{m.label}")
-        t2 = time.perf_counter()
-        scoring = ScorePredictionsParams()  # the scoring flow's defaults (fee 0.1 % per side)
-        counts = score_due_entries.fn(store, datetime.now(UTC), scoring.fee_pct, 50_000)
-        m.lines.append(
-            f"served by {current.model_id}: {n_fc} forecast hours, {n_sig} signals in "
-            f"{t2 - t1:.0f} s, {counts['scored']} scored in {time.perf_counter() - t2:.0f} s "
-            f"({_load()})"
-        )
-        ids = [f"fc-{m.label}-{int(t)}" for t in origins]
-        ids += [f"sig-{m.label}-{t}" for t in range(lead, len(sig_frame))]
-        rows = store.ledger.entries_find({"task_id": {"$in": ids}})
-        sig = sorted((e for e in rows if e["kind"] == "signal"), key=lambda e: e["task_id"])
-        pos = np.array([int(e["task_id"].rsplit("-", 1)[1]) - lead for e in sig])
-        m.p_model = np.full(m.end - m.start, np.nan)
-        m.p_model[pos] = [e["up_probability"] for e in sig]
+        serve_signals(store, model, sig_frame, lead, f"sig-{m.label}")
+    t2 = time.perf_counter()
+    scoring = ScorePredictionsParams()  # the scoring flow's defaults (fee 0.1 % per side)
+    counts = score_due_entries.fn(store, datetime.now(UTC), scoring.fee_pct, 50_000)
+    m.lines.append(
+        f"served in {t2 - t1:.0f} s ({m.served_by or 'no model served'}"
+        f"{f': {n_fc} forecast hours' if current else ''}; the candidate's signals in the "
+        f"shadow), {counts['scored']} entries scored in {time.perf_counter() - t2:.0f} s "
+        f"({_load()})"
+    )
+    m.p_shadow, m.shadow, _ = ledger_signals(store, f"shadow-{m.label}", lead, base)
+    if current is not None:
+        m.p_model, m.signals, m.ledger_pnl = ledger_signals(store, f"sig-{m.label}", lead, base)
         tilt[SERVE_CONTEXT : SERVE_CONTEXT + len(m.p_model)] = m.p_model
-        m.signals = {"model": [], "majority class": [], "logistic regression": []}
-        for e, p in zip(sig, pos, strict=True):
-            d = f"{e['origin_time']:%Y-%m-%d}"
-            if e.get("scored") and e.get("hit") is not None:
-                rose = bool(e["rose"])
-                m.signals["model"].append((d, float(e["hit"])))
-                m.signals["majority class"].append(
-                    (d, float((base["majority_class"][p] >= 0.5) == rose))
-                )
-                m.signals["logistic regression"].append((d, float((m.p_lr[p] >= 0.5) == rose)))
-            if e.get("pnl_pct") is not None:
-                m.ledger_pnl.append((d, float(e["pnl_pct"])))
-        m.served_pairs = [
-            (f"{e['origin_time']:%Y-%m-%d}", float(e["inside"]))
-            for e in rows
-            if e["kind"] == "price" and e.get("scored")
-        ]
+        ids = [f"fc-{m.label}-{int(t)}" for t in origins]
+        rows = store.ledger.entries_find({"task_id": {"$in": ids}, "scored": True})
+        m.served_pairs = [(f"{e['origin_time']:%Y-%m-%d}", float(e["inside"])) for e in rows]
     modes = {  # name: (config, calibration frozen at the month's first origin)
         "frozen": (ForecastConfig(), SERVE_CONTEXT),
         "rolling": (ForecastConfig(), None),
@@ -245,27 +266,67 @@ def _fmt(rows: Rows) -> str:
     return f"{mean:.3f} ± {se:.3f}" if se is not None else f"{mean:.3f}"
 
 
+def _hit_lines(title: str, hits: list[dict[str, Rows]]) -> None:
+    """Hit rate of the model's signals and of each baseline on the same hours, with the
+    paired difference, all clustered by origin day."""
+    pooled = {k: [r for h in hits for r in h[k]] for k in hits[0]} if hits else {}
+    if not pooled or not pooled["model"]:
+        return
+    model = pooled.pop("model")
+    print(f"{title}: hit rate of {len(model):,} hourly signals {_fmt(model)}")
+    for name, rows in pooled.items():
+        diff = [(d, a - b) for (d, a), (_, b) in zip(model, rows, strict=True)]
+        print(f"  {name} {_fmt(rows)}; model - it (paired) {_fmt(diff)}")
+
+
+def _pnl(months: list[Month], p_of: str, candles: pd.DataFrame, economics: EconomicsConfig) -> Any:
+    """Long/flat P&L after fees (``ml.economics``) of the P(up) ``p_of`` of ``months``
+    (consecutive) beside buy-and-hold and logistic regression on the same hours."""
+    from ml.economics import MODEL, evaluate_economics
+
+    a, b = months[0].start, months[-1].end
+    p_up = {MODEL: np.full(b - a, np.nan), "logistic_regression": np.full(b - a, np.nan)}
+    for m in months:
+        p_up[MODEL][m.start - a : m.end - a] = getattr(m, p_of)
+        p_up["logistic_regression"][m.start - a : m.end - a] = m.p_lr
+    return evaluate_economics(candles.iloc[a:b], p_up, economics)
+
+
+def _pnl_lines(title: str, ev: Any) -> None:
+    print(f"{title}: long/flat over {ev.bars:,} hours, fee {ev.fee_bps:g} bps per side, SE "
+          f"from {ev.bootstrap_samples} resamples of {ev.block_bars} h blocks")  # fmt: skip
+    for s in ev.strategies:
+        f = s.total_return_pct
+        print(f"  {s.name:20s} {f.value:+7.1f}% ± {f.standard_error:5.1f}  before costs "
+              f"{s.return_before_costs_pct:+7.1f}%  trades {s.turnover_trades.value:.0f}")  # fmt: skip
+    for c in ev.comparisons:
+        print(f"  model - {c.name}: {c.difference_pct:+.1f} ± {c.standard_error:.1f} points")
+
+
 def summary(months: list[Month], candles: pd.DataFrame, economics: EconomicsConfig) -> None:
     """Print the per-month table and the figures over all months."""
-    from ml.economics import MODEL, evaluate_economics
+    from ml.economics import MODEL
     from ml.scoring import clustered_mean
 
-    print("\n| month | decision | served by | signal hit (model / majority / LR) | coverage "
-          "frozen / rolling / served | return % model / buy-and-hold |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+    print("\n| month | decision | served by | served signals' hit (model / majority / LR) | "
+          "coverage frozen / rolling / served | return % served / buy-and-hold | candidate's "
+          "shadow hit, return % |\n|---|---|---|---|---|---|---|")  # fmt: skip
     for m in months:
         hits = " / ".join(_fmt(v) for v in m.signals.values()) if m.signals else "-"
         cov = " / ".join(_fmt(r) for r in (m.replay["frozen"], m.replay["rolling"], m.served_pairs))
         ret = "-"
+        shadow = {
+            x.name: x.total_return_pct.value
+            for x in _pnl([m], "p_shadow", candles, economics).strategies
+        }
         if m.p_model is not None:
-            frame = candles.iloc[m.start : m.end]
-            ev = evaluate_economics(
-                frame, {MODEL: m.p_model, "logistic_regression": m.p_lr}, economics
-            )
-            s = {x.name: x.total_return_pct for x in ev.strategies}
-            ret = f"{s[MODEL].value:+.1f} / {s['buy_and_hold'].value:+.1f}"
-        served = m.served_by or "no model served"
-        print(f"| {m.label} | {m.decision} | {served} | {hits} | {cov} | {ret} |")
+            s = {
+                x.name: x.total_return_pct.value
+                for x in _pnl([m], "p_model", candles, economics).strategies
+            }
+            ret = f"{s[MODEL]:+.1f} / {s['buy_and_hold']:+.1f}"
+        print(f"| {m.label} | {m.decision} | {m.served_by or 'no model served'} | {hits} | "
+              f"{cov} | {ret} | {_fmt(m.shadow['model'])}, {shadow[MODEL]:+.1f} |")  # fmt: skip
     n = len(months)
     share, share_se = clustered_mean([float(m.deployed) for m in months], [m.label for m in months])
     served = [m for m in months if m.served_by]
@@ -275,41 +336,22 @@ def summary(months: list[Month], candles: pd.DataFrame, economics: EconomicsConf
         f"new model was deployed); {len(served)} months served, "
         f"{n - len(served)} with no model served"
     )
-    sig = (
-        {k: [r for m in served for r in m.signals[k]] for k in served[0].signals} if served else {}
-    )
-    if sig:
-        model = sig.pop("model")
-        print(f"live hit rate of {len(model):,} served hourly signals: model {_fmt(model)}")
-        for name, rows in sig.items():
-            diff = [(d, a - b) for (d, a), (_, b) in zip(model, rows, strict=True)]
-            print(f"  {name} {_fmt(rows)}; model - it (paired) {_fmt(diff)}")
+    _hit_lines("served signals (the deployed model's)", [m.signals for m in served])
     for name in ("frozen", "rolling", "frozen, no regime scale"):
         rows = [r for m in months for r in m.replay[name]]
         print(f"80% coverage hours 1-24, {name} (all months, {len(rows):,} pairs): {_fmt(rows)}")
     rows = [r for m in served for r in m.served_pairs]
     if rows:
-        print(
-            f"80% coverage hours 1-24, served forecasts in the ledger ({len(rows):,}): {_fmt(rows)}"
-        )
-        same = [r for m in served for r in m.replay["frozen"]]
-        print(f"  frozen on the same served months: {_fmt(same)}")
+        print(f"80% coverage hours 1-24, served forecasts in the ledger ({len(rows):,}): "
+              f"{_fmt(rows)}; frozen on the same months "
+              f"{_fmt([r for m in served for r in m.replay['frozen']])}")  # fmt: skip
         pnl = [r for m in served for r in m.ledger_pnl]
-        print(f"ledger P&L per signal trade after fees %: {_fmt(pnl)} ({len(pnl):,} trades)")
-    if served:
-        a, b = served[0].start, served[-1].end  # once a model is deployed, every later month
-        p_up = {MODEL: np.full(b - a, np.nan), "logistic_regression": np.full(b - a, np.nan)}
-        for m in served:
-            p_up[MODEL][m.start - a : m.end - a] = m.p_model
-            p_up["logistic_regression"][m.start - a : m.end - a] = m.p_lr
-        ev = evaluate_economics(candles.iloc[a:b], p_up, economics)
-        print(f"long/flat P&L over the {ev.bars:,} served hours, fee {ev.fee_bps:g} bps per side:")
-        for s in ev.strategies:
-            f = s.total_return_pct
-            print(f"  {s.name:20s} {f.value:+7.1f}% ± {f.standard_error:5.1f}  before costs "
-                  f"{s.return_before_costs_pct:+7.1f}%  trades {s.turnover_trades.value:.0f}")  # fmt: skip
-        for c in ev.comparisons:
-            print(f"  model - {c.name}: {c.difference_pct:+.1f} ± {c.standard_error:.1f} points")
+        n_sig = sum(len(m.signals["model"]) for m in served)
+        print(f"ledger P&L per BUY/SELL signal after fees %: {_fmt(pnl)} ({len(pnl):,} of "
+              f"{n_sig:,} served signals were BUY or SELL; a HOLD trades nothing)")  # fmt: skip
+        _pnl_lines("served signals", _pnl(served, "p_model", candles, economics))
+    _hit_lines("each month's candidate in the shadow, deployed or not", [m.shadow for m in months])
+    _pnl_lines("candidates in the shadow", _pnl(months, "p_shadow", candles, economics))
 
 
 def main() -> None:
@@ -323,7 +365,6 @@ def main() -> None:
     parser.add_argument("--budget-min", type=float, default=None, help="start no month after")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from blocks.model_store import generate_model_key
     from core.schemas.training import TrainModelParams
     from core.settings import load_settings
     from integrations.embedded_mongo import start_embedded_mongo
@@ -357,7 +398,7 @@ def main() -> None:
         store = Store(connect(mongo.uri), "walkforward")
         store.ensure_indexes()
         store.upsert_candles(SYMBOL, "1h", candles.iloc[months[0].start - 400 :], source="csv")
-        key = generate_model_key()
+        key = os.urandom(32)  # the model store's AES-256 key (a fresh one for the bench)
         (tmp / "models").mkdir()
         ctx = {
             "store": store,
