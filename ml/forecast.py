@@ -230,7 +230,22 @@ def forecast_path(
     )
 
 
-def interval_coverage(
+@dataclass
+class CoveragePairs:
+    """Every scored (origin, hour) pair of :func:`coverage_pairs`, one row each.
+
+    Attributes:
+        origins: index of each pair's forecast origin into the closes.
+        hours: its hour ahead.
+        inside: whether the realised close fell inside the interval.
+    """
+
+    origins: np.ndarray
+    hours: np.ndarray
+    inside: np.ndarray
+
+
+def coverage_pairs(
     close: np.ndarray | pd.Series,
     origins: np.ndarray,
     horizons: list[int],
@@ -239,13 +254,13 @@ def interval_coverage(
     model_horizon_bars: int = 1,
     config: ForecastConfig | None = None,
     calibration_frozen_at: int | None = None,
-    block_bars: int = 168,
-) -> CoverageReport:
-    """Measure how often the interval built at each origin contains the realised close.
+) -> CoveragePairs:
+    """Whether the interval built at each origin contains the realised close, pair by pair
+    (the rows :func:`interval_coverage` summarises; the caller may cluster them its own way).
 
-    Every origin's interval uses only data up to that origin (as :func:`forecast_path`);
-    pairs whose outcome lies beyond the data, or whose calibration window is too short,
-    are skipped.
+    Every origin's interval uses only data up to that origin (as :func:`forecast_path`,
+    without the envelope over hours); pairs whose outcome lies beyond the data, or whose
+    calibration window is too short, are skipped.
 
     Args:
         origins: indices of forecast origins into ``close``.
@@ -254,20 +269,16 @@ def interval_coverage(
             product does at every request). An index f: the quantiles are computed once,
             from the window known at f, and used for every origin >= f (origins before f
             are skipped); the regime scale still follows each origin's recent outcomes.
-        block_bars: origins are grouped in blocks of this many bars for the standard error
-            (pairs of nearby origins overlap, so they are not independent).
 
     Returns:
-        a :class:`CoverageReport` (``standard_error``: of the coverage, from the spread of
-        the per-block coverages).
-
-    Raises:
-        InsufficientDataError: no (origin, hour) pair could be scored.
+        the :class:`CoveragePairs`, hour by hour in the order of ``horizons`` (empty when
+        no pair could be scored).
     """
     config = config or ForecastConfig()
     lc = log_close_of(close)
     sigma = ewma_volatility(lc, config.vol_halflife_bars)
     origins = np.asarray(origins, dtype=np.int64)
+    origins = origins[(origins >= 0) & (origins < len(lc))]  # beyond the data: no outcome
     if calibration_frozen_at is not None:
         origins = origins[origins >= calibration_frozen_at]
     k_all = np.ones(len(lc))
@@ -275,9 +286,7 @@ def interval_coverage(
         k_all[origins] = regime_scale(
             standardized_returns(lc, sigma, 1), origins, config, calibration_frozen_at
         )
-    hits_parts: list[np.ndarray] = []
-    origin_parts: list[np.ndarray] = []
-    by_hour: dict[int, float] = {}
+    parts: list[tuple[np.ndarray, int, np.ndarray]] = []
     for h in horizons:
         ok_t = origins[(origins + h < len(lc)) & (origins - h + 1 >= 0)]
         if not len(ok_t):
@@ -314,22 +323,72 @@ def interval_coverage(
         scale = sigma[t] * np.sqrt(h)
         realised = lc[t + h]
         inside = (realised >= center + scale * lo[keep]) & (realised <= center + scale * hi[keep])
-        by_hour[h] = float(inside.mean())
-        hits_parts.append(inside)
-        origin_parts.append(t)
-    if not hits_parts:
+        parts.append((t, h, inside))
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return CoveragePairs(empty, empty.copy(), np.zeros(0, dtype=bool))
+    return CoveragePairs(
+        origins=np.concatenate([t for t, _, _ in parts]),
+        hours=np.concatenate([np.full(len(t), h, dtype=np.int64) for t, h, _ in parts]),
+        inside=np.concatenate([i for _, _, i in parts]),
+    )
+
+
+def interval_coverage(
+    close: np.ndarray | pd.Series,
+    origins: np.ndarray,
+    horizons: list[int],
+    *,
+    up_probabilities: np.ndarray | None = None,
+    model_horizon_bars: int = 1,
+    config: ForecastConfig | None = None,
+    calibration_frozen_at: int | None = None,
+    block_bars: int = 168,
+) -> CoverageReport:
+    """Measure how often the interval built at each origin contains the realised close
+    (:func:`coverage_pairs`, summarised).
+
+    Args:
+        origins, up_probabilities, calibration_frozen_at: as :func:`coverage_pairs`.
+        block_bars: origins are grouped in blocks of this many bars for the standard error
+            (pairs of nearby origins overlap, so they are not independent).
+
+    Returns:
+        a :class:`CoverageReport` (``standard_error``: of the coverage, from the spread of
+        the per-block coverages).
+
+    Raises:
+        InsufficientDataError: no (origin, hour) pair could be scored.
+    """
+    config = config or ForecastConfig()
+    pairs = coverage_pairs(
+        close,
+        origins,
+        horizons,
+        up_probabilities=up_probabilities,
+        model_horizon_bars=model_horizon_bars,
+        config=config,
+        calibration_frozen_at=calibration_frozen_at,
+    )
+    if not len(pairs.inside):
         raise InsufficientDataError(
             "Insufficient data: no forecast origin has both a calibration window and a known outcome"
         )
-    hits = np.concatenate(hits_parts).astype(np.float64)
-    blocks = np.concatenate(origin_parts) // max(1, block_bars)
+    hits = pairs.inside.astype(np.float64)
+    by_hour = {
+        int(h): float(hits[pairs.hours == h].mean()) for h in horizons if (pairs.hours == h).any()
+    }
+    blocks = pairs.origins // max(1, block_bars)
     block_means = pd.Series(hits).groupby(blocks).mean()
     se = (
         float(block_means.std(ddof=1) / np.sqrt(len(block_means))) if len(block_means) > 1 else None
     )
+    n_origins = np.asarray(origins)
+    if calibration_frozen_at is not None:
+        n_origins = n_origins[n_origins >= calibration_frozen_at]
     return CoverageReport(
         interval_level=config.interval_level,
-        origins=len(origins),
+        origins=len(n_origins),
         horizons=list(horizons),
         coverage=float(hits.mean()),
         coverage_by_hour=by_hour,

@@ -76,7 +76,11 @@ def serve_signals(
 
     p_up = model.predict_up_probabilities(candles)
     record = model.record
-    doc = {"version": record.version, "horizon_bars": record.horizon_bars, "model_type": "gru"}
+    doc = {
+        "version": record.version,
+        "horizon_bars": record.horizon_bars,
+        "model_type": record.model_type,
+    }
     entries = []
     for t in range(first, len(candles)):
         signal, confidence = signal_from_score(2 * p_up[t] - 1, SignalConfig().threshold)

@@ -169,3 +169,40 @@ def test_predict_price_flow_on_real_btc_hours(
     assert before.coverage_after_training.pairs == before.recent_calibration_fit.pairs
     with pytest.raises(NotFoundError, match="No deployed lstm model for BTCUSD"):
         predict_price(PredictPriceParams(symbol="BTCUSD", model_type="lstm", horizon_hours=24))
+
+
+@pytest.mark.tc("TC-ASYNC-020")
+def test_coverage_pairs_match_served_intervals_and_never_look_ahead() -> None:
+    """The per-pair rows behind the coverage figures (frozen and rolling) are the served
+    interval's verdicts, use no close after the outcome, and add up to the summary."""
+    from ml.forecast import coverage_pairs
+    from tests.ml.helpers import make_candles
+
+    close = make_candles(3400, momentum=0.0, seed=5)["close"].to_numpy()
+    p_up = np.random.default_rng(5).uniform(0.3, 0.7, len(close))
+    origins = np.arange(2600, 3380, 13)
+    hours = [1, 6, 24]
+    frozen_at = 2700
+    rolling = coverage_pairs(close, origins, hours, up_probabilities=p_up)
+    frozen = coverage_pairs(
+        close, origins, hours, up_probabilities=p_up, calibration_frozen_at=frozen_at
+    )
+    assert len(rolling.inside) == len(rolling.origins) == len(rolling.hours) > 150
+    assert frozen.origins.min() >= frozen_at and len(frozen.inside) < len(rolling.inside)
+    # hour 1 of a served forecast (forecast_path at each origin, with its tilt) says the same
+    first = rolling.hours == 1
+    for t, inside in zip(rolling.origins[first], rolling.inside[first], strict=True):
+        path = forecast_path(close[: t + 1], 1, up_probability=float(p_up[t]))
+        assert inside == (path.lower[0] <= close[t + 1] <= path.upper[0]), t
+    # no look-ahead: closes after a pair's outcome change nothing in it
+    cut = 3200
+    for kw in ({}, {"calibration_frozen_at": frozen_at}):
+        full = coverage_pairs(close, origins, hours, up_probabilities=p_up, **kw)
+        short = coverage_pairs(close[:cut], origins, hours, up_probabilities=p_up[:cut], **kw)
+        known = full.origins + full.hours < cut
+        assert known.sum() == len(short.inside) > 0
+        assert np.array_equal(full.inside[known], short.inside)
+    # the summary is the pairs' mean; the frozen quantiles differ from the rolling ones
+    rep = interval_coverage(close, origins, hours, up_probabilities=p_up)
+    assert rep.coverage == pytest.approx(rolling.inside.mean()) and rep.pairs == len(rolling.inside)
+    assert 0.6 < frozen.inside.mean() < 0.95 and 0.6 < rolling.inside.mean() < 0.95
