@@ -161,6 +161,13 @@ class Lab:
         off from every other host) or up again."""
         _ip("link", "set", f"bmhv-{name}"[:15], "up" if connected else "down")
 
+    def reaches(self, name: str, address: str, port: int) -> bool:
+        """Whether a process on host ``name`` can open a TCP connection to ``address:port``."""
+        probe = f"</dev/tcp/{address}/{port}"
+        ns = self.hosts[name].ns
+        done = _ip("netns", "exec", ns, "timeout", "3", "bash", "-c", probe, check=False)
+        return done.returncode == 0
+
     def kill_host(self, name: str, sig: int = signal.SIGKILL) -> int:
         """Kill every process of host ``name`` (a host death). Returns how many."""
         return kill_namespace(self.hosts[name].ns, sig)

@@ -27,6 +27,7 @@ import shutil
 import signal
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -34,8 +35,10 @@ from tests.multihost.cluster import Cluster, api_health, build_cluster
 from tests.multihost.traffic import (
     TRAIN_BODY,
     Gateway,
+    dead_letters,
     max_overlap,
     models_of_run,
+    prefect,
     run_facts,
     runs_of_user,
     seed_candles,
@@ -197,7 +200,9 @@ def test_b_a_worker_host_dies_mid_training_and_the_other_resumes_it(cluster: Clu
     gateway = Gateway(cluster, user="bob")
     task = gateway.submit(
         "train",
-        {**TRAIN_BODY, "symbol": B_SYMBOL, "epochs": 400, "checkpoint_interval": 10},
+        # small batches: 400 epochs last long enough on an idle machine to be killed midway
+        {**TRAIN_BODY, "symbol": B_SYMBOL, "epochs": 400, "checkpoint_interval": 10}
+        | {"batch_size": 4},
     )
     assert task is not None, gateway.answers
 
@@ -229,9 +234,12 @@ def test_b_a_worker_host_dies_mid_training_and_the_other_resumes_it(cluster: Clu
     assert after["times_running"] == 2, after  # the killed attempt and the resumed one
     job = training_job(cluster, task)
     assert job["status"] == "completed" and job["attempts"] == 2, job
-    assert job["resumed_from_epoch"] is not None and job["resumed_from_epoch"] > 10, job
+    # from a checkpoint of the killed attempt, taken before its last epoch: killed mid-training
+    assert job["resumed_from_epoch"] is not None and 10 < job["resumed_from_epoch"] <= 400, job
     assert models_of_run(cluster, task) == 1  # registered once
-    assert completed_s < 120 + 60, completed_s  # found within 90 s, the rest to train
+    # found by its silent heartbeats (60 s after the last one, sent every 30 s), then the
+    # rest of the training on the other host: within 120 s of the kill
+    assert completed_s < 120, (completed_s, seen)
     # the host is replaced by starting its role again
     cluster.start_role(host, "worker")
     replaced_s = cluster.wait_ready(host, "worker", timeout_s=240)
@@ -301,12 +309,6 @@ def _recovery_actions(cluster: Cluster, run_ids: list[str]) -> dict[str, int]:
 
 @pytest.mark.tc("TC-ASYNC-076", "TC-ASYNC-077", "TC-ASYNC-078")
 def test_d_two_recovery_replicas_while_runs_are_crashed_at_random(cluster: Cluster):
-    import uuid
-
-    from integrations.store import C, Store, connect
-    from tests.multihost.cluster import DB_NAME
-    from tests.multihost.traffic import prefect
-
     gateway = Gateway(cluster, user="dave")
     body = {**TRAIN_BODY, "epochs": 150, "checkpoint_interval": 10}
     tasks = [gateway.submit("train", {**body, "symbol": s}) for s in D_SYMBOLS]
@@ -335,8 +337,7 @@ def test_d_two_recovery_replicas_while_runs_are_crashed_at_random(cluster: Clust
     # each run: the killed attempt and one more, never two at once; its work done once
     assert {t: f["times_running"] for t, f in facts.items()} == {t: 2 for t in tasks}
     assert all(models_of_run(cluster, t) == 1 for t in tasks)
-    with Store(connect(cluster.mongodb_uri, timeout_ms=5000), DB_NAME) as store:
-        letters = store.col(C.DEAD_LETTERS).count_documents({"task_id": {"$in": tasks}})
+    letters = dead_letters(cluster, tasks)
     assert letters == 0
     acted = _recovery_actions(cluster, tasks)
     assert sum(acted.values()) == len(tasks), acted  # each crash re-queued once, by one replica
@@ -362,6 +363,8 @@ def test_e_a_worker_host_cut_off_for_30_s_then_healed(cluster: Cluster):
     _wait(training, 180, "20 epochs trained")
     host = run_facts(cluster, [task])[task]["host"]
     assert host in ("w1", "w2")
+    db = cluster.lab.hosts["db"].address
+    assert cluster.lab.reaches(host, db, 27017)  # the store, from the worker host
     cluster.lab.cut(host, connected=False)
     cut_at = time.monotonic()
     seen: list[str] = []
@@ -371,6 +374,7 @@ def test_e_a_worker_host_cut_off_for_30_s_then_healed(cluster: Cluster):
             if not seen or seen[-1] != status:
                 seen.append(status)
             time.sleep(1)
+        assert not cluster.lab.reaches(host, db, 27017)  # really cut off
     finally:
         cluster.lab.cut(host, connected=True)
     final = gateway.wait_final([task], timeout_s=240)[task]

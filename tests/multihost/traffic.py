@@ -57,6 +57,14 @@ def training_job(cluster: Cluster, task_id: str) -> dict[str, Any] | None:
         return store.training_job_get(task_id)
 
 
+def dead_letters(cluster: Cluster, task_ids: list[str]) -> int:
+    """How many dead letters the runs ``task_ids`` have."""
+    from integrations.store import C
+
+    with Store(connect(cluster.mongodb_uri, timeout_ms=5000), DB_NAME) as store:
+        return store.col(C.DEAD_LETTERS).count_documents({"task_id": {"$in": task_ids}})
+
+
 def models_of_run(cluster: Cluster, task_id: str) -> int:
     """How many models the training run ``task_id`` registered."""
     from integrations.store import C
