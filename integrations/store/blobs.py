@@ -14,7 +14,6 @@ its chunks, so a half-finished upload is invisible).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from collections.abc import Mapping
 from datetime import datetime
@@ -22,6 +21,7 @@ from typing import Any
 
 from gridfs import GridFSBucket
 from gridfs.errors import NoFile
+from pymongo.errors import OperationFailure
 
 from integrations.store.base import Repository
 from integrations.store.schema import C
@@ -132,9 +132,22 @@ class Blobs(Repository):
 
 
 def _drop(blobs: Blobs, file_id: Any) -> None:
-    """Delete one GridFS file; one already gone (a concurrent delete) is fine."""
-    with contextlib.suppress(NoFile):
+    """Delete one GridFS file; one already gone is fine: a concurrent delete, or this very
+    delete retried after the server did it but its answer was lost (a cut link). pymongo
+    raises ``NoFile`` for a file that is gone; nx-27017 answers "File with id ... not found"."""
+    try:
         blobs._bucket().delete(file_id)
+    except NoFile:
+        return
+    except OperationFailure as e:
+        if not _is_gone(e, file_id):
+            raise
+
+
+def _is_gone(error: OperationFailure, file_id: Any) -> bool:
+    """True when ``error`` is the server's answer that the file ``file_id`` does not exist."""
+    message = str((error.details or {}).get("errmsg") or error)
+    return f"{file_id} not found" in message
 
 
 def _describe(doc: Mapping[str, Any]) -> dict[str, Any]:

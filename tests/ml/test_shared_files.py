@@ -16,7 +16,7 @@ import pytest
 
 from core.exceptions import ConfigurationError, NotFoundError
 from integrations.store import Store
-from integrations.store.blobs import BUCKET
+from integrations.store.blobs import BUCKET, _drop, _is_gone
 from ml.checkpoints import CheckpointStore
 from ml.features import prepare_dataset
 from ml.models import build_model
@@ -99,6 +99,21 @@ def test_shared_files_refuse_paths_and_keep_one_version_per_name(store: Store, t
     assert [f["name"] for f in files.listing("g")] == ["m.keras"]
     files.delete("m.keras")
     assert not files.exists("m.keras") and not (tmp_path / "cache" / "m.keras").exists()
+
+
+@pytest.mark.tc("TC-ASYNC-076", "TC-ASYNC-077")
+def test_removing_a_file_the_store_already_removed_is_not_an_error(store: Store):
+    """A delete retried after the store did it but its answer was lost (a cut link) finds the
+    file gone; that must not fail the training that was pruning its old checkpoints."""
+    file_id = store.blobs._bucket().upload_from_stream("ckpt_epoch_10.npz", b"sealed")
+    _drop(store.blobs, file_id)
+    _drop(store.blobs, file_id)  # the retry: the store answers "not found"
+    assert store.blobs.info("ckpt_epoch_10.npz") is None
+    assert store.blobs.delete("ckpt_epoch_10.npz") == 0
+    other = store.blobs._bucket().upload_from_stream("other.npz", b"x")
+    with pytest.raises(Exception, match="not found") as gone:  # what _drop is given to judge
+        store.blobs._bucket().delete(file_id)
+    assert _is_gone(gone.value, file_id) and not _is_gone(gone.value, other)
 
 
 _KILLED_TRAINING = textwrap.dedent(

@@ -44,6 +44,7 @@ from tests.multihost.traffic import (
     seed_candles,
     seed_hours,
     slot_intervals,
+    state_history,
     training_job,
     training_slots,
     unfinished,
@@ -358,9 +359,9 @@ def test_e_a_worker_host_cut_off_for_30_s_then_healed(cluster: Cluster):
 
     def training() -> bool:
         job = training_job(cluster, task)
-        return job is not None and len(job.get("epochs") or []) >= 20
+        return job is not None and len(job.get("epochs") or []) >= 1
 
-    _wait(training, 180, "20 epochs trained")
+    _wait(training, 180, "training under way", poll_s=0.1)  # cut mid-training
     host = run_facts(cluster, [task])[task]["host"]
     assert host in ("w1", "w2")
     db = cluster.lab.hosts["db"].address
@@ -380,7 +381,8 @@ def test_e_a_worker_host_cut_off_for_30_s_then_healed(cluster: Cluster):
     final = gateway.wait_final([task], timeout_s=240)[task]
     healed_s = time.monotonic() - cut_at - 30
     seen.append(final["status"])
-    assert final["status"] == "SUCCESS" and "FAILURE" not in seen, seen
+    history = state_history(cluster, task)
+    assert final["status"] == "SUCCESS" and "FAILURE" not in seen, (seen, history)
     facts = run_facts(cluster, [task])[task]
     assert models_of_run(cluster, task) == 1  # its work done once
     job = training_job(cluster, task)
