@@ -16,7 +16,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _whole_suite_collected(config: pytest.Config) -> bool:
-    """True when this session collected every test under tests/ (no narrower path or node id)."""
+    """True when this session collected every test under tests/ (no narrower path or node id,
+    no ``--ignore``: the test runner's lanes each collect a part)."""
+    if config.getoption("ignore") or config.getoption("ignore_glob"):
+        return False
     roots = {REPO_ROOT.resolve(), (REPO_ROOT / "tests").resolve()}
     return any("::" not in a and Path(a).resolve() in roots for a in config.args)
 
