@@ -51,7 +51,7 @@ os.environ.setdefault("BENCH_PREFECT_DATABASE", "sqlite")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.bench_gateway_report import Phase, Sample, report  # noqa: E402
+from bench.bench_gateway_report import Phase, Sample, report, timeline  # noqa: E402
 
 SYMBOL = "BENCHUSDT"
 OTHERS = [f"GW{i:02d}USDT" for i in range(16)]
@@ -188,6 +188,11 @@ def serial(ctx: dict, rounds: int) -> Phase:
         phase.samples.append(celery_once(ctx["celery_http"], ctx["celery_task"]))
         if (i + 1) % 10 == 0:
             print(f"  serial round {i + 1}/{rounds}, load {load1():.1f}", flush=True)
+    if os.environ.get("BENCH_TIMELINE") == "1":
+        for job in ctx["jobs"]:
+            last = [s for s in phase.samples if s.job == job and s.task_id]
+            if last:
+                timeline(client, last[-1])
     return phase
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import statistics
 from dataclasses import dataclass, field
+from typing import Any
 
 SHORT = ("predict", "backtest", "bulk")
 TARGET_ANSWER_S, TARGET_RUNNING_S, TARGET_DONE_S = 0.150, 1.0, 1.5
@@ -124,3 +125,24 @@ def _targets(samples: list[Sample], label: str) -> None:
                 f", Completed p95 {d:.2f} s ({'met' if d <= TARGET_DONE_S else 'NOT met'} <= 1.5)"
             )
         print(line)
+
+
+def timeline(client: Any, sample: Sample) -> None:
+    """Where one run's time went (``BENCH_TIMELINE=1``): its states and log lines, each as
+    seconds after the run's creation."""
+    from uuid import UUID
+
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    run_id = UUID(sample.task_id)
+    run = client.read_flow_run(run_id)
+    t0 = run.created.timestamp()
+    events = [
+        (s.timestamp.timestamp() - t0, f"state {s.type.value} {s.name}")
+        for s in client.read_flow_run_states(run_id)
+    ]
+    logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200)
+    events += [(log.timestamp.timestamp() - t0, log.message[:110]) for log in logs]
+    print(f"\n  timeline of {sample.job} run {run_id} (s after creation):")
+    for at, what in sorted(events):
+        print(f"    {at:7.3f}  {what}")
