@@ -12,7 +12,7 @@ first.
 Marking scored is batched (:meth:`PredictionLedger.entries_mark_scored`): per chunk of
 :data:`MARK_CHUNK` entries, one ``$in`` read of their ``_id`` and one ``bulk_write`` of
 ``ReplaceOne``. On nx-27017 an equality on ``entry_id`` costs a pass over the collection
-despite its unique index (about 30 ms per entry at 20,000 entries), while a replace by
+despite its unique index (30-80 ms per entry at 20,000 entries), while a replace by
 ``_id`` stays under a millisecond; one ``$in`` read is one pass for the whole chunk.
 
 Whole documents only (``insert_many`` / ``replace_one``): see the nx-27017 notes.
