@@ -70,7 +70,7 @@ def score_due_entries(store: Store, now: datetime, fee_pct: float, limit: int) -
     for e in due:
         if pd.Timestamp(e["target_time"]) + bar_length(e["timeframe"]) <= pd.Timestamp(now):
             groups[(e["symbol"], e["timeframe"])].append(e)
-    scored = already = 0
+    copies: list[dict[str, Any]] = []
     for (symbol, timeframe), entries in groups.items():
         targets = [e["target_time"] for e in entries]
         candles = store.load_candles(symbol, timeframe, start=min(targets), end=max(targets))
@@ -79,12 +79,9 @@ def score_due_entries(store: Store, now: datetime, fee_pct: float, limit: int) -
             t = pd.Timestamp(e["target_time"])
             if t not in close.index:
                 continue  # the outcome candle has not arrived: scored by a later run
-            if store.ledger.entry_mark_scored(
-                score_entry(e, float(close.loc[t]), now, fee_pct=fee_pct)
-            ):
-                scored += 1
-            else:
-                already += 1
+            copies.append(score_entry(e, float(close.loc[t]), now, fee_pct=fee_pct))
+    scored = store.ledger.entries_mark_scored(copies)  # batched; each entry scored once
+    already = len(copies) - scored
     return {
         "due": len(due),
         "scored": scored,

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from integrations.store import Store
+from integrations.store import C, Store
+from integrations.store.ledger import MARK_CHUNK
 from ml.decay import DecayRule, judge
-from ml.scoring import calibration_table, live_figures
+from ml.scoring import calibration_table, live_figures, score_entry
 from tasks.scoring import score_due_entries
 from tests.ml.helpers import make_candles
 from tests.ml.ledger_helpers import serve_forecasts, serve_signals, trained_model
@@ -145,3 +146,66 @@ def test_the_coverage_test_fires_beyond_its_noise_and_not_within_it() -> None:
     # intervals that cover far too little fire whatever the noise
     narrow = _coverage_entries([[i < 12 for i in range(24)] for _ in per_day], now)
     assert judge("m", "BTCUSDT", narrow, now, rule).decayed
+
+
+def _price_entry(i: int, origin: datetime, target: datetime) -> dict:
+    return {
+        "entry_id": f"run-batch:BATCHUSDT:price:{i}",
+        "task_id": "run-batch",
+        "kind": "price",
+        "model_id": "m-batch",
+        "symbol": "BATCHUSDT",
+        "timeframe": "1h",
+        "created_at": origin,
+        "origin_time": origin,
+        "origin_price": 100.0,
+        "hour": 1,
+        "target_time": target,
+        "predicted_price": 100.5,
+        "lower": 99.5,
+        "upper": 101.5,
+        "confidence": 0.6,
+        "up_probability": 0.6,
+        "scored": False,
+    }
+
+
+@pytest.mark.tc("TC-ASYNC-013", "TC-ASYNC-020")
+def test_entries_are_marked_scored_in_batches_once_whatever_runs_again(store: Store) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    origin = now - timedelta(days=3)
+    n = MARK_CHUNK + 50  # two chunks
+    entries = [_price_entry(i, origin, origin + timedelta(minutes=i)) for i in range(n)]
+    pending = [_price_entry(n + i, origin, now + timedelta(days=1)) for i in range(3)]
+    store.ledger.entries_record(entries + pending)
+    ids_before = {d["entry_id"]: d["_id"] for d in store.col(C.PREDICTION_LEDGER).find()}
+    due = store.ledger.entries_due(now)
+    assert [e["entry_id"] for e in due] == [e["entry_id"] for e in entries]
+
+    # another run scored ten of them first: this run leaves them as they are
+    other = [score_entry(e, 101.0, now - timedelta(minutes=5)) for e in due[:10]]
+    assert store.ledger.entries_mark_scored(other) == 10
+    # a run that stopped after its first chunk, then the scoring run again: it finds only
+    # what is still due, and marking everything once more changes nothing
+    copies = [score_entry(e, 99.0, now) for e in due]
+    assert store.ledger.entries_mark_scored(copies[:MARK_CHUNK]) == MARK_CHUNK - 10
+    rest = store.ledger.entries_due(now)
+    assert [e["entry_id"] for e in rest] == [e["entry_id"] for e in entries[MARK_CHUNK:]]
+    assert store.ledger.entries_mark_scored([score_entry(e, 99.0, now) for e in rest]) == 50
+    assert store.ledger.entries_mark_scored(copies) == 0
+    assert store.ledger.entries_due(now) == []
+
+    docs = list(store.col(C.PREDICTION_LEDGER).find())
+    assert {d["entry_id"]: d["_id"] for d in docs} == ids_before  # none lost, none added
+    scored = {d["entry_id"]: d for d in docs if d["scored"]}
+    assert set(scored) == {e["entry_id"] for e in entries}
+    for i, e in enumerate(entries):
+        d = scored[e["entry_id"]]
+        first = i < 10  # scored once, by whichever run came first
+        assert d["outcome_price"] == (101.0 if first else 99.0)
+        assert d["scored_at"] == (now - timedelta(minutes=5) if first else now)
+        assert d["target_time"] == e["target_time"] and d["inside"] is first
+        assert d["expires_at"] == origin + timedelta(days=90)
+    assert [e["entry_id"] for e in store.ledger.entries_find({"scored": False})] == [
+        e["entry_id"] for e in pending
+    ]

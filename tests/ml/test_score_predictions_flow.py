@@ -103,7 +103,7 @@ def test_forecast_is_recorded_and_scored_once_when_its_outcomes_arrive(
     assert (again.due, again.scored, again.waiting) == (3, 0, 3)
     rescored = mongo_block.ledger.entries_find({"task_id": result.task_id, "scored": True})
     assert [e["scored_at"] for e in rescored] == [e["scored_at"] for e in scored]
-    assert mongo_block.ledger.entry_mark_scored(scored[0]) is False  # a late second scorer
+    assert mongo_block.ledger.entries_mark_scored(scored[:1]) == 0  # a late second scorer
 
     mongo_block.upsert_candles(SYMBOL, "1h", later.iloc[3:], source="generated")
     last = score_predictions(params)
