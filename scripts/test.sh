@@ -5,7 +5,7 @@
 # whole suite (no arguments), checked against the floors (scripts/coverage_floor.py).
 # pytest's exit code is ours; a package below its floor fails an otherwise green run.
 # BOTAI_COVERAGE=0 runs plain pytest; BOTAI_COVERAGE_FLOORS=1 checks the floors for a subset too.
-# The whole suite runs in two lanes at once (the multi-host module beside the rest; see below).
+# The whole suite runs in two lanes at once (see below).
 source "$(dirname "$0")/_env.sh"
 source "$(dirname "$0")/_os_packages.sh"
 if [ "${BOTAI_COVERAGE:-1}" = "0" ]; then
@@ -14,22 +14,24 @@ fi
 rm -rf .state/coverage
 set +e
 if [ $# -eq 0 ] && [ "${BOTAI_TEST_LANES:-2}" = "2" ]; then
-    # The whole suite in two lanes at once: the multi-host module (its hosts live in network
-    # namespaces of their own and mostly wait on them) beside everything else; its output
-    # follows the other lane's. BOTAI_TEST_LANES=1 runs one after the other in one pytest.
+    # The whole suite in two lanes at once, about equally long: the multi-host module (its
+    # hosts live in network namespaces of their own and mostly wait on them) and the stack
+    # tests of tests/platform in one, everything else in the other; the first lane's output
+    # follows the second's. BOTAI_TEST_LANES=1 runs everything in one pytest.
     mkdir -p .state
-    lane_log=.state/test-lane-multihost.log
-    .venv/bin/python -m coverage run -m pytest -p no:cacheprovider tests/multihost \
+    lane_log=.state/test-lane-hosts.log
+    lane_a=(tests/multihost tests/platform)
+    .venv/bin/python -m coverage run -m pytest -p no:cacheprovider "${lane_a[@]}" \
         > "$lane_log" 2>&1 &
     lane=$!
-    .venv/bin/python -m coverage run -m pytest --ignore=tests/multihost
+    .venv/bin/python -m coverage run -m pytest "${lane_a[@]/#/--ignore=}"
     rc=$?
     wait "$lane"
     lane_rc=$?
-    echo "================ the multi-host lane (tests/multihost), exit code $lane_rc"
+    echo "================ the other lane (${lane_a[*]}), exit code $lane_rc"
     cat "$lane_log"
     if [ "$rc" -eq 0 ] && [ "$lane_rc" -ne 5 ]; then
-        rc=$lane_rc  # 5: nothing collected (no multi-host module) is not a failure
+        rc=$lane_rc  # 5: nothing collected is not a failure
     fi
 else
     .venv/bin/python -m coverage run -m pytest "$@"

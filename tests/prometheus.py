@@ -57,9 +57,9 @@ class Prometheus:
         assert len(result) <= 1, f"{expr} gave {len(result)} series: {result}"
         return float(result[0]["value"][1]) if result else None
 
-    def latest(self, expr: str, window_s: int = 10) -> float | None:
-        """The newest value of a selector ``expr`` within ``window_s`` (one series): a
-        scrape that failed on a loaded machine does not hide the value scraped before."""
+    def latest(self, expr: str, window_s: int = 30) -> float | None:
+        """The newest value of a selector ``expr`` within ``window_s`` (one series): scrapes
+        that failed on a loaded machine (a few in a row) do not hide the value scraped before."""
         return self.value(f"last_over_time({expr}[{window_s}s])")
 
     def alerts(self) -> list[dict]:
